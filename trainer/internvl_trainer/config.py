@@ -1,0 +1,537 @@
+"""The trainer's configuration: the contract between the operator and the trainer.
+
+These pydantic models are the single source of truth for every setting the trainer needs. The
+operator's ``InternVLFinetune`` spec reuses them field for field, so the CRD schema, the API
+reference (docs/api.md) and the trainer's ``train.yaml`` all come from the classes below. Each
+field's docstring is its description in ``kubectl explain``.
+
+``TrainConfig`` is what ``internvl-train run --config train.yaml`` reads. The operator renders it
+fully resolved (batch layout, DeepSpeed JSON, every URI); a person can write one by hand as well.
+Settings whose InternVL recipe value depends on the model size (learning rate, weight decay, tile
+and sequence limits, drop path, global batch) are optional in the CR, where the planner fills
+them, and required in ``TrainConfig``.
+
+This module must not import torch: the operator image has none.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from internvl_trainer.problems import described_pattern
+
+API_GROUP = "internvl.dev"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+# Every string and list carries a bound: Kubernetes estimates the cost of CEL rules from them.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+Uri = Annotated[
+    str,
+    StringConstraints(
+        max_length=1024,
+        pattern=described_pattern(
+            r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*|/[^\s]*)$",
+            "an s3://bucket/key URI (bucket names have 3 to 63 characters) or an absolute path",
+        ),
+    ),
+]
+"""An object-store URI (``s3://bucket/prefix``) or a local path (absolute, or ``file:///``)."""
+
+MODEL_NAMES = (
+    "InternVL2_5-1B",
+    "InternVL2_5-2B",
+    "InternVL2_5-4B",
+    "InternVL2_5-8B",
+    "InternVL2_5-26B",
+    "InternVL2_5-38B",
+    "InternVL2_5-78B",
+    "InternVL3-1B",
+    "InternVL3-2B",
+    "InternVL3-8B",
+    "InternVL3-9B",
+    "InternVL3-14B",
+    "InternVL3-38B",
+    "InternVL3-78B",
+)
+ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
+
+
+class Section(BaseModel):
+    """Base of every config section: camelCase on the wire, unknown keys refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The section as it is written in YAML: camelCase keys, unset optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+class ModelConfig(Section):
+    """The base model to fine-tune."""
+
+    name: ModelName
+    """Catalog name of the base model, such as InternVL3-8B or InternVL2_5-26B. It selects the
+    sizes the planner uses and the recipe defaults."""
+
+    weights: Uri
+    """Where the base weights are: an S3 URI (s3://bucket/prefix) or an absolute path on a volume
+    of the trainer's image. Nothing is downloaded from a model hub."""
+
+    layout: Literal["auto", "original", "hf"] = "auto"
+    """Checkpoint layout of the weights: hf (transformers-native InternVLForConditionalGeneration),
+    original (OpenGVLab's InternVLChatModel, converted on load), or auto (detected from
+    config.json)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# method
+
+
+class LoraConfig(Section):
+    """LoRA adapter settings (method lora only)."""
+
+    rank: int = Field(16, ge=1, le=1024)
+    """LoRA rank r."""
+
+    alpha: int = Field(32, ge=1, le=4096)
+    """LoRA scaling alpha; InternVL uses 2 x rank."""
+
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+
+    targets: list[Literal["llm", "vision"]] = Field(
+        default_factory=lambda: ["llm"], min_length=1, max_length=2
+    )
+    """Which towers get adapters: llm (q/k/v/o/gate/up/down projections of the language model)
+    and optionally vision (the vision tower's attention and MLP)."""
+
+
+class FreezeConfig(Section):
+    """Which parts of the base model stay frozen. Unset flags take the recipe's default for the
+    method: full trains the projector and the LLM with the vision tower frozen; lora freezes all
+    three and trains only the adapters."""
+
+    vision: bool | None = None
+    """Freeze the vision tower (InternViT)."""
+
+    projector: bool | None = None
+    """Freeze the projector (mlp1) between the vision tower and the LLM."""
+
+    llm: bool | None = None
+    """Freeze the language model's own weights."""
+
+
+METHOD_FREEZE_DEFAULTS = {
+    "full": {"vision": True, "projector": False, "llm": False},
+    "lora": {"vision": True, "projector": True, "llm": True},
+}
+
+
+class MethodConfig(Section):
+    """How the model is trained: full fine-tuning or LoRA, and what is frozen."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.type == 'lora' || !has(self.lora)",
+                    "message": "lora settings are only allowed with method type lora",
+                    "fieldPath": ".lora",
+                    "reason": "FieldValueForbidden",
+                }
+            ]
+        }
+    )
+
+    type: Literal["full", "lora"] = "lora"
+    """full fine-tunes the unfrozen weights; lora trains low-rank adapters and merges them at the
+    end."""
+
+    lora: LoraConfig | None = None
+    """LoRA settings; only with type lora. Defaults: rank 16, alpha 32, dropout 0.05, LLM only."""
+
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    """Freeze flags; unset ones follow the method's recipe."""
+
+    unfreeze_vision_layers: int = Field(0, ge=0, le=128)
+    """Train the last N layers of the vision tower even when the tower is frozen."""
+
+    drop_path_rate: float | None = Field(None, ge=0.0, le=1.0)
+    """Stochastic depth rate of the vision tower. Unset: the recipe's value for the model size.
+    A frozen vision tower runs in eval mode, so this only acts on trained vision layers."""
+
+    @model_validator(mode="after")
+    def _lora_only_with_lora(self) -> MethodConfig:
+        if self.lora is not None and self.type != "lora":
+            raise ValueError("lora settings are only allowed with method type lora")
+        return self
+
+    def resolved_lora(self) -> LoraConfig | None:
+        """The LoRA settings in force: None for full, the defaults when lora is not spelled out."""
+        if self.type != "lora":
+            return None
+        return self.lora or LoraConfig()
+
+    def resolved_freeze(self) -> FreezeConfig:
+        """The freeze flags in force, the method's recipe filling the unset ones."""
+        defaults = METHOD_FREEZE_DEFAULTS[self.type]
+        given = self.freeze.model_dump(exclude_none=True)
+        return FreezeConfig(**{**defaults, **given})
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class VideoConfig(Section):
+    """How frames are taken from videos."""
+
+    sampling: Annotated[
+        str,
+        StringConstraints(
+            max_length=16,
+            pattern=described_pattern(
+                r"^(rand|middle|fps[0-9]+(\.[0-9]+)?)$", "rand, middle or fpsN (such as fps1 or fps0.5)"
+            ),
+        ),
+    ] = "rand"
+    """Frame sampling: rand (a random frame in each of N equal segments), middle (the middle frame
+    of each segment), or fpsN such as fps1 or fps0.5 (N frames per second, clamped to the limits)."""
+
+    min_frames: int = Field(8, ge=1, le=512)
+    """Fewest frames taken from a video."""
+
+    max_frames: int = Field(32, ge=1, le=512)
+    """Most frames taken from a video."""
+
+    frame_label: Annotated[str, StringConstraints(max_length=64)] = "Frame{i}: "
+    """Text placed before each frame's image tokens; {i} is the 1-based frame number. The default
+    matches InternVL's inference code."""
+
+    @model_validator(mode="after")
+    def _frame_bounds(self) -> VideoConfig:
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"minFrames ({self.min_frames}) exceeds maxFrames ({self.max_frames})")
+        return self
+
+
+class DataConfig(Section):
+    """The training data: an InternVL meta.json and how samples become sequences."""
+
+    meta: Uri
+    """The InternVL meta.json (or meta.yaml) that lists the datasets: their root, annotation
+    JSONL, repeat_time and data_augment."""
+
+    max_seq_length: int | None = Field(None, ge=128, le=1048576)
+    """Longest token sequence. Unset: the recipe's (8192 for InternVL 2.5, 16384 for InternVL3)."""
+
+    max_tiles: int | None = Field(None, ge=1, le=64)
+    """Most 448-pixel tiles per image (max_dynamic_patch). Unset: the recipe's (6 for InternVL 2.5,
+    12 for InternVL3). A dataset in meta.json may override it."""
+
+    min_tiles: int = Field(1, ge=1, le=64)
+    """Fewest tiles per image (min_dynamic_patch)."""
+
+    packing: bool = True
+    """Pack several samples into one sequence up to the token and tile budgets; attention stays
+    within each sample."""
+
+    overlong: Literal["skip", "truncate"] = "skip"
+    """What happens to a sample longer than maxSeqLength: skip it (counted in the data report) or
+    truncate its text after the last image."""
+
+    video: VideoConfig = Field(default_factory=VideoConfig)
+    """Video frame sampling."""
+
+    strict: bool = False
+    """Fail on the first bad sample instead of skipping and counting it."""
+
+    eval_split: float = Field(0.0, ge=0.0, le=0.5)
+    """Fraction of samples held out for evaluation (chosen with the seed)."""
+
+    workers: int = Field(4, ge=0, le=64)
+    """Data-loader worker processes per GPU."""
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+class TrainingConfig(Section):
+    """Optimisation hyperparameters and checkpointing."""
+
+    epochs: float = Field(1.0, gt=0.0, le=1000.0)
+    """Passes over the data; ignored when maxSteps is set."""
+
+    max_steps: int | None = Field(None, ge=1, le=100000000)
+    """Optimizer steps to run; overrides epochs."""
+
+    global_batch_size: int | None = Field(None, ge=1, le=1048576)
+    """Samples per optimizer step over all GPUs. Unset: the recipe's (128 full, 16 LoRA)."""
+
+    learning_rate: float | None = Field(None, gt=0.0, le=1.0)
+    """Peak learning rate. Unset: the recipe's for the model size and method."""
+
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    """Fraction of steps spent warming the learning rate up."""
+
+    weight_decay: float | None = Field(None, ge=0.0, le=1.0)
+    """AdamW weight decay (not applied to norms, biases and embeddings). Unset: the recipe's."""
+
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1000.0)
+    """Gradient clipping norm."""
+
+    loss_reduction: Literal["token", "sample", "square"] = "token"
+    """How token losses are averaged: token (every supervised token weighs the same), sample
+    (every sample weighs the same) or square (weight 1/sqrt(tokens), InternVL's pretraining
+    choice). The normaliser is global across GPUs and accumulation steps."""
+
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory."""
+
+    save_steps: int = Field(200, ge=1, le=10000000)
+    """Write a checkpoint every N optimizer steps."""
+
+    eval_steps: int | None = Field(None, ge=1, le=10000000)
+    """Evaluate on the held-out split every N steps; unset evaluates once at the end."""
+
+    checkpoints_kept: int = Field(2, ge=1, le=100)
+    """How many of the newest complete checkpoints are kept."""
+
+    logging_steps: int = Field(1, ge=1, le=100000)
+    """Log metrics every N steps."""
+
+    seed: int = Field(42, ge=0, le=2147483647)
+    """Seed for sampling, shuffling, the eval split and initialisation."""
+
+
+# ---------------------------------------------------------------------------------------------
+# storage and output
+
+
+class StorageConfig(Section):
+    """The S3-compatible object store. Credentials come from the standard AWS environment
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), never from this file."""
+
+    endpoint: (
+        Annotated[
+            str,
+            StringConstraints(
+                max_length=512, pattern=described_pattern(r"^https?://[^\s]+$", "an http:// or https:// URL")
+            ),
+        ]
+        | None
+    ) = None
+    """Endpoint URL of an S3-compatible server (MinIO, SeaweedFS, Ceph); unset uses AWS S3."""
+
+    region: Annotated[
+        str,
+        StringConstraints(
+            max_length=64, pattern=described_pattern(r"^[a-z0-9-]+$", "a region name such as us-east-1")
+        ),
+    ] = "us-east-1"
+    """Region of the bucket."""
+
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """Bucket addressing: path (endpoint/bucket/key, what most self-hosted servers need),
+    virtual (bucket.endpoint/key) or auto."""
+
+
+class OutputConfig(Section):
+    """Where results go and in which form."""
+
+    uri: Uri
+    """Output root. The merged model, its manifest.json (written last), checkpoints scoped by the
+    run's uid, metrics and TensorBoard logs go under it (see docs/contract.md)."""
+
+    merge_lora: bool = True
+    """Merge the LoRA adapters into the base weights before export (method lora)."""
+
+    layouts: list[Literal["hf", "original"]] = Field(
+        default_factory=lambda: ["hf"], min_length=1, max_length=2
+    )
+    """Checkpoint layouts to export: hf (transformers-native) and/or original (InternVLChatModel)."""
+
+
+class OutputLayout(BaseModel):
+    """The URIs under an output root, as docs/contract.md lays them out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: str
+    run: str
+    checkpoints: str
+    metrics: str
+    tensorboard: str
+    data_report: str
+    model: str
+    model_original: str
+    manifest: str
+
+    @classmethod
+    def under(cls, output_uri: str, run_uid: str) -> OutputLayout:
+        root = output_uri.rstrip("/")
+        run = f"{root}/runs/{run_uid}"
+        return cls(
+            root=root,
+            run=run,
+            checkpoints=f"{run}/checkpoints",
+            metrics=f"{run}/metrics.jsonl",
+            tensorboard=f"{run}/tensorboard",
+            data_report=f"{run}/data-report.json",
+            model=f"{root}/model",
+            model_original=f"{root}/model-original",
+            manifest=f"{root}/manifest.json",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the resolved run
+
+
+class BatchLayout(Section):
+    """How the global batch is split; global = perDevice x accumulation x world size."""
+
+    per_device_batch_size: int = Field(ge=1, le=4096)
+    """Samples (or packed sequences) per GPU per micro-step."""
+
+    gradient_accumulation_steps: int = Field(ge=1, le=65536)
+    """Micro-steps per optimizer step."""
+
+    world_size: int = Field(1, ge=1, le=65536)
+    """Training processes over all nodes; the launcher's WORLD_SIZE must agree."""
+
+
+class RunConfig(Section):
+    """Identity of the run; checkpoints are scoped by uid, so a re-created object never resumes
+    from a stale run."""
+
+    name: Name = "local"
+    """Name of the InternVLFinetune (or of a local run)."""
+
+    uid: Annotated[
+        str,
+        StringConstraints(
+            min_length=1,
+            max_length=64,
+            pattern=described_pattern(r"^[A-Za-z0-9._-]+$", "letters, digits, '.', '_' and '-'"),
+        ),
+    ] = "local"
+    """uid of the InternVLFinetune; names the run's folder under the output root."""
+
+    resume: Literal["latest", "never"] = "latest"
+    """Resume from the newest complete checkpoint of this run, if there is one."""
+
+
+TRAIN_CONFIG_KIND = "TrainConfig"
+
+# Recipe values the planner resolves; a hand-written train.yaml must spell them out.
+RESOLVED_FIELDS = (
+    ("training", "learningRate"),
+    ("training", "weightDecay"),
+    ("training", "globalBatchSize"),
+    ("data", "maxSeqLength"),
+    ("data", "maxTiles"),
+    ("method", "dropPathRate"),
+)
+
+
+class TrainConfig(Section):
+    """train.yaml: everything one training run needs besides its environment."""
+
+    api_version: Literal["internvl.dev/v1alpha1"] = Field(GROUP_VERSION, alias="apiVersion")
+    """Version of this file's format."""
+
+    kind: Literal["TrainConfig"] = TRAIN_CONFIG_KIND
+    """Always TrainConfig."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    """Identity of the run."""
+
+    model: ModelConfig
+    """The base model."""
+
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    """Full fine-tuning or LoRA, and what is frozen."""
+
+    data: DataConfig
+    """The training data."""
+
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """Hyperparameters and checkpointing."""
+
+    batch: BatchLayout
+    """The batch layout over the processes."""
+
+    deepspeed: dict[str, Any] | None = None
+    """DeepSpeed config, inline. Unset: plain data parallel (or one process)."""
+
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """The object store."""
+
+    output: OutputConfig
+    """Where results go."""
+
+    @model_validator(mode="after")
+    def _resolved(self) -> TrainConfig:
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "unresolved", "required in train.yaml (the operator fills it from the recipe)"
+                ),
+                loc=(section, field),
+                input=None,
+            )
+            for section, field in RESOLVED_FIELDS
+            if getattr(self, section).model_dump(by_alias=True).get(field) is None
+        ]
+        batch = self.batch
+        product = batch.per_device_batch_size * batch.gradient_accumulation_steps * batch.world_size
+        if not problems and product != self.training.global_batch_size:
+            message = (
+                f"{batch.per_device_batch_size} per device x {batch.gradient_accumulation_steps} accumulation x "
+                f"{batch.world_size} processes = {product}, but training.globalBatchSize is "
+                f"{self.training.global_batch_size}"
+            )
+            problems.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("batch_layout", message), loc=("batch",), input=None
+                )
+            )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    @property
+    def layout(self) -> OutputLayout:
+        """The URIs this run reads and writes under the output root."""
+        return OutputLayout.under(self.output.uri, self.run.uid)
+
+
+def load_train_config(text: str) -> TrainConfig:
+    """Parse and validate train.yaml text. Raises pydantic.ValidationError on bad content."""
+    return TrainConfig.model_validate(yaml.safe_load(text) or {})
+
+
+def dump_train_config(config: TrainConfig) -> str:
+    """train.yaml text for a config, in the order of the model's fields."""
+    return yaml.safe_dump(config.to_wire(), sort_keys=False)
