@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, StringConstraints, model_validator
 from internvl_trainer.config import (
     API_GROUP,
     API_VERSION,
+    FREE_FORM,
     DataConfig,
     MethodConfig,
     ModelConfig,
@@ -58,8 +59,6 @@ Label = Annotated[
 
 Text = Annotated[str, StringConstraints(max_length=4096)]
 LabelMap = Annotated[dict[Annotated[str, StringConstraints(max_length=317)], Text], Field(max_length=64)]
-
-FREE_FORM = {"x-kubernetes-preserve-unknown-fields": True}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,9 +184,7 @@ class LocalObjectReference(Section):
 class EnvVar(Section):
     """An extra environment variable of the trainer container (core/v1 EnvVar)."""
 
-    name: Annotated[
-        str, StringConstraints(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    ]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
     """Variable name."""
 
     value: Annotated[str, StringConstraints(max_length=32768)] | None = None
@@ -270,8 +267,7 @@ IMMUTABLE_FIELDS = (
 def _immutability_rule(field: str) -> dict[str, str]:
     return {
         "rule": (
-            f"has(self.{field}) == has(oldSelf.{field}) && "
-            f"(!has(self.{field}) || self.{field} == oldSelf.{field})"
+            f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})"
         ),
         "message": f"{field} is immutable; create a new InternVLFinetune to change it",
         "fieldPath": f".{field}",
@@ -403,9 +399,7 @@ class PlanStatus(Section):
     policy: Literal["recipe", "minimal", "explicit"]
     """Policy that produced the plan; explicit when the spec fixed GPUs and stage."""
 
-    notes: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
-        default_factory=list, max_length=32
-    )
+    notes: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(default_factory=list, max_length=32)
     """Why the plan is what it is."""
 
 

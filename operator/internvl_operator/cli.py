@@ -26,6 +26,7 @@ from internvl_trainer.problems import (
     dumps_json,
     load_yaml_documents,
     render_text,
+    run_command,
 )
 
 
@@ -48,9 +49,7 @@ def _validate(args: argparse.Namespace) -> int:
     results = []
     old = _old_object(args.old)
     for source in args.files:
-        documents = [
-            d for d in load_yaml_documents(source) if not isinstance(d, dict) or d.get("kind") == KIND
-        ]
+        documents = [d for d in load_yaml_documents(source) if not isinstance(d, dict) or d.get("kind") == KIND]
         if not documents:
             raise BadInput([Problem(source, f"no {KIND} object in the file")])
         for index, document in enumerate(documents):
@@ -102,15 +101,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except BadInput as error:
-        if getattr(args, "output", None) == "json":
-            sys.stdout.write(dumps_json({"valid": False, "problems": as_json(error.problems)}))
-        else:
-            sys.stderr.write(render_text(error.problems))
-        return EXIT_BAD_INPUT
+    return run_command(parser(), argv)
 
 
 if __name__ == "__main__":

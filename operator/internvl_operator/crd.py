@@ -75,23 +75,33 @@ def _describe(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """Translate one JSON Schema node (and its children) into a structural OpenAPI node."""
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The node with its ``$ref`` inlined and ``X | None`` reduced to X, still unconverted; the
+    node's own keys (a field's description, its default) win over the referenced model's."""
     node = dict(node)
     ref = node.pop("$ref", None)
     if ref is not None:
-        target = _structural(defs[ref.rsplit("/", 1)[-1]], defs)
-        node = {**target, **node}
+        node = {**_resolve(defs[ref.rsplit("/", 1)[-1]], defs), **node}
     variants = node.pop("anyOf", None)
     if variants is not None:
         present = [v for v in variants if v.get("type") != "null"]
         if len(present) != 1:
             raise ValueError(f"a structural schema cannot express the union {variants}")
-        node = {**_structural(present[0], defs), **node}
+        node = {**_resolve(present[0], defs), **node}
+    return node
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Translate one JSON Schema node (and its children) into a structural OpenAPI node."""
+    node = _resolve(node, defs)
     if node.get("default", 0) is None:
         del node["default"]
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if exclusive in node:  # JSON Schema 2020-12 gives the number; OpenAPI v3.0 a flag beside it
+            node[bound] = node.pop(exclusive)
+            node[exclusive] = True
     if "description" in node:
         node["description"] = _describe(node["description"])
     for key in _DROPPED:

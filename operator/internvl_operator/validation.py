@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from internvl_operator.api import InternVLFinetune
 from internvl_operator.crd import crd_schema
-from internvl_trainer.problems import Problem, problems_from
+from internvl_trainer.problems import Problem, field_path, problems_from
 
 _ABSENT = object()
 
@@ -34,11 +34,9 @@ def _evaluate(rule: str, value: Any, old: Any) -> bool:
     return _program(rule).execute(context) is True
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def cel_problems(schema: dict[str, Any], value: Any, old: Any = _ABSENT, path: str = "") -> list[Problem]:
+def cel_problems(
+    schema: dict[str, Any], value: Any, old: Any = _ABSENT, location: tuple[str | int, ...] = ()
+) -> list[Problem]:
     """Evaluate every CEL rule of ``schema`` and its children on ``value``. Transition rules run
     only where ``old`` has a value at the same place, as on an update."""
     problems = []
@@ -47,20 +45,18 @@ def cel_problems(schema: dict[str, Any], value: Any, old: Any = _ABSENT, path: s
         if is_transition and old is _ABSENT:
             continue
         if not _evaluate(rule["rule"], value, old if is_transition else _ABSENT):
-            problems.append(Problem(path + rule.get("fieldPath", ""), rule["message"]))
+            problems.append(Problem(field_path(location) + rule.get("fieldPath", ""), rule["message"]))
     if isinstance(value, dict):
         old_map = old if isinstance(old, dict) else {}
         children = schema.get("properties")
         for key, child_value in value.items():
             child_schema = children.get(key) if children is not None else schema.get("additionalProperties")
             if isinstance(child_schema, dict):
-                problems += cel_problems(
-                    child_schema, child_value, old_map.get(key, _ABSENT), _join(path, key)
-                )
+                problems += cel_problems(child_schema, child_value, old_map.get(key, _ABSENT), (*location, key))
     elif isinstance(value, list) and "items" in schema:
         # Kubernetes correlates old list items only for map-type lists; these lists have none.
         for index, item in enumerate(value):
-            problems += cel_problems(schema["items"], item, _ABSENT, f"{path}[{index}]")
+            problems += cel_problems(schema["items"], item, _ABSENT, (*location, index))
     return problems
 
 

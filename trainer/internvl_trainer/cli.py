@@ -14,15 +14,13 @@ from pydantic import ValidationError
 
 from internvl_trainer.config import TrainConfig
 from internvl_trainer.problems import (
-    EXIT_BAD_INPUT,
     EXIT_OK,
     BadInput,
     Problem,
-    as_json,
     dumps_json,
     load_yaml_documents,
     problems_from,
-    render_text,
+    run_command,
 )
 
 
@@ -41,9 +39,7 @@ def _validate(args: argparse.Namespace) -> int:
     config = read_config(args.config)
     layout = config.layout
     if args.output == "json":
-        sys.stdout.write(
-            dumps_json({"valid": True, "config": config.to_wire(), "layout": layout.model_dump()})
-        )
+        sys.stdout.write(dumps_json({"valid": True, "config": config.to_wire(), "layout": layout.model_dump()}))
         return EXIT_OK
     batch = config.batch
     print(f"{args.config}: valid")
@@ -71,15 +67,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except BadInput as error:
-        if args.output == "json":
-            sys.stdout.write(dumps_json({"valid": False, "problems": as_json(error.problems)}))
-        else:
-            sys.stderr.write(render_text(error.problems))
-        return EXIT_BAD_INPUT
+    return run_command(parser(), argv)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ Uri = Annotated[
 ]
 """An object-store URI (``s3://bucket/prefix``) or a local path (absolute, or ``file:///``)."""
 
+FREE_FORM = {"x-kubernetes-preserve-unknown-fields": True}
+"""Schema marker of a free-form object, such as a DeepSpeed config or a pod affinity."""
+
 MODEL_NAMES = (
     "InternVL2_5-1B",
     "InternVL2_5-2B",
@@ -115,9 +118,7 @@ class LoraConfig(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA input."""
 
-    targets: list[Literal["llm", "vision"]] = Field(
-        default_factory=lambda: ["llm"], min_length=1, max_length=2
-    )
+    targets: list[Literal["llm", "vision"]] = Field(default_factory=lambda: ["llm"], min_length=1, max_length=2)
     """Which towers get adapters: llm (q/k/v/o/gate/up/down projections of the language model)
     and optionally vision (the vision tower's attention and MLP)."""
 
@@ -345,9 +346,7 @@ class StorageConfig(Section):
 
     region: Annotated[
         str,
-        StringConstraints(
-            max_length=64, pattern=described_pattern(r"^[a-z0-9-]+$", "a region name such as us-east-1")
-        ),
+        StringConstraints(max_length=64, pattern=described_pattern(r"^[a-z0-9-]+$", "a region name such as us-east-1")),
     ] = "us-east-1"
     """Region of the bucket."""
 
@@ -366,9 +365,7 @@ class OutputConfig(Section):
     merge_lora: bool = True
     """Merge the LoRA adapters into the base weights before export (method lora)."""
 
-    layouts: list[Literal["hf", "original"]] = Field(
-        default_factory=lambda: ["hf"], min_length=1, max_length=2
-    )
+    layouts: list[Literal["hf", "original"]] = Field(default_factory=lambda: ["hf"], min_length=1, max_length=2)
     """Checkpoint layouts to export: hf (transformers-native) and/or original (InternVLChatModel)."""
 
 
@@ -482,7 +479,7 @@ class TrainConfig(Section):
     batch: BatchLayout
     """The batch layout over the processes."""
 
-    deepspeed: dict[str, Any] | None = None
+    deepspeed: dict[str, Any] | None = Field(None, json_schema_extra=FREE_FORM)
     """DeepSpeed config, inline. Unset: plain data parallel (or one process)."""
 
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -513,9 +510,7 @@ class TrainConfig(Section):
                 f"{self.training.global_batch_size}"
             )
             problems.append(
-                InitErrorDetails(
-                    type=PydanticCustomError("batch_layout", message), loc=("batch",), input=None
-                )
+                InitErrorDetails(type=PydanticCustomError("batch_layout", message), loc=("batch",), input=None)
             )
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)

@@ -8,6 +8,7 @@ other reason exits with ``EXIT_FAILED``. This module imports no torch.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -44,13 +45,14 @@ class Problem:
 
 
 def field_path(location: Sequence[str | int]) -> str:
-    """A dotted path with list indices in brackets: ``spec.pod.tolerations[0].effect``."""
+    """A dotted path with list indices, and map keys that hold dots, in brackets, as kubectl
+    writes them: ``spec.pod.tolerations[0].effect``, ``spec.pod.nodeSelector[kubernetes.io/arch]``."""
     path = ""
     for part in location:
-        if isinstance(part, int):
+        if isinstance(part, int) or "." in part:
             path += f"[{part}]"
         elif part != "[key]":
-            path += f".{part}" if path else str(part)
+            path += f".{part}" if path else part
     return path
 
 
@@ -109,3 +111,17 @@ def as_json(problems: Iterable[Problem]) -> list[dict[str, str]]:
 
 def dumps_json(document: Any) -> str:
     return json.dumps(document, indent=2) + "\n"
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Run the subcommand that ``argv`` names (its ``handler`` default) and report bad input the
+    way every CLI of the project does: on standard error, or as JSON with ``--output json``."""
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except BadInput as error:
+        if getattr(args, "output", None) == "json":
+            sys.stdout.write(dumps_json({"valid": False, "problems": as_json(error.problems)}))
+        else:
+            sys.stderr.write(render_text(error.problems))
+        return EXIT_BAD_INPUT

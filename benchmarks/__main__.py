@@ -1,0 +1,103 @@
+"""Run every benchmark and write one report: ``python -m benchmarks --output docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+# Later benchmarks append their module here; the report keeps this order.
+BENCHMARKS = ["benchmarks.validation"]
+PACKAGES = [
+    "torch",
+    "transformers",
+    "peft",
+    "deepspeed",
+    "pydantic",
+    "kopf",
+    "common-expression-language",
+    "jsonschema",
+]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> str:
+    try:
+        total_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return "unknown"
+    return f"{total_kib / 2**20:.0f} GiB"
+
+
+def _gpus() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none"
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return ", ".join(names)
+
+
+def _versions() -> str:
+    found = []
+    for package in PACKAGES:
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def machine() -> str:
+    return "\n".join(
+        [
+            f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; memory {_memory_gib()}; GPU: {_gpus()}",
+            f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
+            f"- Packages: {_versions()}",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--output", type=Path, help="write the report here instead of printing it")
+    args = parser.parse_args()
+    sections = []
+    for name in BENCHMARKS:
+        print(f"running {name} ...", flush=True)
+        sections += [table.markdown() for table in importlib.import_module(name).run()]
+    report = "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "Written by `make bench` from one run on the machine below; every table compares its rows",
+            "within that run. Numbers from another machine are not comparable.",
+            "",
+            machine(),
+            "",
+            *sections,
+        ]
+    )
+    if args.output:
+        args.output.write_text(report)
+        print(f"wrote {args.output}")
+    else:
+        print(report)
+
+
+if __name__ == "__main__":
+    main()

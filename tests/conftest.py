@@ -1,0 +1,25 @@
+"""Shared test helpers: paths of the repository and its examples."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def load_example(name: str) -> dict:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+@pytest.fixture
+def lora_cr() -> dict:
+    """The smallest realistic InternVLFinetune: a LoRA run with the recipe's defaults."""
+    return load_example("lora-internvl3-8b.yaml")
+
+
+@pytest.fixture
+def full_cr() -> dict:
+    """A full fine-tune that sets most fields explicitly."""
+    return load_example("full-internvl2_5-26b.yaml")

@@ -1,0 +1,142 @@
+"""The CRD's CEL rules, evaluated as the API server would, on objects it must accept and refuse."""
+
+import copy
+
+import cel
+import pytest
+
+from internvl_operator.api import IMMUTABLE_FIELDS
+from internvl_operator.crd import crd_schema
+from internvl_operator.validation import cel_problems, validate
+from tests.unit.operator.test_crd import walk
+
+
+def with_changes(base: dict, **spec_changes) -> dict:
+    changed = copy.deepcopy(base)
+    for dotted, value in spec_changes.items():
+        node = changed["spec"]
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return changed
+
+
+def cel_messages(obj, old=None) -> list[str]:
+    return [str(p) for p in validate(obj, old)]
+
+
+def test_every_rule_compiles():
+    rules = [r["rule"] for _, node in walk(crd_schema()) for r in node.get("x-kubernetes-validations", [])]
+    assert len(rules) == len(IMMUTABLE_FIELDS) + 3
+    for rule in rules:
+        cel.compile(rule)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"method": {"type": "lora", "lora": {"rank": 64, "alpha": 128}}},
+        {"method": {"type": "full"}},
+        {"resources": {"gpus": 2}},
+        {"resources": {"gpus": 8, "gpusPerNode": 8}},
+        {"resources": {"gpus": 32, "gpusPerNode": 8}},
+        {"resources": {"gpus": 12, "gpusPerNode": 4}},
+        {"resources": {"scratch": {"claimName": "shared-cache"}}},
+        {"resources": {"scratch": {"sizeLimit": "500Gi"}}},
+    ],
+)
+def test_accepted(lora_cr, changes):
+    assert cel_messages(with_changes(lora_cr, **changes)) == []
+
+
+def test_rules_without_the_models_refuse_lora_settings_on_full(lora_cr):
+    # The API server runs the CEL rules on whatever passes the schema; check them alone too.
+    spec = with_changes(lora_cr, method={"type": "full", "lora": {"rank": 8}})["spec"]
+    schema = crd_schema()["properties"]["spec"]
+    assert [str(p) for p in cel_problems(schema, spec, location=("spec",))] == [
+        "spec.method.lora: lora settings are only allowed with method type lora"
+    ]
+
+
+def test_rules_without_the_models_refuse_gpus_that_do_not_fill_nodes(lora_cr):
+    spec = with_changes(lora_cr, resources={"gpus": 12, "gpusPerNode": 8})["spec"]
+    schema = crd_schema()["properties"]["spec"]
+    assert [str(p) for p in cel_problems(schema, spec, location=("spec",))] == [
+        "spec.resources.gpus: gpus must fit on one node or be a multiple of gpusPerNode"
+    ]
+
+
+def test_rules_without_the_models_refuse_two_kinds_of_scratch(lora_cr):
+    spec = with_changes(lora_cr, resources={"scratch": {"sizeLimit": "1Ti", "claimName": "pvc"}})["spec"]
+    schema = crd_schema()["properties"]["spec"]
+    assert [str(p) for p in cel_problems(schema, spec, location=("spec",))] == [
+        "spec.resources.scratch: set either sizeLimit (an emptyDir) or claimName (a PVC), not both"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"method": {"type": "full", "lora": {"rank": 8}}}, "spec.method: lora settings are only allowed"),
+        ({"resources": {"gpus": 12}}, "spec.resources: gpus (12) must fit on one node or be a multiple"),
+        ({"resources": {"scratch": {"sizeLimit": "1Ti", "claimName": "x"}}}, "spec.resources.scratch: set either"),
+    ],
+)
+def test_models_refuse_the_same_objects_as_the_rules(lora_cr, changes, message):
+    [problem] = cel_messages(with_changes(lora_cr, **changes))
+    assert problem.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"suspend": True},
+        {"maxRestarts": 7},
+        {"activeDeadlineSeconds": 3600},
+        {"ttlSecondsAfterFinished": 60},
+    ],
+)
+def test_updates_of_mutable_fields_are_accepted(lora_cr, changes):
+    assert cel_messages(with_changes(lora_cr, **changes), old=lora_cr) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"model__name": "InternVL3-14B"}, "spec.model"),
+        ({"method__type": "full"}, "spec.method"),
+        ({"data__maxTiles": 4}, "spec.data"),
+        ({"training__learningRate": 1e-4}, "spec.training"),
+        ({"resources__gpus": 16}, "spec.resources"),
+        ({"pod__priorityClassName": "urgent"}, "spec.pod"),
+        ({"launcher": "mpijob"}, "spec.launcher"),
+        ({"deepspeed__stage": 3}, "spec.deepspeed"),
+        ({"storage__region": "eu-west-1"}, "spec.storage"),
+        ({"output__uri": "s3://models/elsewhere"}, "spec.output"),
+        ({"trainerImage": "registry.example/trainer:2"}, "spec.trainerImage"),
+        ({"queueName": "other"}, "spec.queueName"),
+    ],
+)
+def test_updates_of_training_fields_are_refused(lora_cr, changes, path):
+    field = path.removeprefix("spec.")
+    assert cel_messages(with_changes(lora_cr, **changes), old=lora_cr) == [
+        f"{path}: {field} is immutable; create a new InternVLFinetune to change it"
+    ]
+
+
+def test_removing_an_optional_immutable_field_is_refused(lora_cr):
+    old = with_changes(lora_cr, queueName="gpu-queue")
+    assert cel_messages(lora_cr, old=old) == [
+        "spec.queueName: queueName is immutable; create a new InternVLFinetune to change it"
+    ]
+
+
+def test_transition_rules_do_not_run_on_create(lora_cr):
+    assert cel_messages(with_changes(lora_cr, queueName="gpu-queue")) == []
+
+
+def test_spelling_a_default_out_is_not_a_change(lora_cr):
+    explicit = with_changes(lora_cr, training={"warmupRatio": 0.03, "scheduler": "cosine"})
+    assert cel_messages(explicit, old=lora_cr) == []
