@@ -85,13 +85,18 @@ class BadInput(Exception):
         self.problems = list(problems)
 
 
-def load_yaml_documents(source: str) -> list[Any]:
-    """The YAML documents of a file (``-`` for standard input). Raises BadInput naming the file,
-    line and column of a syntax error, or the file that cannot be read."""
+def read_text(source: str) -> str:
+    """The text of a file (``-`` for standard input). Raises BadInput naming a file that cannot
+    be read."""
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        return sys.stdin.read() if source == "-" else Path(source).read_text()
     except OSError as error:
         raise BadInput([Problem(source, error.strerror or str(error))]) from error
+
+
+def parse_yaml_documents(text: str, source: str) -> list[Any]:
+    """The YAML documents in ``text``. Raises BadInput naming ``source``, line and column of a
+    syntax error."""
     try:
         return [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as error:
@@ -99,6 +104,11 @@ def load_yaml_documents(source: str) -> list[Any]:
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         reason = getattr(error, "problem", None) or str(error)
         raise BadInput([Problem(where, f"invalid YAML: {reason}")]) from error
+
+
+def load_yaml_documents(source: str) -> list[Any]:
+    """The YAML documents of a file (``-`` for standard input). Raises BadInput."""
+    return parse_yaml_documents(read_text(source), source)
 
 
 def render_text(problems: Iterable[Problem]) -> str:

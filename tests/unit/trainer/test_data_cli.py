@@ -61,3 +61,10 @@ def test_an_empty_meta_file_is_refused(tmp_path, capsys):
 def test_a_missing_file_is_named(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nope.json")]) == 2
     assert capsys.readouterr().err == f"{tmp_path / 'nope.json'}: No such file or directory\n"
+
+
+def test_a_yaml_meta_file_is_read_as_yaml(tmp_path, capsys):
+    meta = tmp_path / "meta.yaml"
+    meta.write_text("charts:\n  root: /data/charts\n  annotation: /data/charts/train.jsonl\n  repeat_time: 3\n")
+    assert main(["validate", str(meta)]) == 0
+    assert "charts: /data/charts/train.jsonl (images under /data/charts, repeat 3)" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""InternVL's meta file: a JSON object naming each dataset's media root and annotation file.
+"""InternVL's meta file: a JSON (or YAML) object naming each dataset's media root and annotation file.
 
 Keys are InternVL's own (snake_case), so meta files written for InternVL's scripts work unchanged.
 """
@@ -6,12 +6,11 @@ Keys are InternVL's own (snake_case), so meta files written for InternVL's scrip
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
-from internvl_trainer.problems import BadInput, Problem, problems_from
+from internvl_trainer.problems import BadInput, Problem, parse_yaml_documents, problems_from, read_text
 
 
 class DatasetMeta(BaseModel):
@@ -40,12 +39,17 @@ class MetaFile(RootModel[dict[str, DatasetMeta]]):
 
 
 def parse_meta(text: str, source: str) -> MetaFile:
-    """The meta file in ``text``. Raises BadInput naming ``source`` and the line of a JSON error,
-    or each field that is wrong."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadInput([Problem(f"{source}:{error.lineno}:{error.colno}", f"invalid JSON: {error.msg}")]) from error
+    """The meta file in ``text`` (JSON, or YAML when ``source`` ends in .yaml or .yml). Raises
+    BadInput naming ``source`` and the line of a syntax error, or each field that is wrong."""
+    if source.endswith((".yaml", ".yml")):
+        documents = parse_yaml_documents(text, source)
+        document = documents[0] if len(documents) == 1 else documents
+    else:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            where = f"{source}:{error.lineno}:{error.colno}"
+            raise BadInput([Problem(where, f"invalid JSON: {error.msg}")]) from error
     try:
         return MetaFile.model_validate(document)
     except ValidationError as error:
@@ -54,8 +58,4 @@ def parse_meta(text: str, source: str) -> MetaFile:
 
 def read_meta(path: str) -> MetaFile:
     """The meta file at a local ``path``. Raises BadInput."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise BadInput([Problem(path, error.strerror or str(error))]) from error
-    return parse_meta(text, path)
+    return parse_meta(read_text(path), path)
