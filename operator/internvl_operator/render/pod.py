@@ -1,0 +1,163 @@
+"""The training pod: the trainer container, its environment and volumes, and the pod's placement
+(docs/contract.md §2). Both job kinds build their replicas from these pieces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from internvl_operator import naming
+from internvl_operator.render.context import (
+    SCRATCH_PATH,
+    TRAIN_CONFIG_DIR,
+    TRAIN_CONFIG_KEY,
+    RenderContext,
+)
+
+COMPONENT = "trainer"
+SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
+
+
+def trainer_env(context: RenderContext) -> list[dict[str, Any]]:
+    """The contract's environment, then the user's extra variables (last, so they may refer to
+    the ones before with $(NAME))."""
+    env: list[dict[str, Any]] = [
+        {"name": "INTERNVL_NAME", "value": context.name},
+        {"name": "INTERNVL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "INTERNVL_UID", "value": context.uid},
+        {"name": "INTERNVL_ATTEMPT", "value": str(context.attempt)},
+        {"name": "INTERNVL_SCRATCH", "value": SCRATCH_PATH},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+    ]
+    secret = context.resource.spec.storage.credentials_secret
+    if secret:
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
+            for key, optional in SECRET_KEYS
+        ]
+    return env + [variable.to_wire() for variable in context.resource.spec.pod.env]
+
+
+def trainer_volumes(context: RenderContext) -> list[dict[str, Any]]:
+    scratch = context.resource.spec.resources.scratch
+    if scratch.claim_name:
+        scratch_source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": scratch.claim_name}}
+    else:
+        scratch_source = {"emptyDir": {"sizeLimit": scratch.size_limit or context.settings.scratch_size_limit}}
+    return [
+        {
+            "name": "train-config",
+            "configMap": {
+                "name": naming.train_config_name(context.name, context.attempt),
+                "items": [{"key": TRAIN_CONFIG_KEY, "path": TRAIN_CONFIG_KEY}],
+            },
+        },
+        {"name": "scratch", **scratch_source},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": context.settings.shm_size_limit}},
+    ]
+
+
+TRAINER_MOUNTS = [
+    {"name": "train-config", "mountPath": TRAIN_CONFIG_DIR, "readOnly": True},
+    {"name": "scratch", "mountPath": SCRATCH_PATH},
+    {"name": "dshm", "mountPath": "/dev/shm"},
+]
+
+
+def gpu_resources(context: RenderContext) -> dict[str, Any]:
+    """Requests and limits of a GPU pod: all GPUs of its node, the CPU, memory and
+    ephemeral storage the spec asks for (CPU defaults to a share per GPU)."""
+    resources = context.resource.spec.resources
+    gpus = {resources.gpu_resource_name: str(context.plan.gpus_per_node)}
+    requests = {"cpu": resources.cpu or str(context.settings.cpu_per_gpu * context.plan.gpus_per_node)}
+    if resources.memory:
+        requests["memory"] = resources.memory
+    if resources.ephemeral_storage:
+        requests["ephemeral-storage"] = resources.ephemeral_storage
+    return {"requests": {**requests, **gpus}, "limits": gpus}
+
+
+def container(
+    context: RenderContext,
+    name: str,
+    *,
+    command: list[str] | None,
+    resources: dict[str, Any],
+    env: list[dict[str, Any]],
+    ports: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] = TRAINER_MOUNTS,
+) -> dict[str, Any]:
+    """The trainer image as a container; command is a list (never a shell line) or None for the
+    image's own entrypoint."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": context.image,
+        "imagePullPolicy": context.settings.image_pull_policy,
+    }
+    if command is not None:
+        spec["command"] = command
+    spec["env"] = env
+    if ports:
+        spec["ports"] = ports
+    spec["resources"] = resources
+    if mounts:
+        spec["volumeMounts"] = mounts
+    return spec
+
+
+def pod_template(
+    context: RenderContext, containers: list[dict[str, Any]], component: str, *, volumes: bool = True
+) -> dict[str, Any]:
+    """A pod template with the spec's placement, the trainer's ServiceAccount and (for pods that
+    train) the trainer's volumes."""
+    pod = context.resource.spec.pod
+    metadata: dict[str, Any] = {"labels": context.labels(component)}
+    if pod.annotations:
+        metadata["annotations"] = dict(pod.annotations)
+    spec: dict[str, Any] = {
+        "serviceAccountName": naming.trainer_account_name(context.name),
+        "containers": containers,
+    }
+    if volumes:
+        spec["volumes"] = trainer_volumes(context)
+    if pod.node_selector:
+        spec["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        spec["tolerations"] = [toleration.to_wire() for toleration in pod.tolerations]
+    if pod.affinity:
+        spec["affinity"] = pod.affinity
+    if pod.priority_class_name:
+        spec["priorityClassName"] = pod.priority_class_name
+    if pod.scheduler_name:
+        spec["schedulerName"] = pod.scheduler_name
+    if pod.image_pull_secrets:
+        spec["imagePullSecrets"] = [secret.to_wire() for secret in pod.image_pull_secrets]
+    if pod.host_network:
+        spec["hostNetwork"] = True
+        spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    return {"metadata": metadata, "spec": spec}
+
+
+def job_metadata(context: RenderContext) -> dict[str, Any]:
+    """Metadata of the Kubeflow job: Kueue's queue label when the spec names a queue."""
+    queue = context.resource.spec.queue_name
+    labels = {"kueue.x-k8s.io/queue-name": queue} if queue else None
+    return context.metadata(context.job_name, COMPONENT, labels=labels)
+
+
+def run_policy(context: RenderContext) -> dict[str, Any]:
+    """Kubeflow's runPolicy. No in-place retries (backoffLimit 0): a failure surfaces as the
+    job's Failed condition and the operator starts a new attempt from the latest checkpoint.
+    Pods still running when the job ends are deleted so they free their GPUs; finished pods stay
+    for their logs. A queued job is created suspended: Kueue admits it by unsuspending."""
+    spec = context.resource.spec
+    policy: dict[str, Any] = {
+        "cleanPodPolicy": "Running",
+        "backoffLimit": 0,
+        "suspend": spec.suspend or spec.queue_name is not None,
+    }
+    if spec.active_deadline_seconds is not None:
+        policy["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        policy["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return policy

@@ -1,0 +1,119 @@
+"""Render contexts for tests, and validation against the real Kubernetes and Kubeflow schemas."""
+
+import copy
+import functools
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from internvl_operator.api import InternVLFinetune, PlanStatus
+from internvl_operator.render import RenderContext
+from internvl_operator.settings import OperatorSettings
+from internvl_trainer.config import TrainConfig
+from tests.conftest import REPO
+
+KUBERNETES_VERSION = "1.32.0"
+KUBEFLOW_CRDS = REPO.parent / "shared" / "reference" / "crds"
+CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
+UID = "0b6d2c1e-8a7f-4e54-9d1a-3f2c5b7e9a10"
+
+
+def plan_for(nodes: int = 1, gpus_per_node: int = 8, zero_stage: int = 2, per_device: int = 2) -> PlanStatus:
+    gpus = nodes * gpus_per_node
+    return PlanStatus(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        gpus=gpus,
+        zero_stage=zero_stage,
+        per_device_batch_size=per_device,
+        gradient_accumulation_steps=max(1, 128 // (per_device * gpus)),
+        policy="recipe",
+    )
+
+
+def context_for(cr: dict, plan: PlanStatus | None = None, attempt: int = 1, **settings) -> RenderContext:
+    """A context as the operator would build it, with a hand-resolved train.yaml."""
+    cr = copy.deepcopy(cr)
+    cr["metadata"]["uid"] = UID
+    resource = InternVLFinetune.model_validate(cr)
+    plan = plan or plan_for()
+    spec = resource.spec
+    global_batch = plan.per_device_batch_size * plan.gradient_accumulation_steps * plan.gpus
+    storage = spec.storage.to_wire()
+    storage.pop("credentialsSecret", None)
+    train_config = TrainConfig.model_validate(
+        {
+            "run": {"name": resource.metadata.name, "uid": UID},
+            "model": spec.model.to_wire(),
+            "method": {**spec.method.to_wire(), "dropPathRate": 0.1},
+            "data": {**spec.data.to_wire(), "maxSeqLength": 8192, "maxTiles": 6},
+            "training": {
+                **spec.training.to_wire(),
+                "globalBatchSize": global_batch,
+                "learningRate": 4e-5,
+                "weightDecay": 0.05,
+            },
+            "batch": {
+                "perDeviceBatchSize": plan.per_device_batch_size,
+                "gradientAccumulationSteps": plan.gradient_accumulation_steps,
+                "worldSize": plan.gpus,
+            },
+            "deepspeed": {"zero_optimization": {"stage": plan.zero_stage}},
+            "storage": storage,
+            "output": spec.output.to_wire(),
+        }
+    )
+    return RenderContext(resource, plan, train_config, attempt, OperatorSettings(**settings))
+
+
+@functools.cache
+def kubeflow_schema(kind: str) -> dict:
+    """The openAPIV3Schema of a Kubeflow CRD, made strict: the API server prunes unknown fields
+    silently, so a test must refuse them to catch a misspelt one."""
+    path = KUBEFLOW_CRDS / CRD_FILES[kind]
+    if not path.exists():
+        pytest.skip(f"Kubeflow CRDs not found at {KUBEFLOW_CRDS}; job schemas not checked")
+    crd = yaml.safe_load(path.read_text())
+    return _strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def _strict(node):
+    if isinstance(node, dict):
+        node = {key: _strict(value) for key, value in node.items()}
+        if "properties" in node and "additionalProperties" not in node:
+            if not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+        return node
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    return node
+
+
+def schema_errors(obj: dict) -> list[str]:
+    """Every way ``obj`` breaks its schema: Kubeflow jobs against their CRDs, their pod templates
+    and core objects against Kubernetes' own OpenAPI (strict)."""
+    kind = obj["kind"]
+    if kind in CRD_FILES:
+        validator = jsonschema.Draft4Validator(kubeflow_schema(kind))
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+        replicas = obj["spec"]["pytorchReplicaSpecs" if kind == "PyTorchJob" else "mpiReplicaSpecs"]
+        for replica_type, replica in replicas.items():
+            template = {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "t"},
+                "template": replica["template"],
+            }
+            errors += [f"{replica_type}: {e}" for e in core_errors(template)]
+        return errors
+    return core_errors(obj)
+
+
+def core_errors(obj: dict) -> list[str]:
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [str(error)]
+    return []

@@ -1,0 +1,78 @@
+"""Every child object, for every model size, method, node count and launcher, is valid against
+the real schemas and the rules Kubeflow applies outside them."""
+
+import copy
+
+import pytest
+
+from internvl_operator.render import render
+from internvl_trainer.config import MODEL_NAMES
+from tests.unit.operator.render.conftest import context_for, plan_for, schema_errors
+
+CASES = [
+    (model, method, nodes, launcher)
+    for model in MODEL_NAMES
+    for method in ("full", "lora")
+    for nodes in (1, 4)
+    for launcher in ("pytorchjob", "mpijob")
+]
+
+
+@pytest.mark.parametrize(("model", "method", "nodes", "launcher"), CASES)
+def test_children_are_valid(lora_cr, model, method, nodes, launcher):
+    cr = copy.deepcopy(lora_cr)
+    cr["spec"]["model"]["name"] = model
+    cr["spec"]["method"] = {"type": method}
+    cr["spec"]["launcher"] = launcher
+    children = render(context_for(cr, plan_for(nodes=nodes)))
+    assert [c["kind"] for c in children] == [
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "PyTorchJob" if launcher == "pytorchjob" else "MPIJob",
+    ]
+    for child in children:
+        assert schema_errors(child) == [], child["kind"]
+
+
+def test_every_placement_field_renders_valid(full_cr):
+    cr = copy.deepcopy(full_cr)
+    cr["spec"]["pod"] = {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+                }
+            }
+        },
+        "priorityClassName": "training",
+        "schedulerName": "volcano",
+        "imagePullSecrets": [{"name": "registry"}],
+        "annotations": {"sidecar.istio.io/inject": "false"},
+        "env": [
+            {"name": "NCCL_DEBUG", "value": "INFO"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}},
+        ],
+        "hostNetwork": True,
+    }
+    cr["spec"]["resources"].update({"cpu": "96", "memory": "1600Gi", "ephemeralStorage": "500Gi"})
+    for launcher in ("pytorchjob", "mpijob"):
+        cr["spec"]["launcher"] = launcher
+        for child in render(context_for(cr, plan_for(nodes=2))):
+            assert schema_errors(child) == [], child["kind"]
+
+
+def test_the_schema_check_catches_misspelt_fields(lora_cr):
+    *_, job = render(context_for(lora_cr))
+    job["spec"]["nprocPerNod"] = "8"
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    errors = schema_errors(job)
+    assert any("nprocPerNod" in e for e in errors)
+    assert any("imagePullPolicyy" in e for e in errors)
+
+
+def test_rendering_is_deterministic(lora_cr):
+    assert render(context_for(lora_cr)) == render(context_for(lora_cr))

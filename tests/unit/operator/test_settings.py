@@ -1,0 +1,24 @@
+"""Operator settings come from INTERNVL_OPERATOR_* variables, checked like any other input."""
+
+import pytest
+from pydantic import ValidationError
+
+from internvl_operator.settings import OperatorSettings
+
+
+def test_defaults_without_environment():
+    settings = OperatorSettings.from_env({})
+    assert settings.image_pull_policy == "IfNotPresent"
+    assert settings.trainer_image.startswith("ghcr.io/internvl-finetune/trainer:")
+
+
+def test_environment_overrides_fields():
+    settings = OperatorSettings.from_env(
+        {"INTERNVL_OPERATOR_TRAINER_IMAGE": "registry.local/trainer:dev", "INTERNVL_OPERATOR_CPU_PER_GPU": "12"}
+    )
+    assert (settings.trainer_image, settings.cpu_per_gpu) == ("registry.local/trainer:dev", 12)
+
+
+def test_a_bad_value_names_the_field():
+    with pytest.raises(ValidationError, match="image_pull_policy"):
+        OperatorSettings.from_env({"INTERNVL_OPERATOR_IMAGE_PULL_POLICY": "Sometimes"})
