@@ -1,0 +1,94 @@
+"""What a child job is doing, read from its status and its pods.
+
+PyTorchJob and MPIJob report conditions of their own (Created, Running, Restarting, Suspended,
+Succeeded, Failed) with reasons such as ``PyTorchJobFailed``. Neither says why pods do not start
+or why a process died, so the pods are read too: a pod that cannot be scheduled, an image that
+cannot be pulled, a container that crash-loops or was OOM-killed gives the reason, and the
+trainer's exit code 2 (bad input) marks a failure that a restart cannot fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from internvl_trainer.problems import EXIT_BAD_INPUT
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+
+WAITING_CAUSES = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CrashLoopBackOff",
+)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The job's phase, a one-word reason and a message for the InternVLFinetune's conditions."""
+
+    phase: Phase
+    reason: str
+    message: str
+    retryable: bool = True
+
+
+def _true_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    conditions = job.get("status", {}).get("conditions") or []
+    return {c["type"]: c for c in conditions if c.get("status") == "True"}
+
+
+def pod_cause(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first pod-level reason a job is stuck or failed: unschedulable, image pull, config,
+    crash loop or OOM-kill, with the pod's name in the message."""
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        status = pod.get("status", {})
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                return "Unschedulable", f"pod {name}: {condition.get('message', '')}".rstrip(": ")
+        for container in status.get("containerStatuses") or []:
+            waiting = container.get("state", {}).get("waiting") or {}
+            if waiting.get("reason") in WAITING_CAUSES:
+                return waiting["reason"], f"pod {name}, container {container['name']}: {waiting.get('message', '')}"
+            for state in (container.get("state", {}), container.get("lastState", {})):
+                if (state.get("terminated") or {}).get("reason") == "OOMKilled":
+                    return "OOMKilled", f"pod {name}, container {container['name']} ran out of memory"
+    return None
+
+
+def bad_input_exit(pods: list[dict[str, Any]]) -> str | None:
+    """The pod whose trainer exited with the bad-input code, if any."""
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = container.get("state", {}).get("terminated") or {}
+            if terminated.get("exitCode") == EXIT_BAD_INPUT:
+                return pod["metadata"]["name"]
+    return None
+
+
+def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobState:
+    """Interpret a PyTorchJob or MPIJob and its pods."""
+    true = _true_conditions(job)
+    if "Succeeded" in true:
+        return JobState("Succeeded", "JobSucceeded", true["Succeeded"].get("message", ""))
+    if "Failed" in true:
+        message = true["Failed"].get("message", "")
+        bad_pod = bad_input_exit(pods)
+        if bad_pod:
+            return JobState("Failed", "InvalidInput", f"the trainer in pod {bad_pod} refused its input", False)
+        cause = pod_cause(pods)
+        if cause:
+            return JobState("Failed", cause[0], f"{cause[1]}; {message}".rstrip("; "))
+        return JobState("Failed", true["Failed"].get("reason") or "JobFailed", message)
+    if "Suspended" in true or job.get("spec", {}).get("runPolicy", {}).get("suspend"):
+        condition = true.get("Suspended", {})
+        return JobState("Suspended", condition.get("reason") or "JobSuspended", condition.get("message", ""))
+    cause = pod_cause(pods)
+    if cause and cause[0] != "OOMKilled":
+        return JobState("Pending", cause[0], cause[1])
+    if "Running" in true:
+        return JobState("Running", "JobRunning", true["Running"].get("message", ""))
+    return JobState("Pending", "JobPending", "waiting for the job's pods to start")

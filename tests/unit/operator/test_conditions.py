@@ -1,0 +1,44 @@
+"""Conditions keep metav1.Condition's shape, a fixed order, and their transition times."""
+
+from datetime import UTC, datetime
+
+from internvl_operator import conditions
+
+T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
+T1 = datetime(2026, 11, 23, 11, 30, 0, tzinfo=UTC)
+
+
+def test_initial_conditions_are_unknown_in_order():
+    initial = conditions.initial(generation=1, now=T0)
+    assert [c["type"] for c in initial] == ["Valid", "JobCreated", "Running", "Suspended", "Succeeded", "Failed"]
+    assert initial[0] == {
+        "type": "Valid",
+        "status": "Unknown",
+        "observedGeneration": 1,
+        "lastTransitionTime": "2026-11-23T10:00:00Z",
+        "reason": "Pending",
+        "message": "",
+    }
+
+
+def test_transition_time_changes_only_with_the_status():
+    first = conditions.set_condition([], "Running", "True", "JobRunning", "a", generation=1, now=T0)
+    same = conditions.set_condition(first, "Running", "True", "JobRunning", "b", generation=2, now=T1)
+    flipped = conditions.set_condition(same, "Running", "False", "JobSucceeded", "c", generation=2, now=T1)
+    assert same[0]["lastTransitionTime"] == "2026-11-23T10:00:00Z"
+    assert (same[0]["message"], same[0]["observedGeneration"]) == ("b", 2)
+    assert flipped[0]["lastTransitionTime"] == "2026-11-23T11:30:00Z"
+
+
+def test_setting_keeps_the_others_and_the_order():
+    current = conditions.initial(generation=1, now=T0)
+    updated = conditions.set_condition(current, "Succeeded", "True", "JobSucceeded", "", generation=1, now=T1)
+    assert [c["type"] for c in updated] == [c["type"] for c in current]
+    assert conditions.is_true(updated, "Succeeded") and not conditions.is_true(updated, "Failed")
+    assert current[4]["status"] == "Unknown", "the input list is not changed"
+
+
+def test_long_messages_are_cut_to_the_api_limit():
+    [condition] = conditions.set_condition([], "Failed", "True", "X", "m" * 40000, generation=None, now=T0)
+    assert len(condition["message"]) == 32768
+    assert "observedGeneration" not in condition
