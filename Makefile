@@ -36,6 +36,7 @@ demo: install
 crds docs: install
 	$(BIN)/internvl-operator crds --output crds/
 	$(BIN)/python -m internvl_operator.apidocs --output docs/api.md
+	$(BIN)/python -m internvl_operator.sizing --output docs/sizing.md
 
 clean:
 	rm -rf $(VENV) $(CACHE) demo-out

@@ -3,9 +3,11 @@
 Subcommands that need no cluster work like ``helm template``: they read files and print.
 
     internvl-operator validate FILE...        check InternVLFinetune objects offline
+    internvl-operator plan FILE...            print the sizing plan of InternVLFinetune objects
     internvl-operator crds [--output DIR]     print or write the generated CRD
 
-Exit codes: 0 success, 2 bad input (every problem printed as ``field.path: reason``), 1 failure.
+Exit codes: 0 success, 2 bad input (every problem printed as ``field.path: reason``, or a plan
+for which nothing fits), 1 failure.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from internvl_operator.api import KIND
 from internvl_operator.crd import CRD_FILENAME, crd_yaml
-from internvl_operator.validation import validate
+from internvl_operator.planner import Plan, plan
+from internvl_operator.validation import parse, validate
 from internvl_trainer.problems import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -75,6 +80,61 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK if valid else EXIT_BAD_INPUT
 
 
+def _plan_table(plan: Plan) -> str:
+    """A plan as a two-column table, the memory estimate broken down by part."""
+    rows = [
+        ("nodes x GPUs", f"{plan.nodes} x {plan.gpus_per_node} ({plan.gpus} GPUs)"),
+        (
+            "DeepSpeed",
+            f"ZeRO-{plan.zero_stage}{' + CPU offload' if plan.offload else ''} ({plan.deepspeed_variant})",
+        ),
+        (
+            "batch",
+            f"{plan.per_device_batch_size} per device x {plan.gradient_accumulation_steps} accumulation x "
+            f"{plan.gpus} GPUs = {plan.global_batch_size}",
+        ),
+        ("learning rate", f"{plan.learning_rate:g} (weight decay {plan.weight_decay:g})"),
+        ("drop path", f"{plan.drop_path_rate:g}"),
+        ("limits", f"{plan.max_seq_length} tokens, {plan.max_tiles} tiles per image"),
+        (
+            "memory per GPU",
+            f"{plan.memory.total_gib:.1f} GiB estimated, budget {plan.budget_gib:.1f} of {plan.gpu_memory_gib:g} GiB",
+        ),
+    ]
+    rows += [(f"  {part.name}", f"{part.gib:.2f} GiB") for part in plan.memory.parts]
+    width = max(len(key) for key, _ in rows) + 2
+    lines = [f"{key.ljust(width)}{value}" for key, value in rows]
+    lines += ["notes:"] + [f"  - {note}" for note in plan.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _plan(args: argparse.Namespace) -> int:
+    results = []
+    for source in args.files:
+        documents = [d for d in load_yaml_documents(source) if not isinstance(d, dict) or d.get("kind") == KIND]
+        if not documents:
+            raise BadInput([Problem(source, f"no {KIND} object in the file")])
+        for index, document in enumerate(documents):
+            problems = validate(document)
+            if problems:
+                raise BadInput(problems)
+            results.append((source, index, _name_of(document), plan(parse(document).spec)))
+
+    if args.output == "table":
+        for source, _index, name, result in results:
+            print(f"{source}: {name}: {result.model} {result.method}, policy {result.policy}: {result.verdict}")
+            sys.stdout.write(_plan_table(result))
+    else:
+        report = {
+            "plans": [
+                {"file": source, "index": index, "name": name, "plan": result.to_wire()}
+                for source, index, name, result in results
+            ]
+        }
+        sys.stdout.write(dumps_json(report) if args.output == "json" else yaml.safe_dump(report, sort_keys=False))
+    return EXIT_BAD_INPUT if any(result.verdict == "nothing-fits" for *_, result in results) else EXIT_OK
+
+
 def _crds(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(crd_yaml())
@@ -93,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--old", metavar="FILE", help="the object before an update, to check transition rules")
     check.add_argument("--output", choices=["text", "json"], default="text")
     check.set_defaults(handler=_validate)
+
+    sizing = commands.add_parser("plan", help="print the sizing plan: GPUs, ZeRO stage, batch layout, memory")
+    sizing.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for standard input)")
+    sizing.add_argument("--output", choices=["table", "yaml", "json"], default="table")
+    sizing.set_defaults(handler=_plan)
 
     crds = commands.add_parser("crds", help="print the CRD, or write it into a folder")
     crds.add_argument("--output", type=Path, metavar="DIR", help=f"write DIR/{CRD_FILENAME}")

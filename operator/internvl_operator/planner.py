@@ -1,0 +1,433 @@
+"""The sizing planner: nodes, GPUs, ZeRO stage, offload and batch layout for one InternVLFinetune.
+
+``plan(spec)`` is a pure function of the spec: the catalog gives the model's sizes, the recipes
+give InternVL's numbers, the memory model gives the estimate per GPU. Two policies:
+
+- ``recipe`` reproduces InternVL's 2nd-finetune script for the model and method exactly (GPUs,
+  per-device batch, accumulation, ZeRO config, learning rate, weight decay, drop path, limits).
+  Its layout stands even when the estimate exceeds the GPU (offload ``auto`` does not change it):
+  the plan then says so with numbers (verdict ``exceeds``), because InternVL's scripts count on
+  most batches being shorter than the sequence limit, while the estimate assumes full-length ones.
+- ``minimal`` keeps the global batch and picks the fewest GPUs (whole nodes beyond one node),
+  then the lowest ZeRO stage, then the largest per-device batch whose estimate fits within
+  ``memory.GPU_BUDGET_FRACTION`` of the GPU; CPU offload only when nothing fits without it.
+  When nothing fits at all, the verdict is ``nothing-fits`` and the notes give the numbers.
+
+GPUs or a ZeRO stage given in the spec win over both policies (the plan's policy is then
+``explicit`` when both are given). Values the spec sets (learning rate, limits, global batch)
+win over the recipe's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from internvl_operator.api import InternVLFinetuneSpec, PlanStatus
+from internvl_operator.catalog import CATALOG, LLM_TOKENS_PER_TILE, ModelSpec
+from internvl_operator.deepspeed import deepspeed_config, variant_for
+from internvl_operator.memory import (
+    GIB,
+    GPU_BUDGET_FRACTION,
+    MemoryEstimate,
+    Trainable,
+    budget_gib,
+    estimate,
+    offload_host_gib,
+)
+from internvl_operator.recipes import Recipe, recipe_for
+from internvl_trainer.config import BatchLayout, DataConfig, MethodConfig, Section
+from internvl_trainer.problems import BadInput, Problem
+
+Verdict = Literal["fits", "exceeds", "nothing-fits"]
+MAX_NOTES = 32
+MAX_NOTE_LENGTH = 1024
+# Parts of an estimate that more GPUs do not shrink.
+_PER_GPU_FLOOR = (
+    "gathered weights (ZeRO-3)",
+    "communication buckets",
+    "framework",
+    "layer checkpoints",
+    "layer activations",
+    "logits",
+    "layer recompute",
+    "vision activations",
+    "vision forward",
+)
+
+
+class Plan(Section):
+    """The planned run: where it goes, how the batch splits, and what one GPU is expected to hold."""
+
+    model: str
+    method: Literal["full", "lora"]
+    policy: Literal["recipe", "minimal", "explicit"]
+    verdict: Verdict
+    """fits: the estimate is within the budget; exceeds: the layout is fixed (recipe or spec) but
+    its estimate is over the budget; nothing-fits: policy minimal found no layout that fits."""
+    nodes: int
+    gpus_per_node: int
+    gpus: int
+    zero_stage: int
+    offload: bool
+    deepspeed_variant: str
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    global_batch_size: int
+    learning_rate: float
+    weight_decay: float
+    drop_path_rate: float
+    max_seq_length: int
+    max_tiles: int
+    gpu_memory_gib: float = Field(alias="gpuMemoryGiB")
+    budget_gib: float = Field(alias="budgetGiB")
+    memory: MemoryEstimate
+    recipe: str | None = None
+    """The InternVL script the recipe values come from."""
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.verdict == "fits"
+
+    def to_status(self) -> PlanStatus:
+        """The plan as the object's status shows it."""
+        return PlanStatus(
+            nodes=self.nodes,
+            gpus_per_node=self.gpus_per_node,
+            gpus=self.gpus,
+            zero_stage=self.zero_stage,
+            offload=self.offload,
+            per_device_batch_size=self.per_device_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            estimated_memory_gib=self.memory.total_gib,
+            policy=self.policy,
+            notes=[note[:MAX_NOTE_LENGTH] for note in self.notes[:MAX_NOTES]],
+        )
+
+    def batch_layout(self) -> BatchLayout:
+        """The batch layout for train.yaml."""
+        return BatchLayout(
+            per_device_batch_size=self.per_device_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            world_size=self.gpus,
+        )
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        """The DeepSpeed JSON for train.yaml."""
+        return deepspeed_config(self.deepspeed_variant)
+
+
+def trainable_of(method: MethodConfig, model: ModelSpec) -> Trainable:
+    """What a method trains, the freeze flags and LoRA targets resolved."""
+    freeze = method.resolved_freeze()
+    lora = method.resolved_lora()
+    depth = model.vision.layers
+    return Trainable(
+        vision_layers=depth if not freeze.vision else min(method.unfreeze_vision_layers, depth),
+        projector=not freeze.projector,
+        llm=not freeze.llm,
+        lora_rank=lora.rank if lora else None,
+        lora_llm=bool(lora and "llm" in lora.targets),
+        lora_vision=bool(lora and "vision" in lora.targets),
+    )
+
+
+def tiles_per_sequence(data: DataConfig, max_tiles: int, max_seq_length: int) -> int:
+    """The most tiles one sequence can send through the vision tower. Packed, every token could be
+    an image token, so a sequence carries up to maxSeqLength / 256 tiles; unpacked, one sample
+    brings its image's grid plus the thumbnail, or one tile per video frame."""
+    if data.packing:
+        return max(1, max_seq_length // LLM_TOKENS_PER_TILE)
+    return max(max_tiles + 1 if max_tiles > 1 else 1, data.video.max_frames)
+
+
+class _Context:
+    """What every candidate layout of one spec shares."""
+
+    def __init__(self, spec: InternVLFinetuneSpec):
+        self.spec = spec
+        self.model = CATALOG[spec.model.name]
+        self.method = spec.method.type
+        self.recipe, self.notes = recipe_for(self.model.name, self.method)
+        recipe = self.recipe
+        training, data = spec.training, spec.data
+        self.learning_rate = _given(training.learning_rate, recipe.learning_rate)
+        self.weight_decay = _given(training.weight_decay, recipe.weight_decay)
+        self.drop_path_rate = _given(spec.method.drop_path_rate, recipe.drop_path_rate)
+        self.max_seq_length = _given(data.max_seq_length, recipe.max_seq_length)
+        self.max_tiles = _given(data.max_tiles, recipe.max_tiles)
+        self.global_batch_size = _given(training.global_batch_size, recipe.global_batch_size)
+        self.global_batch_fixed = training.global_batch_size is not None
+        self.trainable = trainable_of(spec.method, self.model)
+        self.gpus_per_node = spec.resources.gpus_per_node
+        self.gpu_memory_gib = float(spec.resources.gpu_memory_gib)
+        self.budget = budget_gib(self.gpu_memory_gib)
+        memory = spec.resources.memory
+        self.host_limit_gib = None if memory is None else parse_quantity(memory) / GIB
+
+    def host_gib_per_node(self, gpus: int) -> float:
+        return offload_host_gib(self.model, self.trainable) / _node_layout(gpus, self.gpus_per_node)[0]
+
+    def host_fits(self, gpus: int, offload: bool) -> bool:
+        """Whether an offloading layout's host memory fits the pod memory the spec sets."""
+        return not offload or self.host_limit_gib is None or self.host_gib_per_node(gpus) <= self.host_limit_gib
+
+    def estimate(self, gpus: int, variant: str, per_device: int) -> MemoryEstimate:
+        return estimate(
+            self.model,
+            self.trainable,
+            gpus=gpus,
+            deepspeed=deepspeed_config(variant),
+            per_device_batch_size=per_device,
+            max_seq_length=self.max_seq_length,
+            tiles_per_sequence=tiles_per_sequence(self.spec.data, self.max_tiles, self.max_seq_length),
+            gradient_checkpointing=self.spec.training.gradient_checkpointing,
+        )
+
+    def split(self, gpus: int, preferred_per_device: int) -> tuple[int, int, int]:
+        """(global batch, per-device batch, accumulation) for a GPU count: the per-device batch is
+        the largest divisor of the per-GPU share not above ``preferred_per_device``."""
+        total = self.global_batch_size
+        if total % gpus:
+            if self.global_batch_fixed:
+                raise BadInput(
+                    [
+                        Problem(
+                            "spec.training.globalBatchSize",
+                            f"{total} does not split over {gpus} GPUs; use a multiple of {gpus}",
+                        )
+                    ]
+                )
+            adjusted = max(gpus, round(total / gpus) * gpus)
+            self.notes.append(
+                f"global batch {adjusted} instead of the recipe's {total}: {total} does not split over {gpus} GPUs"
+            )
+            total = self.global_batch_size = adjusted
+        share = total // gpus
+        per_device = max(d for d in _divisors(share) if d <= max(1, preferred_per_device))
+        return total, per_device, share // per_device
+
+
+_QUANTITY_SUFFIXES = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(quantity: str) -> float:
+    """A Kubernetes quantity such as 1600Gi or 2T in its base unit (bytes for memory)."""
+    number = quantity.rstrip("mkMGTPEi")
+    return float(number) * _QUANTITY_SUFFIXES[quantity[len(number) :]]
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _divisors(number: int) -> list[int]:
+    return [d for d in range(1, number + 1) if number % d == 0]
+
+
+def _node_layout(gpus: int, gpus_per_node: int) -> tuple[int, int]:
+    return (1, gpus) if gpus <= gpus_per_node else (gpus // gpus_per_node, gpus_per_node)
+
+
+def _gpu_counts(gpus_per_node: int, global_batch: int) -> list[int]:
+    """GPU counts policy minimal may use: up to one node, then whole nodes, each dividing the
+    global batch."""
+    counts = list(range(1, gpus_per_node + 1)) + list(range(2 * gpus_per_node, global_batch + 1, gpus_per_node))
+    return [n for n in counts if global_batch % n == 0]
+
+
+def _describe(memory: MemoryEstimate, count: int = 3) -> str:
+    return ", ".join(f"{part.name} {part.gib:.1f}" for part in memory.largest(count))
+
+
+def _over_budget(context: _Context, memory: MemoryEstimate, per_device: int) -> str:
+    return (
+        f"estimated {memory.total_gib:.1f} GiB per GPU exceeds the {context.budget:.1f} GiB budget "
+        f"({GPU_BUDGET_FRACTION:.0%} of {context.gpu_memory_gib:g} GiB) with full-length sequences "
+        f"({per_device} x {context.max_seq_length} tokens per GPU); largest parts: {_describe(memory)} GiB"
+    )
+
+
+def plan(spec: InternVLFinetuneSpec) -> Plan:
+    """The plan for a spec. Raises BadInput when the spec's own choices contradict each other."""
+    context = _Context(spec)
+    resources, deepspeed = spec.resources, spec.deepspeed
+    if deepspeed.offload == "cpu" and deepspeed.stage in (1, 2):
+        raise BadInput(
+            [Problem("spec.deepspeed.offload", f"cpu offload needs ZeRO stage 3, got stage {deepspeed.stage}")]
+        )
+    explicit = resources.gpus is not None and deepspeed.stage is not None
+    policy = "explicit" if explicit else resources.policy
+
+    if resources.policy == "recipe":
+        result = _recipe_layout(context)
+    else:
+        result = _minimal_layout(context)
+    gpus, variant, per_device, accumulation, memory, verdict = result
+
+    notes = context.notes
+    if spec.method.type == "lora" and variant.startswith("zero_stage3"):
+        notes.append(
+            "LoRA under ZeRO-3: InternVL issue #905 reports adapters that never change with InternVL's own code; "
+            "check that the LoRA weights move in the first steps"
+        )
+    if "offload" in variant:
+        notes.append(
+            f"CPU offload keeps weights and optimizer states in host memory: about "
+            f"{context.host_gib_per_node(gpus):.0f} GiB per node"
+        )
+    nodes, per_node = _node_layout(gpus, context.gpus_per_node)
+    stage = int(variant.removeprefix("zero_stage")[0])
+    return Plan(
+        model=context.model.name,
+        method=spec.method.type,
+        policy=policy,
+        verdict=verdict,
+        nodes=nodes,
+        gpus_per_node=per_node,
+        gpus=gpus,
+        zero_stage=stage,
+        offload="offload" in variant,
+        deepspeed_variant=variant,
+        per_device_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        global_batch_size=context.global_batch_size,
+        learning_rate=context.learning_rate,
+        weight_decay=context.weight_decay,
+        drop_path_rate=context.drop_path_rate,
+        max_seq_length=context.max_seq_length,
+        max_tiles=context.max_tiles,
+        gpu_memory_gib=context.gpu_memory_gib,
+        budget_gib=round(context.budget, 2),
+        memory=memory,
+        recipe=context.recipe.script,
+        notes=notes,
+    )
+
+
+_Layout = tuple[int, str, int, int, MemoryEstimate, Verdict]
+
+
+def _recipe_layout(context: _Context) -> _Layout:
+    recipe: Recipe = context.recipe
+    spec = context.spec
+    notes = context.notes
+    gpus = spec.resources.gpus or recipe.gpus
+    if spec.resources.gpus is not None and gpus != recipe.gpus:
+        notes.append(f"{gpus} GPUs as the spec sets (the recipe uses {recipe.gpus})")
+    stage = spec.deepspeed.stage or recipe.zero_stage
+    offload = spec.deepspeed.offload == "cpu"
+    if offload and stage != 3:
+        stage = 3
+        notes.append("ZeRO-3 instead of the recipe's ZeRO-1: CPU offload needs stage 3")
+    elif stage != recipe.zero_stage:
+        notes.append(f"ZeRO-{stage} as the spec sets (the recipe uses ZeRO-{recipe.zero_stage})")
+    variant = (
+        recipe.deepspeed_variant
+        if stage == recipe.zero_stage and not offload
+        else variant_for(stage, offload, context.model.total_params)
+    )
+    notes.insert(0, f"recipe: InternVL's {recipe.script}")
+    _, per_device, accumulation = context.split(gpus, recipe.per_device_batch_size)
+    if per_device != recipe.per_device_batch_size:
+        notes.append(
+            f"{per_device} per device instead of the recipe's {recipe.per_device_batch_size}, so that "
+            f"{context.global_batch_size} splits over {gpus} GPUs"
+        )
+    memory = context.estimate(gpus, variant, per_device)
+    if not context.host_fits(gpus, offload):
+        notes.append(
+            f"CPU offload needs about {context.host_gib_per_node(gpus):.0f} GiB of host memory per node, more than "
+            f"the {context.host_limit_gib:g} GiB spec.resources.memory sets"
+        )
+    elif memory.total_gib <= context.budget:
+        return gpus, variant, per_device, accumulation, memory, "fits"
+    if memory.total_gib > context.budget:
+        notes.append(
+            _over_budget(context, memory, per_device)
+            + "; InternVL's scripts rely on most batches being shorter. Policy minimal sizes for full-length sequences"
+        )
+    return gpus, variant, per_device, accumulation, memory, "exceeds"
+
+
+def _minimal_layout(context: _Context) -> _Layout:
+    spec = context.spec
+    fixed_gpus, fixed_stage = spec.resources.gpus, spec.deepspeed.stage
+    if fixed_gpus is not None:
+        context.split(fixed_gpus, 1)  # adjusts (or refuses) a global batch that does not split
+        counts = [fixed_gpus]
+    else:
+        counts = _gpu_counts(context.gpus_per_node, context.global_batch_size)
+    stages = [fixed_stage] if fixed_stage is not None else [1, 2, 3]
+    offloads = {"none": [False], "cpu": [True], "auto": [False, True]}[spec.deepspeed.offload]
+    total_params = context.model.total_params
+
+    for offload in offloads:
+        for gpus in counts:
+            for stage in stages:
+                if (offload and stage != 3) or not context.host_fits(gpus, offload):
+                    continue
+                variant = variant_for(stage, offload, total_params)
+                share = context.global_batch_size // gpus
+                for per_device in sorted(_divisors(share), reverse=True):
+                    memory = context.estimate(gpus, variant, per_device)
+                    if memory.total_gib <= context.budget:
+                        context.notes.insert(
+                            0,
+                            f"policy minimal: the fewest GPUs ({gpus}), then the lowest ZeRO stage ({stage}), "
+                            f"then the largest per-device batch ({per_device}) that fit {GPU_BUDGET_FRACTION:.0%} of "
+                            f"{context.gpu_memory_gib:g} GiB, keeping the global batch of {context.global_batch_size}",
+                        )
+                        if offload:
+                            context.notes.append("CPU offload: nothing fits without it")
+                        return gpus, variant, per_device, share // per_device, memory, "fits"
+
+    # Nothing fits: report the layout with the smallest estimate there is.
+    gpus = counts[-1]
+    stage = stages[-1]
+    offload = offloads[-1] and stage == 3
+    variant = variant_for(stage, offload, total_params)
+    memory = context.estimate(gpus, variant, 1)
+    floor = sum(part.gib for part in memory.parts if part.name in _PER_GPU_FLOOR)
+    if fixed_gpus is not None:
+        why_gpus = f"the {gpus} GPUs the spec sets"
+    else:
+        why_gpus = f"{gpus} GPUs (the most that split the global batch of {context.global_batch_size})"
+    setup = f"ZeRO-{stage}" + (" + CPU offload" if offload else "")
+    host = ""
+    if not context.host_fits(gpus, offload):
+        host = (
+            f"CPU offload needs about {context.host_gib_per_node(gpus):.0f} GiB of host memory per node, more than "
+            f"the {context.host_limit_gib:g} GiB spec.resources.memory sets"
+        )
+    if memory.total_gib <= context.budget:
+        reason = f"nothing fits: with {why_gpus} and {setup} a GPU would hold {memory.total_gib:.1f} GiB, but {host}"
+    else:
+        reason = (
+            f"nothing fits the {context.budget:.1f} GiB budget ({GPU_BUDGET_FRACTION:.0%} of "
+            f"{context.gpu_memory_gib:g} GiB): the smallest estimate is {memory.total_gib:.1f} GiB, with {why_gpus}, "
+            f"{setup} and 1 sample of {context.max_seq_length} tokens per GPU; {floor:.1f} GiB of it does not "
+            f"shrink with more GPUs ({_describe(memory)} GiB). Lower data.maxSeqLength or data.maxTiles, "
+            f"or use GPUs with more memory"
+        )
+        if host:
+            context.notes.append(host)
+    context.notes.insert(0, reason)
+    return gpus, variant, 1, context.global_batch_size // gpus, memory, "nothing-fits"

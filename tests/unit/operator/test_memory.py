@@ -1,0 +1,157 @@
+"""The memory model: each part by its formula, and how parts move with ZeRO stage, GPUs and batch shape."""
+
+import pytest
+
+from internvl_operator.catalog import CATALOG, model_spec
+from internvl_operator.deepspeed import OFFLOAD_VARIANT, deepspeed_config
+from internvl_operator.memory import (
+    GIB,
+    Trainable,
+    budget_gib,
+    estimate,
+    llm_layer_saved,
+    lora_layer_saved_bytes,
+    offload_host_gib,
+)
+
+FULL = Trainable(projector=True, llm=True)
+LORA = Trainable(lora_rank=16, lora_llm=True)
+
+
+def run(name="InternVL2_5-8B", trainable=FULL, gpus=8, variant="zero_stage1_config", batch=2, seq=8192, tiles=7,
+        checkpointing=True):  # fmt: skip
+    return estimate(
+        model_spec(name),
+        trainable,
+        gpus=gpus,
+        deepspeed=deepspeed_config(variant),
+        per_device_batch_size=batch,
+        max_seq_length=seq,
+        tiles_per_sequence=tiles,
+        gradient_checkpointing=checkpointing,
+    )
+
+
+def test_8b_full_zero1_part_by_part():
+    result = run()
+    trained = 33_570_816 + 7_737_782_272  # projector + LLM
+    assert result.gib("weights") == round(2 * 8_075_365_376 / GIB, 2) == 15.04
+    assert result.gib("gradients") == round(2 * trained / GIB, 2) == 14.48
+    assert result.gib("optimizer states") == round(12 * trained / 8 / GIB, 2) == 10.86
+    assert result.gib("communication buckets") == round(2 * 2 * 1e9 / GIB, 2) == 3.73
+    assert result.gib("framework") == 2.0
+    assert result.gib("layer checkpoints") == round(32 * 4096 * 2 * 16384 / GIB, 2) == 4.0
+    assert result.gib("logits") == round(12 * 92_553 * 16384 / GIB, 2) == 16.95
+    assert result.total_gib == 67.05
+    assert result.peak == "backward"
+    assert [part.name for part in result.parts] == [
+        "weights",
+        "gradients",
+        "optimizer states",
+        "communication buckets",
+        "framework",
+        "layer checkpoints",
+        "logits",
+    ]
+
+
+def test_zero2_shards_gradients_and_zero3_shards_weights():
+    one, two, three = (run(variant=v) for v in ("zero_stage1_config", "zero_stage2_config", "zero_stage3_config"))
+    assert one.gib("gradients") == 14.48
+    assert two.gib("gradients") == round(14.48 / 8, 2) == 1.81
+    assert two.gib("weights") == 15.04
+    assert three.gib("weights") == round(15.04 / 8, 2) == 1.88
+    assert three.gib("gathered weights (ZeRO-3)") == round(2 * 1e9 / GIB, 2) == 1.86
+    assert two.gib("communication buckets") == round(2 * 2 * 1e8 / GIB, 2) == 0.37
+    assert three.gib("communication buckets") == 1.86
+
+
+def test_zero3_shards_the_frozen_base_of_lora():
+    two = run("InternVL2_5-26B", LORA, gpus=2, variant="zero_stage3_config")
+    eight = run("InternVL2_5-26B", LORA, gpus=8, variant="zero_stage3_config")
+    assert two.gib("weights") == 23.84
+    assert eight.gib("weights") == 5.96
+    assert round(two.total_gib - eight.total_gib, 2) == 18.27
+
+
+def test_lora_under_zero1_barely_depends_on_gpu_count():
+    assert run(trainable=LORA, gpus=2).total_gib == 42.1
+    assert run(trainable=LORA, gpus=8).total_gib == 41.93
+
+
+def test_offload_leaves_only_the_gathered_weights_on_the_gpu():
+    result = run("InternVL2_5-78B", gpus=8, variant=OFFLOAD_VARIANT, batch=1)
+    assert result.gib("weights") == result.gib("gradients") == result.gib("optimizer states") == 0.0
+    # the LM head (151674 x 8192) is the largest tensor and is gathered whole
+    assert result.gib("gathered weights (ZeRO-3)") == round(2 * 151_674 * 8192 / GIB, 2) == 2.31
+    assert result.gib("communication buckets") == round(2 * 1e7 / GIB, 2) == 0.02
+    assert result.total_gib == 28.22
+
+
+def test_logits_scale_with_tokens_and_vocabulary():
+    assert run(batch=1).gib("logits") == round(12 * 92_553 * 8192 / GIB, 2) == 8.47
+    assert run("InternVL2_5-4B", batch=1).gib("logits") == round(12 * 151_674 * 8192 / GIB, 2) == 13.89
+
+
+def test_without_checkpointing_every_layer_keeps_its_activations():
+    result = run(checkpointing=False)
+    # (6 h + 2 kv_heads head_dim + 4 i) bf16 elements per token and layer, 32 layers, 16384 tokens
+    per_layer = (6 * 4096 + 2 * 8 * 128 + 4 * 14336) * 2 * 16384
+    assert result.gib("layer activations") == round(32 * per_layer / GIB, 2) == 82.0
+    assert result.gib("logits") == 16.95
+    assert result.total_gib == 145.05  # the parts are rounded, the total is not
+
+
+def test_logits_outweigh_a_recomputed_layer_for_every_catalog_model():
+    # per token: 12 bytes per vocabulary entry against 2 bytes per saved element of one layer
+    for spec in CATALOG.values():
+        assert 12 * spec.llm.vocab_size > 2 * llm_layer_saved(spec) + lora_layer_saved_bytes(spec)
+    assert llm_layer_saved(model_spec("InternVL2_5-8B")) == 6 * 4096 + 2 * 8 * 128 + 4 * 14336 == 83_968
+    assert lora_layer_saved_bytes(model_spec("InternVL2_5-8B")) == (6 * 4096 + 14336) * 3
+
+
+def test_optimizer_step_peak_when_activations_are_small():
+    result = run("InternVL2_5-8B", gpus=1, batch=1, seq=128)
+    assert result.peak == "optimizer step"
+    assert result.gib("optimizer step (fp32 gradients)") == round(4 * 7_771_353_088 / GIB, 2) == 28.95
+    assert result.gib("logits") == 0.0
+
+
+def test_training_the_vision_tower_keeps_its_activations():
+    frozen = run()
+    trained = run(trainable=Trainable(vision_layers=24, projector=True, llm=True))
+    vision_tokens = 2 * 7 * 1025
+    kept = 24 * 1024 * 2 * vision_tokens + (8 * 1024 + 2 * 4096) * 2 * vision_tokens
+    assert trained.gib("vision activations") == round(kept / GIB, 2) == 1.09
+    assert frozen.gib("vision activations") == 0.0
+    assert trained.gib("weights") == frozen.gib("weights")
+    assert trained.gib("gradients") == round(2 * 8_075_365_376 / GIB, 2)
+
+
+def test_last_vision_layers_only():
+    vision = model_spec("InternVL2_5-8B").vision
+    assert Trainable(vision_layers=4).params(model_spec("InternVL2_5-8B")) == 4 * vision.layer_params
+    assert Trainable(vision_layers=4).vision_backward_layers(model_spec("InternVL2_5-8B")) == 4
+    assert Trainable(lora_rank=8, lora_vision=True).vision_backward_layers(model_spec("InternVL2_5-8B")) == 24
+
+
+def test_lora_parameters_count_towards_weights_and_training():
+    spec = model_spec("InternVL2_5-8B")
+    assert LORA.params(spec) == 41_943_040
+    both = Trainable(lora_rank=16, lora_llm=True, lora_vision=True)
+    assert both.params(spec) == 41_943_040 + 24 * 16 * (4 * 1024 + 2 * 1024 + 2 * (1024 + 4096))
+
+
+def test_budget_and_host_memory():
+    assert budget_gib(80) == 72.0
+    # 2 bytes per weight plus 16 per trained parameter (12 optimizer + 4 fp32 gradient)
+    expected = (2 * 78_408_318_336 + 16 * (172_008_448 + 72_699_813_888)) / GIB
+    assert offload_host_gib(model_spec("InternVL2_5-78B"), FULL) == pytest.approx(expected)
+    assert round(expected) == 1232
+
+
+def test_estimates_do_not_depend_on_the_model_name():
+    # InternVL2_5-38B and InternVL3-38B share every dimension, so they share every estimate.
+    assert run("InternVL2_5-38B", gpus=16, variant="zero_stage3_config_34b") == run(
+        "InternVL3-38B", gpus=16, variant="zero_stage3_config_34b"
+    )

@@ -1,0 +1,375 @@
+"""The planner: InternVL's recipes reproduced exactly, policy minimal's order, the spec's own choices
+winning, and "nothing fits" explained with numbers."""
+
+import copy
+
+import pytest
+
+from internvl_operator.api import InternVLFinetune, InternVLFinetuneSpec, PlanStatus
+from internvl_operator.catalog import model_spec
+from internvl_operator.deepspeed import deepspeed_config
+from internvl_operator.memory import GIB
+from internvl_operator.planner import parse_quantity, plan, tiles_per_sequence, trainable_of
+from internvl_trainer.config import MODEL_NAMES, DataConfig, MethodConfig, TrainConfig
+from internvl_trainer.problems import BadInput
+
+Z1, Z3 = "zero_stage1_config", "zero_stage3_config"
+Z3_34B, Z3_100B = "zero_stage3_config_34b", "zero_stage3_config_100b"
+
+# reference/internvl-recipe.md §8.2 and §8.3, typed from the tables:
+# model, method, GPUs, global batch, per device, accumulation, LR, weight decay, tokens, tiles, config, drop path
+PUBLISHED_RECIPES = [
+    ("InternVL3-1B", "full", 8, 128, 4, 4, 1e-5, 0.05, 16384, 12, Z1, 0.0),
+    ("InternVL3-2B", "full", 8, 128, 4, 4, 2e-5, 0.05, 16384, 12, Z1, 0.0),
+    ("InternVL3-8B", "full", 8, 128, 4, 4, 2e-5, 0.05, 16384, 12, Z1, 0.0),
+    ("InternVL3-9B", "full", 8, 128, 4, 4, 2e-5, 0.05, 16384, 12, Z1, 0.0),
+    ("InternVL3-14B", "full", 8, 128, 4, 4, 2e-5, 0.05, 16384, 12, Z1, 0.1),
+    ("InternVL3-38B", "full", 16, 128, 2, 4, 2e-5, 0.05, 16384, 12, Z3_34B, 0.2),
+    ("InternVL3-78B", "full", 32, 128, 2, 2, 2e-5, 0.05, 16384, 12, Z3_100B, 0.4),
+    ("InternVL2_5-1B", "full", 8, 128, 4, 4, 4e-5, 0.01, 8192, 6, Z1, 0.1),
+    ("InternVL2_5-1B", "lora", 2, 16, 4, 2, 4e-5, 0.01, 8192, 6, Z1, 0.0),
+    ("InternVL2_5-2B", "full", 8, 128, 4, 4, 4e-5, 0.01, 8192, 6, Z1, 0.1),
+    ("InternVL2_5-2B", "lora", 2, 16, 4, 2, 4e-5, 0.01, 8192, 6, Z1, 0.0),
+    ("InternVL2_5-4B", "full", 8, 128, 4, 4, 4e-5, 0.01, 8192, 6, Z1, 0.1),
+    ("InternVL2_5-4B", "lora", 2, 16, 4, 2, 4e-5, 0.01, 8192, 6, Z1, 0.0),
+    ("InternVL2_5-8B", "full", 8, 128, 4, 4, 4e-5, 0.05, 8192, 6, Z1, 0.1),
+    ("InternVL2_5-8B", "lora", 2, 16, 4, 2, 4e-5, 0.05, 8192, 6, Z1, 0.0),
+    ("InternVL2_5-26B", "full", 8, 128, 2, 8, 2e-5, 0.05, 8192, 6, Z3, 0.4),
+    ("InternVL2_5-26B", "lora", 2, 16, 2, 4, 2e-5, 0.05, 8192, 6, Z3, 0.0),
+    ("InternVL2_5-38B", "full", 16, 128, 2, 4, 2e-5, 0.05, 8192, 6, Z3_34B, 0.4),
+    ("InternVL2_5-38B", "lora", 2, 16, 2, 4, 2e-5, 0.05, 8192, 6, Z3_34B, 0.0),
+    ("InternVL2_5-78B", "full", 32, 128, 1, 4, 2e-5, 0.05, 8192, 6, Z3_100B, 0.4),
+    ("InternVL2_5-78B", "lora", 8, 16, 1, 2, 2e-5, 0.05, 8192, 6, Z3_100B, 0.0),
+]
+
+# InternVL3 LoRA: no script; the nearest InternVL 2.5 LoRA script's layout, InternVL3's limits.
+DERIVED_RECIPES = [
+    ("InternVL3-1B", "InternVL2_5-1B", 2, 16, 4, 2, 4e-5, 0.01, 16384, 12, Z1, 0.0),
+    ("InternVL3-2B", "InternVL2_5-2B", 2, 16, 4, 2, 4e-5, 0.01, 16384, 12, Z1, 0.0),
+    ("InternVL3-8B", "InternVL2_5-8B", 2, 16, 4, 2, 4e-5, 0.05, 16384, 12, Z1, 0.0),
+    ("InternVL3-9B", "InternVL2_5-8B", 2, 16, 4, 2, 4e-5, 0.05, 16384, 12, Z1, 0.0),
+    ("InternVL3-14B", "InternVL2_5-26B", 2, 16, 2, 4, 2e-5, 0.05, 16384, 12, Z3, 0.0),
+    ("InternVL3-38B", "InternVL2_5-38B", 2, 16, 2, 4, 2e-5, 0.05, 16384, 12, Z3_34B, 0.0),
+    ("InternVL3-78B", "InternVL2_5-78B", 8, 16, 1, 2, 2e-5, 0.05, 16384, 12, Z3_100B, 0.0),
+]
+
+
+def spec_of(name="InternVL2_5-8B", kind="full", policy="recipe", memory=80, **sections) -> InternVLFinetuneSpec:
+    """A spec of a model and method kind; keyword sections are merged into the document."""
+    document = {
+        "model": {"name": name, "weights": "s3://models/base"},
+        "method": {"type": kind},
+        "data": {"meta": "s3://data/meta.json"},
+        "output": {"uri": "s3://models/out"},
+        "resources": {"policy": policy, "gpuMemoryGiB": memory},
+    }
+    for section, values in sections.items():
+        document[section] = {**document.get(section, {}), **values}
+    return InternVLFinetuneSpec.model_validate(document)
+
+
+def layout(result):
+    return (
+        result.gpus,
+        result.global_batch_size,
+        result.per_device_batch_size,
+        result.gradient_accumulation_steps,
+        result.learning_rate,
+        result.weight_decay,
+        result.max_seq_length,
+        result.max_tiles,
+        result.deepspeed_variant,
+        result.drop_path_rate,
+    )
+
+
+@pytest.mark.parametrize("row", PUBLISHED_RECIPES, ids=lambda row: f"{row[0]}-{row[1]}")
+def test_policy_recipe_reproduces_every_published_script(row):
+    name, method, *expected = row
+    result = plan(spec_of(name, method))
+    assert layout(result) == tuple(expected)
+    assert result.policy == "recipe"
+    assert result.zero_stage == int(expected[8][len("zero_stage")])
+    assert result.offload is False
+    assert result.recipe.endswith(f"_{method}.sh")
+    assert result.notes[0] == f"recipe: InternVL's {result.recipe}"
+
+
+@pytest.mark.parametrize("row", DERIVED_RECIPES, ids=lambda row: row[0])
+def test_internvl3_lora_follows_the_nearest_internvl2_5_lora_script(row):
+    name, source, *expected = row
+    result = plan(spec_of(name, "lora"))
+    assert layout(result) == tuple(expected)
+    assert result.recipe.endswith(f"internvl2_5_{source.split('-')[1].lower()}_dynamic_res_2nd_finetune_lora.sh")
+    assert any(note.startswith(f"{name} has no LoRA recipe") and source in note for note in result.notes)
+
+
+def test_a_recipe_that_fits_and_one_that_does_not():
+    fits = plan(spec_of("InternVL2_5-26B", "full"))
+    assert (fits.verdict, fits.memory.total_gib, fits.budget_gib) == ("fits", 70.17, 72.0)
+    exceeds = plan(spec_of("InternVL3-8B", "lora"))
+    assert (exceeds.verdict, exceeds.memory.total_gib) == ("exceeds", 144.24)
+    assert exceeds.notes[-1].startswith(
+        "estimated 144.2 GiB per GPU exceeds the 72.0 GiB budget (90% of 80 GiB) with full-length sequences "
+        "(4 x 16384 tokens per GPU); largest parts: logits 111.1, weights 14.9, layer checkpoints 12.2 GiB"
+    )
+
+
+def test_spec_values_win_over_the_recipe():
+    result = plan(
+        spec_of(
+            "InternVL2_5-8B",
+            "lora",
+            training={"learningRate": 1e-4, "weightDecay": 0.0, "globalBatchSize": 32},
+            data={"meta": "s3://data/meta.json", "maxSeqLength": 4096, "maxTiles": 4},
+            method={"type": "lora", "dropPathRate": 0.2},
+        )
+    )
+    assert (result.learning_rate, result.weight_decay, result.drop_path_rate) == (1e-4, 0.0, 0.2)
+    assert (result.max_seq_length, result.max_tiles) == (4096, 4)
+    assert (result.gpus, result.per_device_batch_size, result.gradient_accumulation_steps) == (2, 4, 4)
+
+
+def test_explicit_gpus_and_stage(full_cr):
+    result = plan(InternVLFinetune.model_validate(full_cr).spec)
+    assert result.policy == "explicit"
+    assert (result.nodes, result.gpus_per_node, result.gpus) == (2, 8, 16)
+    assert (result.deepspeed_variant, result.per_device_batch_size, result.gradient_accumulation_steps) == (Z3, 2, 4)
+    assert "16 GPUs as the spec sets (the recipe uses 8)" in result.notes
+    assert result.memory.total_gib == 50.92
+
+
+def test_explicit_stage_picks_that_stage_config():
+    result = plan(spec_of("InternVL2_5-8B", "lora", deepspeed={"stage": 2}))
+    assert result.policy == "recipe"
+    assert (result.zero_stage, result.deepspeed_variant) == (2, "zero_stage2_config")
+    assert "ZeRO-2 as the spec sets (the recipe uses ZeRO-1)" in result.notes
+
+
+def test_cpu_offload_moves_the_recipe_to_zero3():
+    result = plan(spec_of("InternVL2_5-8B", "full", deepspeed={"offload": "cpu"}))
+    assert (result.zero_stage, result.offload, result.deepspeed_variant) == (
+        3,
+        True,
+        "zero_stage3_config_100b_1e7_offload",
+    )
+    assert "ZeRO-3 instead of the recipe's ZeRO-1: CPU offload needs stage 3" in result.notes
+    assert "CPU offload keeps weights and optimizer states in host memory: about 131 GiB per node" in result.notes
+
+
+def test_recipe_offload_beyond_the_pod_memory_exceeds():
+    result = plan(spec_of("InternVL2_5-8B", "full", deepspeed={"offload": "cpu"}, resources={"memory": "64Gi"}))
+    assert (result.verdict, result.memory.total_gib) == ("exceeds", 44.62)
+    assert (
+        "CPU offload needs about 131 GiB of host memory per node, more than the 64 GiB spec.resources.memory sets"
+        in (result.notes)
+    )
+
+
+def test_cpu_offload_with_stage_1_is_refused():
+    with pytest.raises(BadInput) as error:
+        plan(spec_of(deepspeed={"stage": 1, "offload": "cpu"}))
+    assert [str(p) for p in error.value.problems] == [
+        "spec.deepspeed.offload: cpu offload needs ZeRO stage 3, got stage 1"
+    ]
+
+
+def test_lora_under_zero3_is_flagged():
+    result = plan(spec_of("InternVL2_5-26B", "lora"))
+    assert any("InternVL issue #905" in note for note in result.notes)
+    assert not any("#905" in note for note in plan(spec_of("InternVL2_5-8B", "lora")).notes)
+
+
+def test_global_batch_that_does_not_split():
+    adjusted = plan(spec_of("InternVL2_5-1B", "full", resources={"gpus": 24, "gpusPerNode": 8}))
+    assert (adjusted.global_batch_size, adjusted.per_device_batch_size, adjusted.gradient_accumulation_steps) == (
+        120,
+        1,
+        5,
+    )
+    assert "global batch 120 instead of the recipe's 128: 128 does not split over 24 GPUs" in adjusted.notes
+    assert "1 per device instead of the recipe's 4, so that 120 splits over 24 GPUs" in adjusted.notes
+    with pytest.raises(BadInput) as error:
+        plan(spec_of("InternVL2_5-1B", "full", resources={"gpus": 24}, training={"globalBatchSize": 128}))
+    assert [str(p) for p in error.value.problems] == [
+        "spec.training.globalBatchSize: 128 does not split over 24 GPUs; use a multiple of 24"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "memory", "expected"),
+    [
+        # fewest GPUs, then the lowest stage, then the largest per-device batch that fits 90 %
+        ("InternVL2_5-8B", "full", 80, (1, 4, Z1, 1, 32, 67.43)),
+        ("InternVL2_5-8B", "lora", 80, (1, 1, Z1, 4, 4, 63.29)),
+        ("InternVL2_5-4B", "full", 80, (1, 1, "zero_stage2_config", 1, 128, 68.74)),
+        ("InternVL2_5-38B", "full", 80, (2, 8, Z3_34B, 1, 8, 55.85)),
+        ("InternVL3-78B", "full", 80, (8, 8, Z3_100B, 1, 2, 71.08)),
+        ("InternVL2_5-1B", "full", 141, (1, 1, Z1, 4, 32, 72.6)),
+    ],
+)
+def test_policy_minimal(name, method, memory, expected):
+    result = plan(spec_of(name, method, "minimal", memory))
+    assert result.verdict == "fits"
+    assert (
+        result.nodes,
+        result.gpus_per_node,
+        result.deepspeed_variant,
+        result.per_device_batch_size,
+        result.gradient_accumulation_steps,
+        result.memory.total_gib,
+    ) == expected
+    assert result.memory.total_gib <= result.budget_gib
+    assert result.global_batch_size == (128 if method == "full" else 16)
+    assert result.notes[0].startswith("policy minimal: the fewest GPUs")
+
+
+def test_minimal_checks_fewer_gpus_before_a_higher_stage():
+    # 3 GPUs are skipped (128 does not split over 3); at 4, ZeRO-1 fits, so ZeRO-3 on 2 is never tried first
+    result = plan(spec_of("InternVL2_5-8B", "full", "minimal", 80))
+    smaller = plan(spec_of("InternVL2_5-8B", "full", "minimal", 80, resources={"gpus": 2, "policy": "minimal"}))
+    assert smaller.verdict == "fits"
+    assert (smaller.gpus, smaller.zero_stage) == (2, 3)
+    assert (result.gpus, result.zero_stage) == (4, 1)
+
+
+def test_minimal_offloads_only_when_nothing_else_fits():
+    result = plan(spec_of("InternVL2_5-78B", "full", "minimal", 40))
+    assert (result.gpus, result.offload, result.verdict, result.memory.total_gib) == (1, True, "fits", 28.22)
+    assert "CPU offload: nothing fits without it" in result.notes
+    assert "CPU offload keeps weights and optimizer states in host memory: about 1232 GiB per node" in result.notes
+    never = plan(spec_of("InternVL2_5-78B", "full", "minimal", 40, deepspeed={"offload": "none"}))
+    assert (never.verdict, never.offload) == ("nothing-fits", False)
+
+
+def test_minimal_spreads_offload_over_nodes_when_the_pod_memory_is_set():
+    result = plan(spec_of("InternVL2_5-78B", "full", "minimal", 40, resources={"memory": "512Gi"}))
+    assert (result.nodes, result.gpus, result.offload) == (4, 32, True)
+    assert "CPU offload keeps weights and optimizer states in host memory: about 308 GiB per node" in result.notes
+
+
+def test_nothing_fits_says_why_with_numbers():
+    result = plan(spec_of("InternVL3-78B", "full", "minimal", 40))
+    assert result.verdict == "nothing-fits"
+    assert (result.gpus, result.deepspeed_variant, result.per_device_batch_size) == (
+        128,
+        "zero_stage3_config_100b_1e7_offload",
+        1,
+    )
+    assert result.notes[0] == (
+        "nothing fits the 36.0 GiB budget (90% of 40 GiB): the smallest estimate is 52.1 GiB, with 128 GPUs "
+        "(the most that split the global batch of 128), ZeRO-3 + CPU offload and 1 sample of 16384 tokens per GPU; "
+        "52.1 GiB of it does not shrink with more GPUs "
+        "(logits 27.8, layer checkpoints 20.0, gathered weights (ZeRO-3) 2.3 GiB). "
+        "Lower data.maxSeqLength or data.maxTiles, or use GPUs with more memory"
+    )
+
+
+def test_nothing_fits_on_fixed_gpus_names_them():
+    result = plan(
+        spec_of("InternVL2_5-26B", "full", "minimal", 80, resources={"gpus": 2}, deepspeed={"offload": "none"})
+    )
+    assert result.verdict == "nothing-fits"
+    assert "with the 2 GPUs the spec sets, ZeRO-3 and 1 sample" in result.notes[0]
+
+
+def test_plan_fills_status_batch_layout_and_train_config(lora_cr):
+    resource = InternVLFinetune.model_validate(lora_cr)
+    result = plan(resource.spec)
+    status = result.to_status()
+    assert status == PlanStatus(
+        nodes=1,
+        gpus_per_node=2,
+        gpus=2,
+        zero_stage=1,
+        offload=False,
+        per_device_batch_size=4,
+        gradient_accumulation_steps=2,
+        estimated_memory_gib=144.24,
+        policy="recipe",
+        notes=result.notes,
+    )
+    assert result.deepspeed_config() == deepspeed_config(Z1)
+    spec = resource.spec
+    config = TrainConfig.model_validate(
+        {
+            "model": spec.model.to_wire(),
+            "method": {**spec.method.to_wire(), "dropPathRate": result.drop_path_rate},
+            "data": {**spec.data.to_wire(), "maxSeqLength": result.max_seq_length, "maxTiles": result.max_tiles},
+            "training": {
+                **spec.training.to_wire(),
+                "globalBatchSize": result.global_batch_size,
+                "learningRate": result.learning_rate,
+                "weightDecay": result.weight_decay,
+            },
+            "batch": result.batch_layout().to_wire(),
+            "deepspeed": result.deepspeed_config(),
+            "output": spec.output.to_wire(),
+        }
+    )
+    assert config.batch.world_size == 2
+
+
+@pytest.mark.parametrize("policy", ["recipe", "minimal"])
+@pytest.mark.parametrize("memory", [24, 80])
+def test_every_model_and_method_plans_into_a_valid_status(policy, memory):
+    for name in MODEL_NAMES:
+        for method in ("full", "lora"):
+            result = plan(spec_of(name, method, policy, memory))
+            status = PlanStatus.model_validate(result.to_status().to_wire())
+            assert status.gpus == status.nodes * status.gpus_per_node
+            assert (
+                result.per_device_batch_size * result.gradient_accumulation_steps * result.gpus
+                == result.global_batch_size
+            )
+
+
+def test_wire_form_uses_camel_case():
+    wire = plan(spec_of()).to_wire()
+    assert {"gpuMemoryGiB", "budgetGiB", "perDeviceBatchSize", "deepspeedVariant"} <= set(wire)
+    assert set(wire["memory"]) == {"parts", "totalGiB", "peak"}
+
+
+def test_trainable_parts_from_the_method():
+    spec = model_spec("InternVL2_5-8B")
+    full = trainable_of(MethodConfig(type="full"), spec)
+    assert (full.vision_layers, full.projector, full.llm, full.lora_rank) == (0, True, True, None)
+    lora = trainable_of(
+        MethodConfig.model_validate({"type": "lora", "lora": {"rank": 8, "targets": ["llm", "vision"]}}), spec
+    )
+    assert (lora.projector, lora.llm, lora.lora_rank, lora.lora_llm, lora.lora_vision) == (False, False, 8, True, True)
+    some = trainable_of(MethodConfig.model_validate({"type": "full", "unfreezeVisionLayers": 6}), spec)
+    assert some.vision_layers == 6
+    whole = trainable_of(MethodConfig.model_validate({"type": "full", "freeze": {"vision": False}}), spec)
+    assert whole.vision_layers == 24
+
+
+def test_tiles_per_sequence():
+    packed = DataConfig(meta="s3://data/meta.json")
+    assert tiles_per_sequence(packed, 6, 8192) == 8192 // 256 == 32
+    assert tiles_per_sequence(packed, 12, 16384) == 64
+    unpacked = DataConfig.model_validate({"meta": "s3://data/meta.json", "packing": False, "video": {"maxFrames": 8}})
+    assert tiles_per_sequence(unpacked, 12, 16384) == 13  # 12 tiles and the thumbnail
+    assert tiles_per_sequence(unpacked, 1, 16384) == 8  # a video's frames, one tile each
+    assert tiles_per_sequence(unpacked, 6, 8192) == 8
+
+
+def test_a_trained_vision_tower_is_planned_for_a_full_packed_sequence():
+    result = plan(spec_of("InternVL2_5-8B", "full", method={"type": "full", "freeze": {"vision": False}}))
+    vision_tokens = 4 * 32 * 1025  # per-device batch 4, 8192 / 256 tiles per packed sequence
+    kept = 24 * 1024 * 2 * vision_tokens + (8 * 1024 + 2 * 4096) * 2 * vision_tokens
+    assert result.memory.gib("vision activations") == round(kept / GIB, 2) == 10.01
+
+
+def test_quantities():
+    assert parse_quantity("1600Gi") == 1600 * 2**30
+    assert parse_quantity("2T") == 2e12
+    assert parse_quantity("500m") == 0.5
+    assert parse_quantity("8") == 8
+
+
+def test_plan_is_pure():
+    spec = spec_of("InternVL3-8B", "lora", "minimal")
+    before = copy.deepcopy(spec)
+    assert plan(spec) == plan(spec)
+    assert spec == before
