@@ -4,6 +4,7 @@ Subcommands that need no cluster work like ``helm template``: they read files an
 
     internvl-operator validate FILE...        check InternVLFinetune objects offline
     internvl-operator plan FILE...            print the sizing plan of InternVLFinetune objects
+    internvl-operator render FILE...          print the objects the operator would create
     internvl-operator crds [--output DIR]     print or write the generated CRD
 
 Exit codes: 0 success, 2 bad input (every problem printed as ``field.path: reason``, or a plan
@@ -21,6 +22,9 @@ import yaml
 from internvl_operator.api import KIND
 from internvl_operator.crd import CRD_FILENAME, crd_yaml
 from internvl_operator.planner import Plan, plan
+from internvl_operator.render import render
+from internvl_operator.resolve import render_context
+from internvl_operator.settings import OperatorSettings
 from internvl_operator.validation import parse, validate
 from internvl_trainer.problems import (
     EXIT_BAD_INPUT,
@@ -41,6 +45,29 @@ def _name_of(document: object) -> str:
     return f"{KIND}/{name}" if isinstance(name, str) else KIND
 
 
+def _objects(sources: list[str]) -> list[tuple[str, int, object]]:
+    """Every InternVLFinetune document of the files (and documents that are not mappings, so that
+    validation can name them), with its file and index."""
+    found = []
+    for source in sources:
+        documents = [d for d in load_yaml_documents(source) if not isinstance(d, dict) or d.get("kind") == KIND]
+        if not documents:
+            raise BadInput([Problem(source, f"no {KIND} object in the file")])
+        found += [(source, index, document) for index, document in enumerate(documents)]
+    return found
+
+
+def _planned(sources: list[str]) -> list[tuple[str, int, object, Plan]]:
+    """The valid objects of the files with their plans. Raises BadInput on any invalid one."""
+    planned = []
+    for source, index, document in _objects(sources):
+        problems = validate(document)
+        if problems:
+            raise BadInput(problems)
+        planned.append((source, index, document, plan(parse(document).spec)))
+    return planned
+
+
 def _old_object(source: str | None) -> object:
     if source is None:
         return None
@@ -51,14 +78,10 @@ def _old_object(source: str | None) -> object:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    results = []
     old = _old_object(args.old)
-    for source in args.files:
-        documents = [d for d in load_yaml_documents(source) if not isinstance(d, dict) or d.get("kind") == KIND]
-        if not documents:
-            raise BadInput([Problem(source, f"no {KIND} object in the file")])
-        for index, document in enumerate(documents):
-            results.append((source, index, _name_of(document), validate(document, old)))
+    results = [
+        (source, index, _name_of(document), validate(document, old)) for source, index, document in _objects(args.files)
+    ]
 
     valid = all(not problems for *_, problems in results)
     if args.output == "json":
@@ -109,16 +132,7 @@ def _plan_table(plan: Plan) -> str:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    results = []
-    for source in args.files:
-        documents = [d for d in load_yaml_documents(source) if not isinstance(d, dict) or d.get("kind") == KIND]
-        if not documents:
-            raise BadInput([Problem(source, f"no {KIND} object in the file")])
-        for index, document in enumerate(documents):
-            problems = validate(document)
-            if problems:
-                raise BadInput(problems)
-            results.append((source, index, _name_of(document), plan(parse(document).spec)))
+    results = [(source, index, _name_of(document), result) for source, index, document, result in _planned(args.files)]
 
     if args.output == "table":
         for source, _index, name, result in results:
@@ -133,6 +147,27 @@ def _plan(args: argparse.Namespace) -> int:
         }
         sys.stdout.write(dumps_json(report) if args.output == "json" else yaml.safe_dump(report, sort_keys=False))
     return EXIT_BAD_INPUT if any(result.verdict == "nothing-fits" for *_, result in results) else EXIT_OK
+
+
+class _BlockStyleDumper(yaml.SafeDumper):
+    """Writes multi-line strings (train.yaml inside its ConfigMap) as readable literal blocks."""
+
+
+_BlockStyleDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None),
+)
+
+
+def _render(args: argparse.Namespace) -> int:
+    settings = OperatorSettings.from_env()
+    documents = []
+    for source, _index, document, result in _planned(args.files):
+        if result.verdict == "nothing-fits":
+            raise BadInput([Problem(f"{source}: {_name_of(document)}", result.notes[0])])
+        documents += render(render_context(parse(document), result, args.attempt, settings))
+    sys.stdout.write(yaml.dump_all(documents, Dumper=_BlockStyleDumper, sort_keys=False))
+    return EXIT_OK
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -158,6 +193,11 @@ def parser() -> argparse.ArgumentParser:
     sizing.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for standard input)")
     sizing.add_argument("--output", choices=["table", "yaml", "json"], default="table")
     sizing.set_defaults(handler=_plan)
+
+    children = commands.add_parser("render", help="print the objects the operator would create, like helm template")
+    children.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for standard input)")
+    children.add_argument("--attempt", type=int, default=1, help="attempt number (default 1)")
+    children.set_defaults(handler=_render)
 
     crds = commands.add_parser("crds", help="print the CRD, or write it into a folder")
     crds.add_argument("--output", type=Path, metavar="DIR", help=f"write DIR/{CRD_FILENAME}")

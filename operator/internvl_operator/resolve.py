@@ -1,0 +1,41 @@
+"""From an InternVLFinetune and its plan to what the renderers need: the fully resolved
+train.yaml (docs/contract.md §1) and the render context of one attempt."""
+
+from __future__ import annotations
+
+from internvl_operator.api import InternVLFinetune
+from internvl_operator.planner import Plan
+from internvl_operator.render import RenderContext
+from internvl_operator.settings import OperatorSettings
+from internvl_trainer.config import RunConfig, StorageConfig, TrainConfig
+
+# What `internvl-operator render` writes where no API server has assigned a uid yet.
+OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
+
+
+def train_config(resource: InternVLFinetune, plan: Plan) -> TrainConfig:
+    """train.yaml for the object: its own sections with every recipe value the plan chose."""
+    spec = resource.spec
+    uid = (resource.metadata.model_extra or {}).get("uid") or OFFLINE_UID
+    return TrainConfig(
+        run=RunConfig(name=resource.metadata.name, uid=uid),
+        model=spec.model,
+        method=spec.method.model_copy(update={"drop_path_rate": plan.drop_path_rate}),
+        data=spec.data.model_copy(update={"max_seq_length": plan.max_seq_length, "max_tiles": plan.max_tiles}),
+        training=spec.training.model_copy(
+            update={
+                "global_batch_size": plan.global_batch_size,
+                "learning_rate": plan.learning_rate,
+                "weight_decay": plan.weight_decay,
+            }
+        ),
+        batch=plan.batch_layout(),
+        deepspeed=plan.deepspeed_config(),
+        storage=StorageConfig.model_validate(spec.storage.model_dump(exclude={"credentials_secret"})),
+        output=spec.output,
+    )
+
+
+def render_context(resource: InternVLFinetune, plan: Plan, attempt: int, settings: OperatorSettings) -> RenderContext:
+    """Everything the renderers read for one attempt."""
+    return RenderContext(resource, plan.to_status(), train_config(resource, plan), attempt, settings)

@@ -1,0 +1,44 @@
+"""`internvl-operator render` prints every example's children, planned and valid."""
+
+import pytest
+import yaml
+
+from internvl_operator.cli import main
+from tests.conftest import EXAMPLES
+from tests.unit.operator.render.conftest import schema_errors
+
+OBJECT_EXAMPLES = sorted(path.name for path in EXAMPLES.glob("*.yaml") if path.name != "train.yaml")
+
+
+@pytest.mark.parametrize("example", OBJECT_EXAMPLES)
+def test_every_example_renders_valid_children(example, capsys):
+    assert main(["render", str(EXAMPLES / example)]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["kind"] for d in documents[:4]] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding"]
+    assert documents[-1]["kind"] in ("PyTorchJob", "MPIJob")
+    for document in documents:
+        assert schema_errors(document) == [], document["kind"]
+
+
+def test_render_follows_the_attempt(capsys):
+    assert main(["render", "--attempt", "3", str(EXAMPLES / "lora-internvl3-8b.yaml")]) == 0
+    *_, job = yaml.safe_load_all(capsys.readouterr().out)
+    assert job["metadata"]["name"] == "charts-lora-a3"
+
+
+def test_an_invalid_object_is_bad_input(tmp_path, capsys, lora_cr):
+    lora_cr["spec"]["launcher"] = "slurm"
+    source = tmp_path / "bad.yaml"
+    source.write_text(yaml.safe_dump(lora_cr))
+    assert main(["render", str(source)]) == 2
+    assert capsys.readouterr().err == "spec.launcher: Input should be 'pytorchjob' or 'mpijob', got 'slurm'\n"
+
+
+def test_nothing_fits_is_bad_input(tmp_path, capsys, lora_cr):
+    lora_cr["spec"]["model"]["name"] = "InternVL3-78B"
+    lora_cr["spec"]["method"] = {"type": "full"}
+    lora_cr["spec"]["resources"] = {"policy": "minimal", "gpuMemoryGiB": 8, "gpusPerNode": 1, "memory": "16Gi"}
+    source = tmp_path / "huge.yaml"
+    source.write_text(yaml.safe_dump(lora_cr))
+    assert main(["render", str(source)]) == 2
+    assert capsys.readouterr().err.startswith(f"{source}: InternVLFinetune/charts-lora: ")

@@ -1,0 +1,41 @@
+"""train.yaml resolved from an object and its plan: the spec's sections with the plan's values."""
+
+from internvl_operator.api import InternVLFinetune
+from internvl_operator.planner import plan
+from internvl_operator.resolve import OFFLINE_UID, render_context, train_config
+from internvl_operator.settings import OperatorSettings
+
+
+def test_recipe_values_come_from_the_plan(lora_cr):
+    resource = InternVLFinetune.model_validate(lora_cr)
+    result = plan(resource.spec)
+    config = train_config(resource, result)
+    assert (config.training.global_batch_size, config.training.learning_rate, config.training.weight_decay) == (
+        16,
+        4e-5,
+        0.05,
+    )
+    assert (config.data.max_seq_length, config.data.max_tiles, config.method.drop_path_rate) == (16384, 12, 0.0)
+    assert config.batch.to_wire() == {"perDeviceBatchSize": 4, "gradientAccumulationSteps": 2, "worldSize": 2}
+    assert config.deepspeed["zero_optimization"]["stage"] == 1
+    assert config.run.to_wire() == {"name": "charts-lora", "uid": OFFLINE_UID, "resume": "latest"}
+
+
+def test_spec_values_are_kept_and_credentials_stay_out(full_cr):
+    full_cr["metadata"]["uid"] = "5f3a"
+    resource = InternVLFinetune.model_validate(full_cr)
+    config = train_config(resource, plan(resource.spec))
+    assert config.run.uid == "5f3a"
+    assert (config.training.learning_rate, config.training.global_batch_size) == (2e-5, 128)
+    assert config.training.loss_reduction == "square"
+    assert config.method.drop_path_rate == 0.4
+    assert config.storage.to_wire() == {"region": "eu-west-1", "addressingStyle": "auto"}
+    assert config.output.layouts == ["hf", "original"]
+
+
+def test_render_context_carries_the_plan_status(lora_cr):
+    resource = InternVLFinetune.model_validate(lora_cr)
+    result = plan(resource.spec)
+    context = render_context(resource, result, 2, OperatorSettings())
+    assert context.plan == result.to_status()
+    assert (context.attempt, context.job_name) == (2, "charts-lora-a2")
