@@ -1,6 +1,9 @@
 """``internvl-operator``: the operator's command line.
 
-Subcommands that need no cluster work like ``helm template``: they read files and print.
+``run`` is the operator itself. The other subcommands need no cluster and work like
+``helm template``: they read files and print.
+
+    internvl-operator run (-n NAMESPACE... | -A)   watch InternVLFinetunes and run their jobs
 
     internvl-operator validate FILE...        check InternVLFinetune objects offline
     internvl-operator plan FILE...            print the sizing plan of InternVLFinetune objects
@@ -170,6 +173,24 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    if not args.namespace and not args.all_namespaces:
+        raise BadInput([Problem("--namespace", "name the namespaces to watch (-n, repeatable) or --all-namespaces")])
+    import kopf  # the other subcommands start faster without it
+
+    from internvl_operator.handlers import REGISTRY
+
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
+    kopf.run(
+        registry=REGISTRY,
+        standalone=args.standalone,
+        namespaces=args.namespace,
+        clusterwide=args.all_namespaces,
+        liveness_endpoint=args.liveness,
+    )
+    return EXIT_OK
+
+
 def _crds(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(crd_yaml())
@@ -182,6 +203,15 @@ def _crds(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="internvl-operator", description=__doc__.split("\n")[0])
     commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator: watch InternVLFinetunes and run their jobs")
+    run.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable, globs)")
+    run.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    run.add_argument("--standalone", action="store_true", help="no peering with other operator instances")
+    run.add_argument("--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(handler=_run)
 
     check = commands.add_parser("validate", help="check InternVLFinetune objects offline, CEL rules included")
     check.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for standard input)")

@@ -32,7 +32,7 @@ def test_every_problem_is_one_field_path_line_and_exit_2(tmp_path, capsys, lora_
     assert capsys.readouterr().out.splitlines() == [
         f"{source}: InternVLFinetune/charts-lora: invalid",
         "spec.method.lora.rank: Input should be greater than or equal to 1",
-        "spec.data.overlong: Input should be 'skip' or 'truncate', got 'drop'",
+        "spec.data.overlong: Input should be 'skip', 'truncate' or 'reduce-tiles', got 'drop'",
     ]
 
 
@@ -86,3 +86,8 @@ def test_crds_writes_the_generated_file(tmp_path, capsys):
     assert (tmp_path / "out" / CRD_FILENAME).read_text() == crd_yaml()
     assert main(["crds"]) == 0
     assert capsys.readouterr().out == crd_yaml()
+
+
+def test_run_needs_namespaces_or_all(capsys):
+    assert main(["run"]) == 2
+    assert capsys.readouterr().err == "--namespace: name the namespaces to watch (-n, repeatable) or --all-namespaces\n"

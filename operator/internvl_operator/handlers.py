@@ -1,0 +1,174 @@
+"""The kopf handlers: watch InternVLFinetunes, their jobs and their pods; reconcile the object.
+
+Handlers are thin: they read the object, its current job and that job's pods through
+``Cluster``, call the pure ``reconcile``, and carry out its actions. One reconciler serves every
+event source (an object changed, a job or pod of it changed), serialised per object, so the order
+of events never matters and a restarted operator converges to the same state without duplicates:
+child names are deterministic and an existing child owned by the object is adopted.
+
+Only event handlers are used. kopf keeps no per-object progress for them, and unlike timers and
+daemons they need no finalizer, so deleting an InternVLFinetune never waits for the operator;
+its children go with it through owner references.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from internvl_operator import conditions as cond
+from internvl_operator.api import KIND, PLURAL
+from internvl_operator.cluster import ApiError, Cluster, load_api_client
+from internvl_operator.reconcile import LAUNCHER_CRDS, Actions, Observed, current_attempt, job_name, reconcile
+from internvl_operator.render.context import ATTEMPT_LABEL, MANAGED_BY, UID_LABEL
+from internvl_operator.settings import OperatorSettings
+from internvl_trainer.config import API_GROUP, API_VERSION, GROUP_VERSION
+
+REGISTRY = kopf.OperatorRegistry()
+CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+# How long a check that a launcher's CRD is served stays valid.
+DISCOVERY_TTL_SECONDS = 60.0
+RETRIES = 3
+
+logger = logging.getLogger(__name__)
+
+
+@kopf.on.login(registry=REGISTRY)
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Tests and embedders hand in a connection through the memo; otherwise the pod's
+    ServiceAccount or the kubeconfig, as kopf itself does."""
+    if memo.get("connection") is not None:
+        return memo.connection
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup(registry=REGISTRY)
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Own prefixes, so another kopf operator on the same objects cannot collide with this one.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    # Explicit timeouts against silently frozen watch streams.
+    settings.watching.server_timeout = memo.get("server_timeout", 300)
+    settings.watching.client_timeout = memo.get("server_timeout", 300) + 10
+    settings.watching.connect_timeout = 30
+    settings.scanning.disabled = True
+    if memo.get("cluster") is None:
+        memo.cluster = Cluster(load_api_client())
+    if memo.get("operator_settings") is None:
+        memo.operator_settings = OperatorSettings.from_env()
+    memo.locks = defaultdict(threading.Lock)
+    memo.served = {}
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL, registry=REGISTRY)
+def finetunes_by_uid(namespace: str, name: str, uid: str, **_: Any) -> dict[str, tuple[str, str]]:
+    return {uid: (namespace, name)}
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=REGISTRY)
+def finetune_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") != "DELETED" and not body.metadata.get("deletionTimestamp"):
+        reconcile_object(memo, body.metadata.namespace, body.metadata.name)
+
+
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=CHILD_LABELS, registry=REGISTRY)
+@kopf.on.event("kubeflow.org", "v2beta1", "mpijobs", labels=CHILD_LABELS, registry=REGISTRY)
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, registry=REGISTRY)
+def child_changed(body: kopf.Body, memo: kopf.Memo, finetunes_by_uid: kopf.Index, **_: Any) -> None:
+    for namespace, name in list(finetunes_by_uid.get(body.metadata.labels.get(UID_LABEL), [])):
+        reconcile_object(memo, namespace, name)
+
+
+def reconcile_object(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Read, reconcile, act; retried a few times on API errors, and never raising, so a bad
+    object or a flaky API server cannot stop the operator."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            with memo.locks[(namespace, name)]:
+                _reconcile_once(memo, namespace, name)
+            return
+        except ApiError as error:
+            logger.warning("reconciling %s/%s failed (try %d of %d): %s", namespace, name, attempt, RETRIES, error)
+            time.sleep(attempt)
+        except Exception:
+            logger.exception("reconciling %s/%s failed", namespace, name)
+            return
+
+
+def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> None:
+    cluster: Cluster = memo.cluster
+    body = cluster.get(GROUP_VERSION, KIND, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    launcher = (body.get("spec") or {}).get("launcher", "pytorchjob")
+    kind, api_version, _ = LAUNCHER_CRDS.get(launcher, LAUNCHER_CRDS["pytorchjob"])
+    installed = _served(memo, api_version, kind)
+    job = cluster.get(api_version, kind, namespace, job_name(body)) if installed else None
+    pods = []
+    if job is not None:
+        labels = {UID_LABEL: body["metadata"]["uid"], ATTEMPT_LABEL: str(current_attempt(body))}
+        pods = cluster.list("v1", "Pod", namespace, labels)
+    actions = reconcile(Observed(body, job, pods, installed, datetime.now(UTC)), memo.operator_settings)
+    _act(cluster, body, actions)
+
+
+def _served(memo: kopf.Memo, api_version: str, kind: str) -> bool:
+    checked = memo.served.get(kind)
+    if checked is None or time.monotonic() - checked[1] > DISCOVERY_TTL_SECONDS:
+        checked = (memo.cluster.serves(api_version, kind), time.monotonic())
+        memo.served[kind] = checked
+    return checked[0]
+
+
+def _act(cluster: Cluster, body: dict[str, Any], actions: Actions) -> None:
+    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+    status = dict(actions.status)
+    if actions.delete_job:
+        ref = actions.delete_job
+        cluster.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"])
+    for child in actions.create:
+        conflict = _create_or_adopt(cluster, child, uid)
+        if conflict:
+            generation = body["metadata"].get("generation")
+            conditions = status.get("conditions") or (body.get("status") or {}).get("conditions") or []
+            now = datetime.now(UTC)
+            status["conditions"] = cond.set_condition(
+                conditions, cond.JOB_CREATED, "False", "NameConflict", conflict, generation=generation, now=now
+            )
+            actions.events.append(("Warning", "NameConflict", conflict))
+            break
+    if actions.job_patch and (body.get("status") or {}).get("job"):
+        job = body["status"]["job"]
+        cluster.patch(job["apiVersion"], job["kind"], namespace, job["name"], actions.job_patch)
+    if status:
+        cluster.patch(
+            GROUP_VERSION, KIND, namespace, body["metadata"]["name"], {"status": status}, subresource="status"
+        )
+    for type_, reason, message in actions.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+
+def _create_or_adopt(cluster: Cluster, child: dict[str, Any], uid: str) -> str | None:
+    """Create a child; an existing one owned by this object is kept. Returns why not, if the
+    name is taken by something else."""
+    try:
+        cluster.create(child)
+        return None
+    except ApiError as error:
+        if error.status != 409:
+            raise
+    meta = child["metadata"]
+    existing = cluster.get(child["apiVersion"], child["kind"], meta.get("namespace"), meta["name"]) or {}
+    owners = [
+        ref.get("uid") for ref in existing.get("metadata", {}).get("ownerReferences") or [] if ref.get("controller")
+    ]
+    if owners == [uid]:
+        return None
+    return f"{child['kind']} {meta['name']} exists and is not owned by this InternVLFinetune"

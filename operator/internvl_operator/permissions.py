@@ -1,0 +1,23 @@
+"""Every permission the operator needs, and why: the source of the Helm chart's RBAC.
+
+The operator's own calls go through ``Cluster``, which records them; the flow tests check that
+every recorded call is declared here. kopf's watches add list and watch on the watched kinds and
+create on events. Creating the trainer's Role requires holding what it grants (Kubernetes refuses
+privilege escalation), hence get and patch on the status subresource.
+"""
+
+from __future__ import annotations
+
+# (apiGroup, resource, verbs)
+OPERATOR_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("internvl.dev", "internvlfinetunes", ("get", "list", "watch")),
+    ("internvl.dev", "internvlfinetunes/status", ("get", "patch")),
+    ("kubeflow.org", "pytorchjobs", ("get", "list", "watch", "create", "patch", "delete")),
+    ("kubeflow.org", "mpijobs", ("get", "list", "watch", "create", "patch", "delete")),
+    ("", "pods", ("list", "watch")),
+    ("", "configmaps", ("get", "create")),
+    ("", "serviceaccounts", ("get", "create")),
+    ("rbac.authorization.k8s.io", "roles", ("get", "create")),
+    ("rbac.authorization.k8s.io", "rolebindings", ("get", "create")),
+    ("", "events", ("create",)),
+)

@@ -1,0 +1,314 @@
+"""The operator end to end against an emulated API server: kopf runs the real handlers, the test
+plays the user and the training operator.
+
+The emulator (kmock) stores objects and serves watches but has no schema validation, garbage
+collection or controllers, so the test patches job status itself, as the training operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+from kubernetes import client as k8s
+
+from internvl_operator.cluster import Cluster
+from internvl_operator.handlers import REGISTRY
+from internvl_operator.permissions import OPERATOR_PERMISSIONS
+from internvl_operator.settings import OperatorSettings
+from tests.conftest import load_example
+
+NAMESPACE = "default"
+RESOURCES = {
+    "internvl.dev/v1alpha1/internvlfinetunes": "InternVLFinetune",
+    "kubeflow.org/v1/pytorchjobs": "PyTorchJob",
+    "kubeflow.org/v2beta1/mpijobs": "MPIJob",
+    "v1/pods": "Pod",
+    "v1/configmaps": "ConfigMap",
+    "v1/serviceaccounts": "ServiceAccount",
+    "rbac.authorization.k8s.io/v1/roles": "Role",
+    "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
+    "v1/namespaces": "Namespace",
+    "v1/events": "Event",
+}
+FINETUNE = "internvl.dev/v1alpha1"
+PYTORCHJOB = "kubeflow.org/v1"
+TIMEOUT = 15.0
+
+
+@dataclass
+class Harness:
+    """The emulated cluster, the operator's own client (its calls are recorded), and a client
+    for the test's side of things."""
+
+    emulator: Any
+    operator_cluster: Cluster
+    user: Cluster
+    url: str
+
+    async def call(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        # The emulator serves on this event loop; blocking clients must run off it.
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    async def get(self, api_version: str, kind: str, name: str) -> dict | None:
+        return await self.call(self.user.get, api_version, kind, NAMESPACE, name)
+
+    async def wait_for(self, check: Callable[[], Any], what: str) -> Any:
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while asyncio.get_running_loop().time() < deadline:
+            result = await self.call(check)
+            if result:
+                return result
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def condition(self, name: str, type_: str, status: str = "True", reason: str | None = None) -> dict:
+        def check():
+            obj = self.user.get(FINETUNE, "InternVLFinetune", NAMESPACE, name) or {}
+            for condition in (obj.get("status") or {}).get("conditions") or []:
+                if condition["type"] == type_ and condition["status"] == status:
+                    if reason is None or condition["reason"] == reason:
+                        return obj
+            return None
+
+        return await self.wait_for(check, f"{name}: {type_}={status} {reason or ''}")
+
+    async def job_status(
+        self, name: str, *true_conditions: tuple[str, str, str], api_version: str = PYTORCHJOB
+    ) -> None:
+        """Play the training operator: set the job's conditions."""
+        conditions = [{"type": t, "status": "True", "reason": r, "message": m} for t, r, m in true_conditions]
+        kind = "PyTorchJob" if api_version == PYTORCHJOB else "MPIJob"
+        await self.call(
+            self.user.patch,
+            api_version,
+            kind,
+            NAMESPACE,
+            name,
+            {"status": {"conditions": conditions}},
+            subresource="status",
+        )
+
+
+def client_for(url: str) -> Cluster:
+    return Cluster(k8s.ApiClient(k8s.Configuration(host=url)))
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Any]:
+    async with kmock.KubernetesEmulator() as emulated, kmock.Server(emulated):
+        yield emulated
+
+
+def serve(emulated: Any, resources: dict[str, str]) -> None:
+    for resource, kind in resources.items():
+        info = emulated.resources[resource]
+        info.kind, info.namespaced = kind, kind != "Namespace"
+        info.verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+        info.subresources = {"status"}
+
+
+@dataclass
+class RunningOperator:
+    thread: threading.Thread
+    stop: threading.Event
+
+
+async def start_operator(url: str, cluster: Cluster) -> RunningOperator:
+    """The operator in its own thread and event loop, as in production (kopf cancels the tasks
+    of its loop when it stops, which must not include the test's)."""
+    stop, ready = threading.Event(), threading.Event()
+    memo = kopf.Memo(
+        connection=kopf.ConnectionInfo(server=url),
+        cluster=cluster,
+        operator_settings=OperatorSettings(trainer_image="registry.local/trainer:test"),
+        server_timeout=10,
+    )
+    operator = kopf.operator(
+        registry=REGISTRY, namespaces=[NAMESPACE], standalone=True, memo=memo, stop_flag=stop, ready_flag=ready
+    )
+    thread = threading.Thread(target=asyncio.run, args=(operator,), daemon=True)
+    thread.start()
+    assert await asyncio.to_thread(ready.wait, TIMEOUT), "the operator did not start"
+    return RunningOperator(thread, stop)
+
+
+async def stop_operator(running: RunningOperator) -> None:
+    running.stop.set()
+    await asyncio.to_thread(running.thread.join, TIMEOUT)
+    assert not running.thread.is_alive(), "the operator did not stop"
+
+
+@pytest.fixture
+async def harness(emulator) -> AsyncIterator[Harness]:
+    serve(emulator, RESOURCES)
+    url = str(emulator.url).rstrip("/")
+    operator_cluster = client_for(url)
+    running = await start_operator(url, operator_cluster)
+    yield Harness(emulator, operator_cluster, client_for(url), url)
+    await stop_operator(running)
+
+
+def finetune(example: str = "lora-internvl3-8b.yaml", uid: str = "uid-1", **spec: Any) -> dict:
+    obj = load_example(example)
+    obj["metadata"].update({"namespace": NAMESPACE, "uid": uid, "generation": 1})
+    obj["spec"].update(spec)
+    return obj
+
+
+async def test_create_run_succeed(harness):
+    await harness.call(harness.user.create, finetune())
+    job = await harness.wait_for(lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1"), "job")
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "InternVLFinetune",
+        "charts-lora",
+        "uid-1",
+        True,
+    )
+    for kind, name in [("ConfigMap", "charts-lora-a1-train"), ("ServiceAccount", "charts-lora-trainer")]:
+        child = await harness.get("v1", kind, name)
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    obj = await harness.condition("charts-lora", "JobCreated")
+    assert obj["status"]["plan"]["gpus"] == 2 and obj["status"]["attempt"] == 1
+
+    await harness.job_status("charts-lora-a1", ("Running", "PyTorchJobRunning", "running"))
+    await harness.condition("charts-lora", "Running")
+    await harness.job_status("charts-lora-a1", ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob succeeded"))
+    obj = await harness.condition("charts-lora", "Succeeded")
+    assert obj["status"]["completionTime"]
+
+
+async def test_failure_restarts_the_whole_job(harness):
+    await harness.call(harness.user.create, finetune(maxRestarts=1))
+    await harness.condition("charts-lora", "JobCreated")
+    await harness.job_status("charts-lora-a1", ("Failed", "PyTorchJobFailed", "Master failed"))
+    second = await harness.wait_for(
+        lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a2"), "attempt 2"
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in second["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["INTERNVL_ATTEMPT"] == "2" and env["INTERNVL_UID"] == "uid-1", "the same run uid, so it resumes"
+    await harness.wait_for(
+        lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1") is None, "a1 gone"
+    )
+    obj = await harness.get(FINETUNE, "InternVLFinetune", "charts-lora")
+    assert obj["status"]["attempt"] == 2
+    assert obj["status"]["lastFailureReason"] == "PyTorchJobFailed: Master failed"
+
+    await harness.job_status("charts-lora-a2", ("Failed", "PyTorchJobFailed", "again"))
+    obj = await harness.condition("charts-lora", "Failed", reason="PyTorchJobFailed")
+    assert obj["status"]["attempt"] == 2
+
+
+async def test_suspend_and_resume_without_kueue(harness):
+    await harness.call(harness.user.create, finetune())
+    await harness.condition("charts-lora", "JobCreated")
+    await harness.call(
+        harness.user.patch, FINETUNE, "InternVLFinetune", NAMESPACE, "charts-lora", {"spec": {"suspend": True}}
+    )
+
+    def suspended(value):
+        job = harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1")
+        return job["spec"]["runPolicy"]["suspend"] is value
+
+    await harness.wait_for(lambda: suspended(True), "the job suspended")
+    await harness.job_status("charts-lora-a1", ("Suspended", "PyTorchJobSuspended", "suspended"))
+    await harness.condition("charts-lora", "Suspended")
+    await harness.call(
+        harness.user.patch, FINETUNE, "InternVLFinetune", NAMESPACE, "charts-lora", {"spec": {"suspend": False}}
+    )
+    await harness.wait_for(lambda: suspended(False), "the job resumed")
+
+
+async def test_a_kueue_held_job_is_left_to_kueue(harness):
+    await harness.call(harness.user.create, finetune(queueName="team-a"))
+    job = await harness.wait_for(lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1"), "job")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["runPolicy"]["suspend"] is True
+    await harness.job_status("charts-lora-a1", ("Suspended", "PyTorchJobSuspended", "Workload is not admitted"))
+    obj = await harness.condition("charts-lora", "Suspended", reason="PyTorchJobSuspended")
+    assert "Workload is not admitted" in [c["message"] for c in obj["status"]["conditions"] if c["type"] == "Suspended"]
+    await asyncio.sleep(0.5)
+    job = await harness.get(PYTORCHJOB, "PyTorchJob", "charts-lora-a1")
+    assert job["spec"]["runPolicy"]["suspend"] is True, "never unsuspended by the operator"
+
+
+async def test_an_invalid_spec_is_reported_and_the_operator_runs_on(harness):
+    bad = finetune(uid="uid-bad")
+    bad["metadata"]["name"] = "broken"
+    bad["spec"]["method"] = {"type": "full", "lora": {"rank": 4}}
+    await harness.call(harness.user.create, bad)
+    obj = await harness.condition("broken", "Valid", "False", "InvalidSpec")
+    assert "lora settings are only allowed with method type lora" in obj["status"]["conditions"][0]["message"]
+    await harness.call(harness.user.create, finetune())
+    await harness.condition("charts-lora", "JobCreated")
+    assert await harness.get(PYTORCHJOB, "PyTorchJob", "broken-a1") is None
+
+
+async def test_a_missing_launcher_crd_is_reported(emulator):
+    serve(emulator, {k: v for k, v in RESOURCES.items() if v != "MPIJob"})
+    url = str(emulator.url).rstrip("/")
+    running = await start_operator(url, client_for(url))
+    harness = Harness(emulator, client_for(url), client_for(url), url)
+    try:
+        await harness.call(harness.user.create, finetune("mpijob-lora-internvl3-38b.yaml"))
+        obj = await harness.condition("slides-lora-38b", "Valid", "False", "LauncherNotInstalled")
+        assert "mpijobs.kubeflow.org" in obj["status"]["conditions"][0]["message"]
+    finally:
+        await stop_operator(running)
+
+
+async def test_a_restarted_operator_creates_no_duplicates(emulator):
+    serve(emulator, RESOURCES)
+    url = str(emulator.url).rstrip("/")
+    user = client_for(url)
+    harness = Harness(emulator, client_for(url), user, url)
+    running = await start_operator(url, harness.operator_cluster)
+    await harness.call(user.create, finetune())
+    await harness.condition("charts-lora", "JobCreated")
+    await stop_operator(running)
+
+    restarted = client_for(url)
+    running = await start_operator(url, restarted)
+    try:
+        await asyncio.sleep(1.0)
+        jobs = await harness.call(user.list, PYTORCHJOB, "PyTorchJob", NAMESPACE, {})
+        assert [j["metadata"]["name"] for j in jobs] == ["charts-lora-a1"]
+        config_maps = await harness.call(user.list, "v1", "ConfigMap", NAMESPACE, {})
+        assert [c["metadata"]["name"] for c in config_maps] == ["charts-lora-a1-train"]
+        assert ("get", FINETUNE.split("/")[0], "internvlfinetunes") in restarted.calls
+    finally:
+        await stop_operator(running)
+
+
+async def test_every_api_call_is_within_the_declared_permissions(harness):
+    await harness.call(harness.user.create, finetune(maxRestarts=1))
+    await harness.condition("charts-lora", "JobCreated")
+    await harness.job_status("charts-lora-a1", ("Failed", "PyTorchJobFailed", "x"))
+    await harness.wait_for(lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a2"), "a2")
+    await harness.call(
+        harness.user.patch, FINETUNE, "InternVLFinetune", NAMESPACE, "charts-lora", {"spec": {"suspend": True}}
+    )
+    await harness.wait_for(
+        lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a2")["spec"]["runPolicy"]["suspend"],
+        "suspended",
+    )
+    declared = {(verb, group, resource) for group, resource, verbs in OPERATOR_PERMISSIONS for verb in verbs}
+    used = {call for call in harness.operator_cluster.calls if call[2]}
+    assert used <= declared, f"calls outside the declared permissions: {sorted(used - declared)}"
+    assert {
+        ("create", "kubeflow.org", "pytorchjobs"),
+        ("delete", "kubeflow.org", "pytorchjobs"),
+        ("patch", "kubeflow.org", "pytorchjobs"),
+        ("patch", "internvl.dev", "internvlfinetunes/status"),
+        ("list", "", "pods"),
+    } <= used
