@@ -163,7 +163,7 @@ _BlockStyleDumper.add_representer(
 
 
 def _render(args: argparse.Namespace) -> int:
-    settings = OperatorSettings.from_env()
+    settings = OperatorSettings()
     documents = []
     for source, _index, document, result in _planned(args.files):
         if result.verdict == "nothing-fits":
@@ -177,12 +177,18 @@ def _run(args: argparse.Namespace) -> int:
     if not args.namespace and not args.all_namespaces:
         raise BadInput([Problem("--namespace", "name the namespaces to watch (-n, repeatable) or --all-namespaces")])
     import kopf  # the other subcommands start faster without it
+    import prometheus_client
 
     from internvl_operator.handlers import REGISTRY
 
+    overrides = {name: getattr(args, f"setting_{name}") for name in OperatorSettings.model_fields}
+    settings = OperatorSettings(**{name: value for name, value in overrides.items() if value is not None})
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     kopf.run(
         registry=REGISTRY,
+        memo=kopf.Memo(operator_settings=settings),
         standalone=args.standalone,
         namespaces=args.namespace,
         clusterwide=args.all_namespaces,
@@ -210,7 +216,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--standalone", action="store_true", help="no peering with other operator instances")
     run.add_argument("--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     run.add_argument("--verbose", action="store_true")
+    for name, field in OperatorSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        run.add_argument(
+            flag, dest=f"setting_{name}", help=f"{field.description} (env INTERNVL_OPERATOR_{name.upper()})"
+        )
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("validate", help="check InternVLFinetune objects offline, CEL rules included")

@@ -25,6 +25,7 @@ PLURALS = {
     "PyTorchJob": "pytorchjobs",
     "MPIJob": "mpijobs",
     "InternVLFinetune": "internvlfinetunes",
+    "Workload": "workloads",
 }
 CONTENT_MERGE_PATCH = "application/merge-patch+json"
 

@@ -23,10 +23,11 @@ from typing import Any
 import kopf
 
 from internvl_operator import conditions as cond
+from internvl_operator import metrics
 from internvl_operator.api import KIND, PLURAL
 from internvl_operator.cluster import ApiError, Cluster, load_api_client
 from internvl_operator.reconcile import LAUNCHER_CRDS, Actions, Observed, current_attempt, job_name, reconcile
-from internvl_operator.render.context import ATTEMPT_LABEL, MANAGED_BY, UID_LABEL
+from internvl_operator.render.context import ATTEMPT_LABEL, MANAGED_BY, QUEUE_LABEL, UID_LABEL
 from internvl_operator.settings import OperatorSettings
 from internvl_trainer.config import API_GROUP, API_VERSION, GROUP_VERSION
 
@@ -35,6 +36,7 @@ CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 # How long a check that a launcher's CRD is served stays valid.
 DISCOVERY_TTL_SECONDS = 60.0
 RETRIES = 3
+KUEUE_API = "kueue.x-k8s.io/v1beta1"
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if memo.get("cluster") is None:
         memo.cluster = Cluster(load_api_client())
     if memo.get("operator_settings") is None:
-        memo.operator_settings = OperatorSettings.from_env()
+        memo.operator_settings = OperatorSettings()
     memo.locks = defaultdict(threading.Lock)
     memo.served = {}
 
@@ -74,8 +76,10 @@ def finetunes_by_uid(namespace: str, name: str, uid: str, **_: Any) -> dict[str,
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=REGISTRY)
 def finetune_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    if event.get("type") != "DELETED" and not body.metadata.get("deletionTimestamp"):
-        reconcile_object(memo, body.metadata.namespace, body.metadata.name)
+    if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
+        metrics.observe(body.metadata.uid, None)
+        return
+    reconcile_object(memo, body.metadata.namespace, body.metadata.name)
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=CHILD_LABELS, registry=REGISTRY)
@@ -93,11 +97,14 @@ def reconcile_object(memo: kopf.Memo, namespace: str, name: str) -> None:
         try:
             with memo.locks[(namespace, name)]:
                 _reconcile_once(memo, namespace, name)
+            metrics.RECONCILES.labels("ok").inc()
             return
         except ApiError as error:
+            metrics.RECONCILES.labels("error").inc()
             logger.warning("reconciling %s/%s failed (try %d of %d): %s", namespace, name, attempt, RETRIES, error)
             time.sleep(attempt)
         except Exception:
+            metrics.RECONCILES.labels("error").inc()
             logger.exception("reconciling %s/%s failed", namespace, name)
             return
 
@@ -115,8 +122,29 @@ def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> None:
     if job is not None:
         labels = {UID_LABEL: body["metadata"]["uid"], ATTEMPT_LABEL: str(current_attempt(body))}
         pods = cluster.list("v1", "Pod", namespace, labels)
-    actions = reconcile(Observed(body, job, pods, installed, datetime.now(UTC)), memo.operator_settings)
+    queue_message = _queue_message(cluster, namespace, job) if job is not None else None
+    observed = Observed(body, job, pods, installed, datetime.now(UTC), queue_message)
+    actions = reconcile(observed, memo.operator_settings)
     _act(cluster, body, actions)
+    conditions = actions.status.get("conditions") or (body.get("status") or {}).get("conditions") or []
+    metrics.observe(body["metadata"]["uid"], metrics.state_of(conditions))
+
+
+def _queue_message(cluster: Cluster, namespace: str, job: dict[str, Any]) -> str | None:
+    """The message of the Kueue Workload holding a suspended, queued job; None where Kueue is
+    absent or its Workloads are not readable."""
+    if not job["spec"].get("runPolicy", {}).get("suspend") or QUEUE_LABEL not in job["metadata"].get("labels", {}):
+        return None
+    try:
+        workloads = cluster.list(KUEUE_API, "Workload", namespace, {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]})
+    except ApiError as error:
+        logger.debug("Kueue Workloads not readable: %s", error)
+        return None
+    for workload in workloads:
+        for condition in (workload.get("status") or {}).get("conditions") or []:
+            if condition.get("type") in ("QuotaReserved", "Admitted") and condition.get("status") == "False":
+                return condition.get("message")
+    return None
 
 
 def _served(memo: kopf.Memo, api_version: str, kind: str) -> bool:

@@ -20,4 +20,6 @@ OPERATOR_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("rbac.authorization.k8s.io", "roles", ("get", "create")),
     ("rbac.authorization.k8s.io", "rolebindings", ("get", "create")),
     ("", "events", ("create",)),
+    # Optional: the message of the Kueue Workload holding a queued job.
+    ("kueue.x-k8s.io", "workloads", ("list",)),
 )

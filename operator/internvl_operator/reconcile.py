@@ -49,6 +49,8 @@ class Observed:
     launcher_installed: bool
     """Whether the CRD of the spec's launcher (at the version the renderers write) is served."""
     now: datetime
+    queue_message: str | None = None
+    """Why Kueue has not admitted the job yet (its Workload's condition), where readable."""
 
 
 @dataclass
@@ -148,7 +150,7 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Actions:
             event="Warning",
         )
     actions.job_patch = _suspend_patch(resource, job)
-    _mirror(actions, status, body, resource, result, job, observed.pods, attempt, settings)
+    _mirror(actions, status, body, resource, result, job, observed, attempt, settings)
     return _finish(actions, status)
 
 
@@ -240,12 +242,12 @@ def _mirror(
     resource: InternVLFinetune,
     result: Plan,
     job: dict[str, Any],
-    pods: list[dict[str, Any]],
+    observed: Observed,
     attempt: int,
     settings: OperatorSettings,
 ) -> None:
     """The job's phase as the object's conditions; a failure starts the next attempt."""
-    state = job_state(job, pods)
+    state = job_state(job, observed.pods)
     if state.phase == "Succeeded":
         status.set(cond.RUNNING, "False", state.reason, state.message)
         status.set(cond.SUCCEEDED, "True", state.reason, state.message, event="Normal")
@@ -268,7 +270,8 @@ def _mirror(
             status.set(cond.SUCCEEDED, "False", state.reason, "")
             status.fields["completionTime"] = status.before.get("completionTime") or cond.timestamp(status.now)
     elif state.phase == "Suspended":
-        status.set(cond.SUSPENDED, "True", state.reason, state.message, event="Normal")
+        message = "; ".join(part for part in (state.message, observed.queue_message) if part)
+        status.set(cond.SUSPENDED, "True", state.reason, message, event="Normal")
         status.set(cond.RUNNING, "False", state.reason, state.message)
     elif state.phase == "Running":
         status.set(cond.SUSPENDED, "False", "NotSuspended", "")

@@ -13,9 +13,12 @@ from internvl_trainer.config import RunConfig, StorageConfig, TrainConfig
 OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
 
 
-def train_config(resource: InternVLFinetune, plan: Plan) -> TrainConfig:
-    """train.yaml for the object: its own sections with every recipe value the plan chose."""
+def train_config(resource: InternVLFinetune, plan: Plan, settings: OperatorSettings) -> TrainConfig:
+    """train.yaml for the object: its own sections with every recipe value the plan chose, and
+    the operator's default S3 endpoint where the spec names none."""
     spec = resource.spec
+    storage = spec.storage.model_dump(exclude={"credentials_secret"})
+    storage["endpoint"] = storage["endpoint"] or settings.default_storage_endpoint
     uid = (resource.metadata.model_extra or {}).get("uid") or OFFLINE_UID
     return TrainConfig(
         run=RunConfig(name=resource.metadata.name, uid=uid),
@@ -31,11 +34,11 @@ def train_config(resource: InternVLFinetune, plan: Plan) -> TrainConfig:
         ),
         batch=plan.batch_layout(),
         deepspeed=plan.deepspeed_config(),
-        storage=StorageConfig.model_validate(spec.storage.model_dump(exclude={"credentials_secret"})),
+        storage=StorageConfig.model_validate(storage),
         output=spec.output,
     )
 
 
 def render_context(resource: InternVLFinetune, plan: Plan, attempt: int, settings: OperatorSettings) -> RenderContext:
     """Everything the renderers read for one attempt."""
-    return RenderContext(resource, plan.to_status(), train_config(resource, plan), attempt, settings)
+    return RenderContext(resource, plan.to_status(), train_config(resource, plan, settings), attempt, settings)

@@ -1,17 +1,19 @@
 """The operator's own settings: what a cluster administrator chooses once, not each user per run.
 
-They come from the operator's environment (``INTERNVL_OPERATOR_<FIELD>``, set by the Helm chart)
-and feed the renderers together with each object's spec and plan.
+Each field is an environment variable ``INTERNVL_OPERATOR_<FIELD>`` (set by the Helm chart from
+its values) and a flag of ``internvl-operator run`` (``--trainer-image``); a flag wins over the
+environment. They feed the renderers together with each object's spec and plan.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from internvl_operator.api import Label, Quantity
 
 
 def _project_version() -> str:
@@ -21,13 +23,12 @@ def _project_version() -> str:
         return "0.0.0"
 
 
-ENV_PREFIX = "INTERNVL_OPERATOR_"
-
-
-class OperatorSettings(BaseModel):
+class OperatorSettings(BaseSettings):
     """Cluster-wide choices of one operator installation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(
+        env_prefix="INTERNVL_OPERATOR_", extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
     trainer_image: str = f"ghcr.io/internvl-finetune/trainer:{_project_version()}"
     """Trainer image for objects that do not set spec.trainerImage."""
@@ -35,11 +36,18 @@ class OperatorSettings(BaseModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Pull policy of the trainer image."""
 
-    shm_size_limit: str = "32Gi"
+    default_storage_endpoint: str | None = None
+    """S3 endpoint for objects that do not set spec.storage.endpoint (a cluster-local MinIO, say)."""
+
+    default_credentials_secret: Label | None = None
+    """Secret with S3 credentials for objects that do not set spec.storage.credentialsSecret; it
+    must exist in each object's namespace."""
+
+    shm_size_limit: Quantity = "32Gi"
     """Size of the memory-backed /dev/shm of each training pod (data-loader workers share tensors
     through it)."""
 
-    scratch_size_limit: str = "200Gi"
+    scratch_size_limit: Quantity = "200Gi"
     """Size of the emptyDir scratch volume when the spec names neither a size nor a PVC."""
 
     cpu_per_gpu: int = Field(8, ge=1)
@@ -51,18 +59,8 @@ class OperatorSettings(BaseModel):
     ssh_auth_mount_path: str = "/home/trainer/.ssh"
     """Where MPIJob mounts its SSH keys: the home of the trainer image's non-root user."""
 
-    launcher_cpu: str = "1"
+    launcher_cpu: Quantity = "1"
     """CPU request of an MPIJob's launcher pod (it only runs mpirun)."""
 
-    launcher_memory: str = "2Gi"
+    launcher_memory: Quantity = "2Gi"
     """Memory request of an MPIJob's launcher pod."""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorSettings:
-        """Settings from ``INTERNVL_OPERATOR_<FIELD>`` variables (upper-case field names)."""
-        values = {
-            name: environ[ENV_PREFIX + name.upper()]
-            for name in cls.model_fields
-            if ENV_PREFIX + name.upper() in environ
-        }
-        return cls.model_validate(values)

@@ -7,6 +7,7 @@ from typing import Any
 
 from internvl_operator import naming
 from internvl_operator.render.context import (
+    QUEUE_LABEL,
     SCRATCH_PATH,
     TRAIN_CONFIG_DIR,
     TRAIN_CONFIG_KEY,
@@ -29,7 +30,7 @@ def trainer_env(context: RenderContext) -> list[dict[str, Any]]:
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
     ]
-    secret = context.resource.spec.storage.credentials_secret
+    secret = context.resource.spec.storage.credentials_secret or context.settings.default_credentials_secret
     if secret:
         env += [
             {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
@@ -141,7 +142,7 @@ def pod_template(
 def job_metadata(context: RenderContext) -> dict[str, Any]:
     """Metadata of the Kubeflow job: Kueue's queue label when the spec names a queue."""
     queue = context.resource.spec.queue_name
-    labels = {"kueue.x-k8s.io/queue-name": queue} if queue else None
+    labels = {QUEUE_LABEL: queue} if queue else None
     return context.metadata(context.job_name, COMPONENT, labels=labels)
 
 

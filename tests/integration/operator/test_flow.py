@@ -17,9 +17,10 @@ import kmock
 import kopf
 import pytest
 from kubernetes import client as k8s
+from prometheus_client import REGISTRY
 
 from internvl_operator.cluster import Cluster
-from internvl_operator.handlers import REGISTRY
+from internvl_operator.handlers import REGISTRY as HANDLERS
 from internvl_operator.permissions import OPERATOR_PERMISSIONS
 from internvl_operator.settings import OperatorSettings
 from tests.conftest import load_example
@@ -36,6 +37,7 @@ RESOURCES = {
     "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
     "v1/namespaces": "Namespace",
     "v1/events": "Event",
+    "kueue.x-k8s.io/v1beta1/workloads": "Workload",
 }
 FINETUNE = "internvl.dev/v1alpha1"
 PYTORCHJOB = "kubeflow.org/v1"
@@ -131,7 +133,7 @@ async def start_operator(url: str, cluster: Cluster) -> RunningOperator:
         server_timeout=10,
     )
     operator = kopf.operator(
-        registry=REGISTRY, namespaces=[NAMESPACE], standalone=True, memo=memo, stop_flag=stop, ready_flag=ready
+        registry=HANDLERS, namespaces=[NAMESPACE], standalone=True, memo=memo, stop_flag=stop, ready_flag=ready
     )
     thread = threading.Thread(target=asyncio.run, args=(operator,), daemon=True)
     thread.start()
@@ -183,6 +185,7 @@ async def test_create_run_succeed(harness):
     await harness.job_status("charts-lora-a1", ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob succeeded"))
     obj = await harness.condition("charts-lora", "Succeeded")
     assert obj["status"]["completionTime"]
+    assert REGISTRY.get_sample_value("internvl_operator_reconciles_total", {"result": "ok"}) > 0
 
 
 async def test_failure_restarts_the_whole_job(harness):
@@ -234,9 +237,28 @@ async def test_a_kueue_held_job_is_left_to_kueue(harness):
     job = await harness.wait_for(lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1"), "job")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert job["spec"]["runPolicy"]["suspend"] is True
-    await harness.job_status("charts-lora-a1", ("Suspended", "PyTorchJobSuspended", "Workload is not admitted"))
+    workload = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "Workload",
+        "metadata": {
+            "name": "pytorchjob-charts-lora-a1",
+            "namespace": NAMESPACE,
+            "labels": {"kueue.x-k8s.io/job-uid": "job-uid-7"},
+        },
+        "status": {
+            "conditions": [
+                {"type": "QuotaReserved", "status": "False", "message": "insufficient quota for nvidia.com/gpu"}
+            ]
+        },
+    }
+    await harness.call(harness.user.create, workload)
+    await harness.call(
+        harness.user.patch, PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1", {"metadata": {"uid": "job-uid-7"}}
+    )
+    await harness.job_status("charts-lora-a1", ("Suspended", "PyTorchJobSuspended", "job suspended"))
     obj = await harness.condition("charts-lora", "Suspended", reason="PyTorchJobSuspended")
-    assert "Workload is not admitted" in [c["message"] for c in obj["status"]["conditions"] if c["type"] == "Suspended"]
+    messages = [c["message"] for c in obj["status"]["conditions"] if c["type"] == "Suspended"]
+    assert messages == ["job suspended; insufficient quota for nvidia.com/gpu"]
     await asyncio.sleep(0.5)
     job = await harness.get(PYTORCHJOB, "PyTorchJob", "charts-lora-a1")
     assert job["spec"]["runPolicy"]["suspend"] is True, "never unsuspended by the operator"

@@ -20,8 +20,8 @@ def body(lora_cr):
     return lora_cr
 
 
-def observe(body, job=None, pods=(), launcher_installed=True):
-    return reconcile(Observed(body, job, list(pods), launcher_installed, NOW), SETTINGS)
+def observe(body, job=None, pods=(), launcher_installed=True, queue_message=None):
+    return reconcile(Observed(body, job, list(pods), launcher_installed, NOW, queue_message), SETTINGS)
 
 
 def applied(body, actions):
@@ -196,9 +196,12 @@ def test_a_queued_job_is_never_unsuspended_here(body):
     body = applied(body, first)
     job = created_job(first, ("Suspended", "PyTorchJobSuspended", "waiting for Kueue"))
     assert job["spec"]["runPolicy"]["suspend"] is True
-    held = observe(body, job)
+    held = observe(body, job, queue_message="couldn't assign flavors to pod set master: insufficient quota")
     assert held.job_patch is None
     assert condition(held.status, "Suspended") == ("True", "PyTorchJobSuspended")
+    assert cond.find(held.status["conditions"], "Suspended")["message"] == (
+        "waiting for Kueue; couldn't assign flavors to pod set master: insufficient quota"
+    )
     job["metadata"]["annotations"][SUSPEND_ANNOTATION] = "true"
     assert observe(body, job).job_patch == {"metadata": {"annotations": {SUSPEND_ANNOTATION: "false"}}}
 
