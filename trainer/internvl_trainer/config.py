@@ -253,9 +253,11 @@ class DataConfig(Section):
     """Pack several samples into one sequence up to the token and tile budgets; attention stays
     within each sample."""
 
-    overlong: Literal["skip", "truncate"] = "skip"
-    """What happens to a sample longer than maxSeqLength: skip it (counted in the data report) or
-    truncate its text after the last image."""
+    overlong: Literal["skip", "truncate", "reduce-tiles"] = "skip"
+    """What happens to a sample longer than maxSeqLength: skip it, truncate its text after the last
+    image, or reduce-tiles (the largest smaller tile budget that fits; fewer frames for a video, not
+    below minFrames). A sample that cannot be made to fit is skipped. Each outcome is counted in the
+    data report."""
 
     video: VideoConfig = Field(default_factory=VideoConfig)
     """Video frame sampling."""
