@@ -26,6 +26,8 @@ PLURALS = {
     "MPIJob": "mpijobs",
     "InternVLFinetune": "internvlfinetunes",
     "Workload": "workloads",
+    "Namespace": "namespaces",
+    "CustomResourceDefinition": "customresourcedefinitions",
 }
 CONTENT_MERGE_PATCH = "application/merge-patch+json"
 

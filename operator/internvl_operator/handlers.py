@@ -26,6 +26,7 @@ from internvl_operator import conditions as cond
 from internvl_operator import metrics
 from internvl_operator.api import KIND, PLURAL
 from internvl_operator.cluster import ApiError, Cluster, load_api_client
+from internvl_operator.job_status import needs_pods
 from internvl_operator.reconcile import LAUNCHER_CRDS, Actions, Observed, current_attempt, job_name, reconcile
 from internvl_operator.render.context import ATTEMPT_LABEL, MANAGED_BY, QUEUE_LABEL, UID_LABEL
 from internvl_operator.settings import OperatorSettings
@@ -61,6 +62,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = memo.get("server_timeout", 300) + 10
     settings.watching.connect_timeout = 30
     settings.scanning.disabled = True
+    # Events are posted for transitions (reconcile's own); kopf's per-handler chatter stays in logs.
+    settings.posting.level = logging.WARNING
     if memo.get("cluster") is None:
         memo.cluster = Cluster(load_api_client())
     if memo.get("operator_settings") is None:
@@ -79,12 +82,22 @@ def finetune_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **
     if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
         metrics.observe(body.metadata.uid, None)
         return
-    reconcile_object(memo, body.metadata.namespace, body.metadata.name)
+    # New objects, objects listed at start-up and changed specs need a reconciliation; a status
+    # patch (the operator's own, or the trainer's progress) does not: the children's events
+    # cover everything else.
+    acted_on = (body.get("status") or {}).get("observedGeneration")
+    if event.get("type") in (None, "ADDED") or acted_on != body.metadata.get("generation"):
+        reconcile_object(memo, body.metadata.namespace, body.metadata.name)
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=CHILD_LABELS, registry=REGISTRY)
-@kopf.on.event("kubeflow.org", "v2beta1", "mpijobs", labels=CHILD_LABELS, registry=REGISTRY)
-@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, registry=REGISTRY)
+def _has_status(body: kopf.Body, **_: Any) -> bool:
+    # A child without status (just created) says nothing the object's reconciliation did not know.
+    return bool(body.get("status"))
+
+
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=CHILD_LABELS, when=_has_status, registry=REGISTRY)
+@kopf.on.event("kubeflow.org", "v2beta1", "mpijobs", labels=CHILD_LABELS, when=_has_status, registry=REGISTRY)
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, when=_has_status, registry=REGISTRY)
 def child_changed(body: kopf.Body, memo: kopf.Memo, finetunes_by_uid: kopf.Index, **_: Any) -> None:
     for namespace, name in list(finetunes_by_uid.get(body.metadata.labels.get(UID_LABEL), [])):
         reconcile_object(memo, namespace, name)
@@ -119,7 +132,7 @@ def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> None:
     installed = _served(memo, api_version, kind)
     job = cluster.get(api_version, kind, namespace, job_name(body)) if installed else None
     pods = []
-    if job is not None:
+    if job is not None and needs_pods(job):
         labels = {UID_LABEL: body["metadata"]["uid"], ATTEMPT_LABEL: str(current_attempt(body))}
         pods = cluster.list("v1", "Pod", namespace, labels)
     queue_message = _queue_message(cluster, namespace, job) if job is not None else None

@@ -69,6 +69,11 @@ def bad_input_exit(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def needs_pods(job: dict[str, Any]) -> bool:
+    """Whether the pods can tell more than the job: only while it is pending or once it failed."""
+    return not {"Succeeded", "Running", "Suspended"} & _true_conditions(job).keys()
+
+
 def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobState:
     """Interpret a PyTorchJob or MPIJob and its pods."""
     true = _true_conditions(job)

@@ -2,7 +2,9 @@
 plays the user and the training operator.
 
 The emulator (kmock) stores objects and serves watches but has no schema validation, garbage
-collection or controllers, so the test patches job status itself, as the training operator would.
+collection, generation counting or controllers: the test patches job status itself, as the
+training operator would, and bumps metadata.generation with each spec change, as the API server
+would.
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ class Harness:
             return None
 
         return await self.wait_for(check, f"{name}: {type_}={status} {reason or ''}")
+
+    async def change_spec(self, name: str, spec: dict) -> None:
+        """Change the spec and count the generation up, as the API server would."""
+
+        def change():
+            generation = self.user.get(FINETUNE, "InternVLFinetune", NAMESPACE, name)["metadata"]["generation"]
+            patch = {"metadata": {"generation": generation + 1}, "spec": spec}
+            self.user.patch(FINETUNE, "InternVLFinetune", NAMESPACE, name, patch)
+
+        await self.call(change)
 
     async def job_status(
         self, name: str, *true_conditions: tuple[str, str, str], api_version: str = PYTORCHJOB
@@ -215,9 +227,7 @@ async def test_failure_restarts_the_whole_job(harness):
 async def test_suspend_and_resume_without_kueue(harness):
     await harness.call(harness.user.create, finetune())
     await harness.condition("charts-lora", "JobCreated")
-    await harness.call(
-        harness.user.patch, FINETUNE, "InternVLFinetune", NAMESPACE, "charts-lora", {"spec": {"suspend": True}}
-    )
+    await harness.change_spec("charts-lora", {"suspend": True})
 
     def suspended(value):
         job = harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1")
@@ -226,9 +236,7 @@ async def test_suspend_and_resume_without_kueue(harness):
     await harness.wait_for(lambda: suspended(True), "the job suspended")
     await harness.job_status("charts-lora-a1", ("Suspended", "PyTorchJobSuspended", "suspended"))
     await harness.condition("charts-lora", "Suspended")
-    await harness.call(
-        harness.user.patch, FINETUNE, "InternVLFinetune", NAMESPACE, "charts-lora", {"spec": {"suspend": False}}
-    )
+    await harness.change_spec("charts-lora", {"suspend": False})
     await harness.wait_for(lambda: suspended(False), "the job resumed")
 
 
@@ -317,9 +325,7 @@ async def test_every_api_call_is_within_the_declared_permissions(harness):
     await harness.condition("charts-lora", "JobCreated")
     await harness.job_status("charts-lora-a1", ("Failed", "PyTorchJobFailed", "x"))
     await harness.wait_for(lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a2"), "a2")
-    await harness.call(
-        harness.user.patch, FINETUNE, "InternVLFinetune", NAMESPACE, "charts-lora", {"spec": {"suspend": True}}
-    )
+    await harness.change_spec("charts-lora", {"suspend": True})
     await harness.wait_for(
         lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a2")["spec"]["runPolicy"]["suspend"],
         "suspended",

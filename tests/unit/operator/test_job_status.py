@@ -1,6 +1,6 @@
 """Job and pod status read as the InternVLFinetune's phase, reason and message."""
 
-from internvl_operator.job_status import JobState, job_state
+from internvl_operator.job_status import JobState, job_state, needs_pods
 
 
 def job(*true_conditions, suspend=False):
@@ -82,3 +82,10 @@ def test_a_plain_failure_keeps_the_jobs_reason():
 def test_suspended_by_kueue_or_by_the_spec():
     assert job_state(job(("Suspended", "PyTorchJobSuspended", "suspended by kueue")), []).phase == "Suspended"
     assert job_state(job(suspend=True), []) == JobState("Suspended", "JobSuspended", "")
+
+
+def test_pods_are_read_only_while_they_can_explain_something():
+
+    assert needs_pods(job()) and needs_pods(job(("Failed", "PyTorchJobFailed", "")))
+    assert not needs_pods(job(("Running", "PyTorchJobRunning", "")))
+    assert not needs_pods(job(("Succeeded", "PyTorchJobSucceeded", "")))

@@ -1,0 +1,127 @@
+"""How fast the operator turns many new InternVLFinetunes into jobs, and how much memory it needs.
+
+The operator runs as it does in production (``internvl-operator run`` in its own process, with a
+kubeconfig) against an emulated API server in this process, so its peak resident memory is its
+own. 500 objects are created at once; the clock stops when every one shows ``JobCreated=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import kmock
+import yaml
+from kubernetes import client as k8s
+
+from benchmarks import Table
+from internvl_operator.cluster import Cluster
+
+OBJECTS = 500
+NAMESPACE = "default"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lora-internvl3-8b.yaml"
+RESOURCES = {
+    "internvl.dev/v1alpha1/internvlfinetunes": "InternVLFinetune",
+    "kubeflow.org/v1/pytorchjobs": "PyTorchJob",
+    "kubeflow.org/v2beta1/mpijobs": "MPIJob",
+    "v1/pods": "Pod",
+    "v1/configmaps": "ConfigMap",
+    "v1/serviceaccounts": "ServiceAccount",
+    "rbac.authorization.k8s.io/v1/roles": "Role",
+    "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
+    "v1/namespaces": "Namespace",
+    "v1/events": "Event",
+}
+
+
+def _kubeconfig(url: str, folder: str) -> str:
+    path = Path(folder) / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulated", "cluster": {"server": url}}],
+                "users": [{"name": "bench", "user": {}}],
+                "contexts": [{"name": "bench", "context": {"cluster": "emulated", "user": "bench"}}],
+                "current-context": "bench",
+            }
+        )
+    )
+    return str(path)
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _job_created(obj: dict) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "JobCreated" and c["status"] == "True" for c in conditions)
+
+
+async def _measure() -> tuple[float, float, int]:
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
+        for resource, kind in RESOURCES.items():
+            info = emulator.resources[resource]
+            info.kind, info.namespaced = kind, kind != "Namespace"
+            info.verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+            info.subresources = {"status"}
+        url = str(emulator.url).rstrip("/")
+        user = Cluster(k8s.ApiClient(k8s.Configuration(host=url)))
+        with tempfile.TemporaryDirectory() as folder:
+            env = {**os.environ, "KUBECONFIG": _kubeconfig(url, folder)}
+            command = [sys.executable, "-m", "internvl_operator.cli", "run", "-n", NAMESPACE, "--standalone"]
+            log = open(os.environ.get("BENCH_OPERATOR_LOG", Path(folder) / "operator.log"), "w")  # noqa: SIM115 - closed with the folder
+            operator = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                await asyncio.sleep(3)  # the operator's start-up is not part of the measurement
+                template = yaml.safe_load(EXAMPLE.read_text())
+                start = time.perf_counter()
+                for index in range(OBJECTS):
+                    obj = copy.deepcopy(template)
+                    obj["metadata"].update({"name": f"bench-{index}", "namespace": NAMESPACE, "uid": f"uid-{index}"})
+                    await asyncio.to_thread(user.create, obj)
+                done = 0
+                while done < OBJECTS:
+                    await asyncio.sleep(2)
+                    items = await asyncio.to_thread(
+                        user.list, "internvl.dev/v1alpha1", "InternVLFinetune", NAMESPACE, {}
+                    )
+                    done = sum(_job_created(item) for item in items)
+                    if time.perf_counter() - start > 1800 or operator.poll() is not None:
+                        tail = (Path(folder) / "operator.log").read_text()[-2000:]
+                        raise RuntimeError(f"{done} of {OBJECTS} reached JobCreated; operator log:\n{tail}")
+                elapsed = time.perf_counter() - start
+                peak = _peak_rss_mib(operator.pid)
+                jobs = await asyncio.to_thread(user.list, "kubeflow.org/v1", "PyTorchJob", NAMESPACE, {})
+            finally:
+                operator.terminate()
+                await asyncio.to_thread(operator.wait, 30)
+    return elapsed, peak, len(jobs)
+
+
+def run() -> list[Table]:
+    elapsed, peak, jobs = asyncio.run(_measure())
+    return [
+        Table(
+            title=f"Operator: {OBJECTS} new InternVLFinetunes to JobCreated",
+            method=(
+                f"`internvl-operator run` in its own process against an emulated API server (kmock) in the "
+                f"benchmark's process; {OBJECTS} copies of `{EXAMPLE.name}` created one after another, the clock "
+                "stopping when all show JobCreated=True. Each reconciliation plans, renders and creates five "
+                "children. Peak memory is the operator process's VmHWM."
+            ),
+            columns=["Objects", "Jobs created", "Time to all JobCreated", "Objects per second", "Operator peak RSS"],
+            rows=[[str(OBJECTS), str(jobs), f"{elapsed:.1f} s", f"{OBJECTS / elapsed:.1f}", f"{peak:.0f} MiB"]],
+        )
+    ]
