@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 # Later benchmarks append their module here; the report keeps this order.
-BENCHMARKS = ["benchmarks.validation", "benchmarks.sizing", "benchmarks.tiling"]
+BENCHMARKS = ["benchmarks.validation", "benchmarks.sizing", "benchmarks.operator", "benchmarks.tiling"]
 PACKAGES = [
     "torch",
     "transformers",
