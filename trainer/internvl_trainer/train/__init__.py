@@ -1,0 +1,1 @@
+"""The training run: process-group environment, progress reporting, the loop, checkpoints."""
