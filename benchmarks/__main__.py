@@ -11,7 +11,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 # Later benchmarks append their module here; the report keeps this order.
-BENCHMARKS = ["benchmarks.validation", "benchmarks.sizing", "benchmarks.operator", "benchmarks.tiling"]
+BENCHMARKS = [
+    "benchmarks.validation",
+    "benchmarks.sizing",
+    "benchmarks.operator",
+    "benchmarks.tiling",
+    "benchmarks.storage",
+]
 PACKAGES = [
     "torch",
     "transformers",

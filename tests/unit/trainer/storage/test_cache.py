@@ -1,0 +1,228 @@
+"""The disk cache with a fake remote: hits, LRU eviction under the cap, atomicity, orphans, threads."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from internvl_trainer.storage import Cache, CacheCapacityError, ObjectNotFound
+from internvl_trainer.storage.uri import parse
+
+
+class Stream(io.BytesIO):
+    def __init__(self, data: bytes, fail_after: int | None):
+        super().__init__(data)
+        self.size = len(data)
+        self._fail_after = fail_after
+
+    def read(self, amount: int = -1) -> bytes:
+        if self._fail_after is not None and self.tell() >= self._fail_after:
+            raise OSError("connection lost for good")
+        if self._fail_after is not None:
+            amount = min(amount if amount >= 0 else self.size, self._fail_after - self.tell())
+        return super().read(amount)
+
+
+class FakeStorage:
+    """Remote objects in a dict; counts opens; can fail mid-stream or stall."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        self.objects = objects
+        self.opens: list[str] = []
+        self.fail_after: dict[str, int] = {}
+        self.delay = 0.0
+        self._lock = threading.Lock()
+
+    def open(self, uri):
+        uri = str(parse(uri))
+        with self._lock:
+            self.opens.append(uri)
+        if uri not in self.objects:
+            raise ObjectNotFound(f"{uri}: no such object")
+        time.sleep(self.delay)
+        return Stream(self.objects[uri], self.fail_after.get(uri))
+
+
+KiB = 1024
+
+
+def objects(count: int, size: int = 10 * KiB) -> dict[str, bytes]:
+    return {f"s3://bkt/img/{index}.jpg": bytes([index]) * size for index in range(count)}
+
+
+def test_miss_then_hit(tmp_path):
+    remote = FakeStorage(objects(2))
+    cache = Cache(tmp_path, 100 * KiB)
+    path = cache.fetch(remote, "s3://bkt/img/0.jpg")
+    assert path.read_bytes() == bytes([0]) * 10 * KiB
+    assert path.suffix == ".jpg" and path.is_relative_to(tmp_path / "objects")
+    assert cache.fetch(remote, "s3://bkt/img/0.jpg") == path
+    assert cache.read_bytes(remote, "s3://bkt/img/0.jpg") == bytes([0]) * 10 * KiB
+    assert remote.opens == ["s3://bkt/img/0.jpg"]
+    assert (cache.hits, cache.misses) == (2, 1)
+    assert cache.usage() == 10 * KiB
+    assert int((tmp_path / "ledger").read_text()) == 10 * KiB
+
+
+def test_local_paths_are_not_copied(tmp_path):
+    local = tmp_path / "a.jpg"
+    local.write_bytes(b"x")
+    cache = Cache(tmp_path / "cache", 1000)
+    assert cache.fetch(FakeStorage({}), str(local)) == local
+    with pytest.raises(ObjectNotFound):
+        cache.fetch(FakeStorage({}), str(tmp_path / "missing.jpg"))
+    with pytest.raises(ObjectNotFound):
+        cache.fetch(FakeStorage({}), "s3://bkt/missing.jpg")
+    assert cache.usage() == 0
+
+
+def test_least_recently_used_objects_are_evicted_under_the_cap(tmp_path):
+    remote = FakeStorage(objects(10))
+    cache = Cache(tmp_path, 50 * KiB, low_water=1.0)
+    for index in range(5):
+        cache.fetch(remote, f"s3://bkt/img/{index}.jpg")
+        time.sleep(0.01)
+    cache.fetch(remote, "s3://bkt/img/0.jpg")  # 0 is now the most recently used
+    time.sleep(0.01)
+    cache.fetch(remote, "s3://bkt/img/5.jpg")  # needs room: 1, the oldest, goes
+    assert not cache.entry_path("s3://bkt/img/1.jpg").exists()
+    for index in (0, 2, 3, 4, 5):
+        assert cache.entry_path(f"s3://bkt/img/{index}.jpg").exists()
+    assert cache.evictions == 1
+    assert cache.usage() <= 50 * KiB
+
+
+def test_low_water_evicts_in_batches(tmp_path):
+    remote = FakeStorage(objects(10))
+    cache = Cache(tmp_path, 50 * KiB, low_water=0.5)
+    for index in range(6):
+        cache.fetch(remote, f"s3://bkt/img/{index}.jpg")
+        time.sleep(0.01)
+    # The sixth needed room: the cache went down to half the cap minus the newcomer (15 KiB) first,
+    # evicting the four oldest at once, so the next few misses need no scan.
+    assert cache.evictions == 4
+    assert cache.usage() == 20 * KiB
+    assert [cache.entry_path(f"s3://bkt/img/{index}.jpg").exists() for index in range(6)] == [False] * 4 + [True] * 2
+
+
+def test_object_larger_than_the_cap(tmp_path):
+    remote = FakeStorage({"s3://bkt/huge.mp4": b"x" * 2000})
+    cache = Cache(tmp_path, 1000)
+    with pytest.raises(CacheCapacityError, match="do not fit"):
+        cache.fetch(remote, "s3://bkt/huge.mp4")
+    assert cache.usage() == 0
+
+
+def test_a_failed_download_leaves_nothing_and_releases_its_reservation(tmp_path):
+    remote = FakeStorage(objects(1, size=100 * KiB))
+    remote.fail_after["s3://bkt/img/0.jpg"] = 30 * KiB
+    cache = Cache(tmp_path, 1000 * KiB)
+    with pytest.raises(OSError, match="connection lost"):
+        cache.fetch(remote, "s3://bkt/img/0.jpg")
+    assert not cache.entry_path("s3://bkt/img/0.jpg").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert int((tmp_path / "ledger").read_text()) == 0
+    del remote.fail_after["s3://bkt/img/0.jpg"]
+    assert cache.read_bytes(remote, "s3://bkt/img/0.jpg") == bytes([0]) * 100 * KiB
+
+
+def test_a_short_object_is_not_cached(tmp_path):
+    class Liar(FakeStorage):
+        def open(self, uri):
+            stream = super().open(uri)
+            stream.size += 10  # announces more than it sends
+            return stream
+
+    cache = Cache(tmp_path, 1000 * KiB)
+    with pytest.raises(Exception, match="bytes arrived, expected"):
+        cache.fetch(Liar(objects(1)), "s3://bkt/img/0.jpg")
+    assert not cache.entry_path("s3://bkt/img/0.jpg").exists()
+
+
+def test_orphaned_partial_files_are_deleted_and_the_ledger_corrected(tmp_path):
+    cache = Cache(tmp_path, 100 * KiB)
+    orphan = tmp_path / "tmp" / f"{'0' * 64}.{90 * KiB}.deadbeef.part"
+    orphan.write_bytes(b"half")  # nobody holds its flock: its writer died
+    (tmp_path / "ledger").write_text(str(90 * KiB))  # the dead writer's reservation
+    remote = FakeStorage(objects(1, size=20 * KiB))
+    cache.fetch(remote, "s3://bkt/img/0.jpg")
+    assert not orphan.exists()
+    assert int((tmp_path / "ledger").read_text()) == 20 * KiB
+
+
+def test_a_partial_file_held_by_a_live_writer_is_kept_and_counted(tmp_path):
+    import fcntl
+
+    cache = Cache(tmp_path, 100 * KiB)
+    live = tmp_path / "tmp" / f"{'1' * 64}.{85 * KiB}.cafe.part"
+    descriptor = os.open(live, os.O_CREAT | os.O_WRONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        (tmp_path / "ledger").write_text("garbage")  # unreadable: forces a rescan
+        remote = FakeStorage(objects(1, size=20 * KiB))
+        cache.wait_s = 0.3
+        with pytest.raises(CacheCapacityError, match="downloads in flight fill it"):
+            cache.fetch(remote, "s3://bkt/img/0.jpg")  # 85 + 20 > 100, and the 85 are in flight
+        assert live.exists()
+    finally:
+        os.close(descriptor)
+    cache.fetch(remote, "s3://bkt/img/0.jpg")  # the writer is gone now
+    assert not live.exists()
+
+
+def test_threads_fetching_one_object_download_it_once(tmp_path):
+    remote = FakeStorage(objects(1, size=200 * KiB))
+    remote.delay = 0.05
+    cache = Cache(tmp_path, 1000 * KiB)
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: cache.fetch(remote, "s3://bkt/img/0.jpg"), range(16)))
+    assert len(set(paths)) == 1
+    assert remote.opens == ["s3://bkt/img/0.jpg"]
+    assert (cache.hits, cache.misses) == (15, 1)
+
+
+def test_open_survives_eviction_between_fetch_and_open(tmp_path, monkeypatch):
+    remote = FakeStorage(objects(1))
+    cache = Cache(tmp_path, 1000 * KiB)
+    original = cache.fetch
+    calls = []
+
+    def fetch_then_evict(storage, uri):
+        path = original(storage, uri)
+        if not calls:
+            path.unlink()  # another process evicts it right away
+        calls.append(path)
+        return path
+
+    monkeypatch.setattr(cache, "fetch", fetch_then_evict)
+    with cache.open(remote, "s3://bkt/img/0.jpg") as handle:
+        assert handle.read() == bytes([0]) * 10 * KiB
+    assert len(calls) == 2
+
+
+def test_pickles_for_data_loader_workers(tmp_path):
+    cache = Cache(tmp_path, 1234, low_water=0.8, fsync=False)
+    copy = pickle.loads(pickle.dumps(cache))
+    assert (copy.root, copy.max_bytes, copy.low_water, copy.fsync) == (tmp_path, 1234, 0.8, False)
+    assert repr(copy) == f"Cache({str(tmp_path)!r}, max_bytes=1234)"
+
+
+def test_invalid_settings(tmp_path):
+    with pytest.raises(ValueError):
+        Cache(tmp_path, 0)
+    with pytest.raises(ValueError):
+        Cache(tmp_path, 10, low_water=0)
+
+
+def test_keys_without_a_usable_extension(tmp_path):
+    cache = Cache(tmp_path, 1000)
+    assert cache.entry_path("s3://bkt/a/noext").suffix == ""
+    assert cache.entry_path("s3://bkt/a/weird.ext$").suffix == ""
+    assert cache.entry_path("s3://bkt/a/B.JPG").suffix == ".jpg"
+    assert cache.entry_path("s3://bkt/a/1.jpg") != cache.entry_path("s3://bkt/b/1.jpg")
