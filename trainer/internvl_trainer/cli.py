@@ -1,6 +1,13 @@
 """``internvl-train``: the trainer's command line.
 
     internvl-train validate --config train.yaml    check a train.yaml and print what the run uses
+    internvl-train merge --checkpoint DIR [--base DIR] --hf DIR [--original DIR]
+                                                   merge a LoRA checkpoint into its base and export it
+    internvl-train export --checkpoint DIR --hf DIR [--original DIR]
+                                                   write a full model checkpoint in either layout
+
+Folders may be local paths or s3:// prefixes; with ``--config train.yaml`` the object store, the
+base model and the destinations (output.layouts under output.uri) come from the run's config.
 
 Exit codes: 0 success, 2 bad input (every problem printed as ``field.path: reason``), 1 failure.
 """
@@ -14,6 +21,7 @@ from pydantic import ValidationError
 
 from internvl_trainer.config import TrainConfig
 from internvl_trainer.problems import (
+    EXIT_FAILED,
     EXIT_OK,
     BadInput,
     Problem,
@@ -56,6 +64,79 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# internvl_trainer.model.original_config.LLM_ARCHITECTURES, spelled out here to keep torch out
+ORIGINAL_LLMS = ("Qwen2ForCausalLM", "LlamaForCausalLM", "InternLM2ForCausalLM", "InternLM3ForCausalLM")
+
+
+def _destinations(args: argparse.Namespace, config: TrainConfig | None) -> dict[str, str | None]:
+    """--hf / --original, else the run's output layouts."""
+    if args.hf or args.original:
+        return {"hf": args.hf, "original": args.original}
+    if config is not None:
+        layout = config.layout
+        chosen = set(config.output.layouts)
+        return {
+            "hf": layout.model if "hf" in chosen else None,
+            "original": layout.model_original if "original" in chosen else None,
+        }
+    raise BadInput([Problem("--hf/--original", "give at least one destination (or --config with output.layouts)")])
+
+
+def _model_command(args: argparse.Namespace) -> int:
+    """merge and export: the torch-heavy work is imported only here."""
+    config = read_config(args.config) if args.config else None
+    destinations = _destinations(args, config)
+    from internvl_trainer.model.checkpoint import (
+        DestinationError,
+        Destinations,
+        export_checkpoint,
+        merge_checkpoint,
+    )
+    from internvl_trainer.model.layouts import LayoutError
+    from internvl_trainer.model.load import ModelFolderError
+    from internvl_trainer.storage import Storage, StorageError
+
+    storage = Storage(config.storage) if config is not None else Storage()
+    options = {
+        "dtype": args.dtype,
+        "llm_architecture": args.original_llm,
+        "storage": storage,
+        "producer": config.to_wire() if config is not None else None,
+    }
+    try:
+        if args.command == "merge":
+            fallback = config.model.weights if config is not None else None
+            written = merge_checkpoint(
+                args.checkpoint, Destinations(**destinations), base=args.base, fallback_base=fallback, **options
+            )
+        else:
+            written = export_checkpoint(args.checkpoint, Destinations(**destinations), **options)
+    except ModelFolderError as error:
+        raise BadInput([Problem("", str(error))]) from error
+    except DestinationError as error:
+        raise BadInput([Problem(f"--{error.option}", str(error))]) from error
+    except (LayoutError, StorageError, OSError, ValueError) as error:
+        sys.stderr.write(f"{args.command} failed: {error}\n")
+        return EXIT_FAILED
+    for uri in written:
+        print(uri)
+    return EXIT_OK
+
+
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or s3:// prefix")
+    command.add_argument("--hf", metavar="DIR", help="destination of the transformers-native layout")
+    command.add_argument("--original", metavar="DIR", help="destination of the original InternVLChatModel layout")
+    command.add_argument(
+        "--original-llm",
+        choices=ORIGINAL_LLMS,
+        help="LLM architecture written in the original layout (default: the one the model came from)",
+    )
+    command.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    command.add_argument("--config", metavar="FILE", help="train.yaml: object store, base model and destinations")
+    command.set_defaults(handler=_model_command)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="internvl-train", description=__doc__.split("\n")[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -63,6 +144,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, metavar="FILE", help="train.yaml ('-' for standard input)")
     check.add_argument("--output", choices=["text", "json"], default="text")
     check.set_defaults(handler=_validate)
+    merge = commands.add_parser("merge", help="merge a LoRA checkpoint into its base and export it")
+    _add_model_options(merge)
+    merge.add_argument("--base", metavar="DIR", help="base model (default: the adapter's, else model.weights)")
+    export = commands.add_parser("export", help="write a full model checkpoint in either layout")
+    _add_model_options(export)
     return root
 
 

@@ -1,0 +1,1 @@
+"""Tests of internvl_trainer.model: layouts, loading, freezing, LoRA, merge and export."""

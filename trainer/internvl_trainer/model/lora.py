@@ -1,0 +1,88 @@
+"""LoRA adapters through PEFT (reference: internvl-recipe.md §1.8; environment.md §3).
+
+Targets are chosen by a module-path pattern, never by bare module names: the vision tower's
+attention also has ``q_proj``/``k_proj``/``v_proj``, so a plain name list would put adapters in the
+vision tower too.
+
+- ``llm``: ``q/k/v/o_proj`` and ``gate/up/down_proj`` of every language-model layer (InternVL's
+  Qwen2/LLaMA targets; InternLM2's ``wqkv``/``wo``/``w1..w3`` are the same weights once converted).
+- ``vision`` (on request): ``q/k/v_proj``, ``projection_layer``, ``mlp.fc1``, ``mlp.fc2`` of every
+  vision layer (InternVL's ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``).
+
+Parts that train in full next to the adapters (the projector when ``freeze.projector`` is false,
+unfrozen vision layers, …) become PEFT ``modules_to_save``: they are saved with the adapter and
+merged back by ``merge``. PEFT never puts adapters inside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from torch import nn
+
+from internvl_trainer.config import LoraConfig
+from internvl_trainer.model.freeze import TrainablePlan
+
+LLM_TARGETS = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+)
+VISION_TARGETS = (
+    r"model\.vision_tower\.encoder\.layer\.\d+\.(attention\.(q_proj|k_proj|v_proj|projection_layer)|mlp\.(fc1|fc2))"
+)
+TARGETS = {"llm": LLM_TARGETS, "vision": VISION_TARGETS}
+
+
+def target_pattern(targets: Sequence[str]) -> str:
+    """The module-path regex (PEFT matches it against the whole path) for the requested towers."""
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets:
+        raise ValueError(f"method.lora.targets: expected llm and/or vision, got {list(targets)}")
+    return "|".join(f"({TARGETS[name]})" for name in ("llm", "vision") if name in targets)
+
+
+def peft_config(lora: LoraConfig, trainable: TrainablePlan | None = None) -> PeftLoraConfig:
+    """PEFT's LoraConfig for our settings; parts the plan trains in full become modules_to_save."""
+    modules_to_save = None
+    if trainable is not None:
+        modules_to_save = trainable.module_paths() or None
+    return PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target_pattern(lora.targets),
+        modules_to_save=modules_to_save,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def check_compatible(lora: LoraConfig, trainable: TrainablePlan) -> None:
+    """Refuse adapters on a tower that trains in full (PEFT keeps adapters out of it, leaving none)."""
+    for tower, field in (("llm", "llm"), ("vision", "vision")):
+        if tower in lora.targets and getattr(trainable, field):
+            raise ValueError(
+                f"method.freeze.{field}: false trains the whole {tower} tower in full, so LoRA target {tower}"
+                " has nothing to adapt; keep the tower frozen or drop the target"
+            )
+
+
+def add_lora(model: nn.Module, lora: LoraConfig, trainable: TrainablePlan | None = None) -> PeftModel:
+    """Wrap a native model with LoRA adapters; only the adapters (and ``trainable``'s parts) train."""
+    if trainable is not None:
+        check_compatible(lora, trainable)
+    return get_peft_model(model, peft_config(lora, trainable))
+
+
+def adapted_modules(model: nn.Module) -> list[str]:
+    """Paths of the modules that carry a LoRA adapter."""
+    return sorted(name for name, module in model.named_modules() if hasattr(module, "lora_A") and module.lora_A)
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """The plain model with every adapter (and trained modules_to_save copy) merged in; a model
+    without adapters is returned unchanged."""
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model

@@ -1,0 +1,53 @@
+"""Turning a loaded native model into the model that trains, from ``MethodConfig``.
+
+Order (InternVL's, reference: internvl-recipe.md §1.7): drop path on the vision tower, freeze
+flags and unfrozen last vision layers, activation checkpointing, then LoRA (which keeps the
+trained parts as ``modules_to_save``). ``use_cache`` is off while training; export turns it back
+on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from internvl_trainer.config import MethodConfig
+from internvl_trainer.model.drop_path import set_drop_path
+from internvl_trainer.model.freeze import TrainablePlan, freeze
+from internvl_trainer.model.lora import add_lora
+
+
+@dataclass
+class Prepared:
+    """The model to train (a PEFT model with LoRA) and what trains in full."""
+
+    model: nn.Module
+    trainable: TrainablePlan
+    drop_path_rates: list[float]
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing, non-reentrant (works with frozen inputs and LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers releases before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def prepare_for_training(model: nn.Module, method: MethodConfig, *, gradient_checkpointing: bool = True) -> Prepared:
+    """Apply ``method`` to an ``InternVLForConditionalGeneration`` (in place) and return the model
+    to hand to the trainer."""
+    model.config.text_config.use_cache = False
+    rate = method.drop_path_rate
+    if rate is None:
+        rate = float(getattr(model.config.vision_config, "drop_path_rate", 0.0) or 0.0)
+    rates = set_drop_path(model, rate)
+    trainable = freeze(model, method.resolved_freeze(), method.unfreeze_vision_layers)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
+    lora = method.resolved_lora()
+    if lora is not None:
+        model = add_lora(model, lora, trainable)
+    return Prepared(model=model, trainable=trainable, drop_path_rates=rates)

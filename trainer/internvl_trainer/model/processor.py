@@ -1,0 +1,205 @@
+"""The tokenizer and processor saved with every model: InternVL's special tokens, the
+``internvl2_5`` chat template, and an image processor that needs no torchvision.
+
+- Special tokens: the nine InternVL adds (``<img>``, ``</img>``, ``<IMG_CONTEXT>``, ``<quad>``,
+  ``</quad>``, ``<ref>``, ``</ref>``, ``<box>``, ``</box>``), and the named ones transformers'
+  InternVL processor reads (``start_image_token``, ``end_image_token``, ``context_image_token``,
+  ``video_token``), which survive ``save_pretrained``. ``<video>`` is only named, never added to
+  the vocabulary: the processor reads its text, and videos reach the model as image tiles.
+- Chat template: the fine-tuning template (reference: internvl-recipe.md §4.1, §10.2), with
+  InternVL's default system message when a conversation has none, so that inference sees what
+  training saw. An image item becomes ``<IMG_CONTEXT>\\n`` and a video ``<video>\\n``; the processor
+  expands them to ``<img>`` + ``<IMG_CONTEXT>`` × tokens + ``</img>``.
+- ``InternVLCpuProcessor``: transformers' ``InternVLProcessor`` without its video-processor slot,
+  which requires torchvision (reference: environment.md §2.3), with ``GotOcr2ImageProcessorPil``
+  (InternVL's tiling; ImageNet mean and std).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoTokenizer,
+    GotOcr2ImageProcessorPil,
+    InternVLProcessor,
+    PreTrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE, INTERNVL2_5
+
+log = logging.getLogger(__name__)
+
+INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
+"""The special tokens InternVL's fine-tuning adds (reference: internvl-recipe.md §1.7)."""
+
+VIDEO_TOKEN = "<video>"
+
+NAMED_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": VIDEO_TOKEN,
+}
+"""The named special tokens transformers' InternVL processor reads from the tokenizer."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _jinja_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def chat_template(system_message: str = DEFAULT_SYSTEM_MESSAGE) -> str:
+    """The ``internvl2_5`` template as a Jinja chat template (what ``apply_chat_template`` runs)."""
+    t = INTERNVL2_5
+    return (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        f"{{{{- {_jinja_string(t.system_prefix + system_message + t.separator)} -}}}}"
+        "{%- endif -%}"
+        "{%- for message in messages -%}"
+        f"{{{{- {_jinja_string('<|im_start|>')} + message['role'] + {_jinja_string(chr(10))} -}}}}"
+        "{%- if message['content'] is string -%}{{- message['content'] -}}"
+        "{%- else -%}{%- for item in message['content'] -%}"
+        f"{{%- if item['type'] == 'image' -%}}{{{{- {_jinja_string('<IMG_CONTEXT>' + chr(10))} -}}}}"
+        f"{{%- elif item['type'] == 'video' -%}}{{{{- {_jinja_string(VIDEO_TOKEN + chr(10))} -}}}}"
+        "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
+        "{%- endif -%}{%- endfor -%}{%- endif -%}"
+        f"{{{{- {_jinja_string(t.separator)} -}}}}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{{{{- {_jinja_string(t.assistant_prefix)} -}}}}{{%- endif -%}}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
+"""The chat template saved with every exported tokenizer and processor."""
+
+
+def missing_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """InternVL's special tokens that the tokenizer's vocabulary lacks."""
+    vocabulary = tokenizer.get_vocab()
+    return [token for token in INTERNVL_TOKENS if token not in vocabulary]
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Give a tokenizer InternVL's special tokens (added when missing), the named ones the processor
+    reads, and the chat template. Returns the tokens added: the model's embeddings must then grow
+    (``load.fit_embeddings``). Released checkpoints have them all, so usually nothing is added."""
+    added = missing_tokens(tokenizer)
+    if added:
+        tokenizer.add_tokens(added, special_tokens=True)
+        log.info("added %d special tokens to the tokenizer: %s", len(added), ", ".join(added))
+    missing_names = {name: token for name, token in NAMED_TOKENS.items() if getattr(tokenizer, name, None) != token}
+    if missing_names:
+        # The public route is the ``extra_special_tokens`` argument of the constructor; a loaded
+        # tokenizer gets the same registration through the method the constructor calls.
+        tokenizer._set_model_specific_special_tokens(missing_names)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return added
+
+
+def load_tokenizer(folder: str | Path, *, original_layout: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder (no remote code), prepared with ``prepare_tokenizer``. In
+    the original layout, config.json (``internvl_chat``, unknown to transformers) is not read."""
+    options: dict[str, Any] = {"extra_special_tokens": dict(NAMED_TOKENS)}
+    if original_layout:
+        options["config"] = PreTrainedConfig()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), **options)
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+class InternVLCpuProcessor(InternVLProcessor):
+    """InternVLProcessor without the video-processor slot, whose classes all need torchvision.
+
+    Its attributes are the image processor and the tokenizer (transformers reads them from this
+    signature), so ``save_pretrained`` and ``from_pretrained`` round-trip without torchvision."""
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        image_seq_length: int = 256,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            image_seq_length=image_seq_length,
+            chat_template=chat_template,
+            **kwargs,
+        )
+
+
+def image_processor(image_size: int = 448, min_tiles: int = 1, max_tiles: int = 12) -> GotOcr2ImageProcessorPil:
+    """InternVL's dynamic-resolution preprocessing: tiles of ``image_size``, a thumbnail when an
+    image gives more than one tile (always, as InternVL's ``use_thumbnail``), ImageNet mean and std."""
+    return GotOcr2ImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        crop_to_patches=True,
+        min_patches=min_tiles,
+        max_patches=max_tiles,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
+    )
+
+
+def build_processor(
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    image_size: int = 448,
+    image_seq_length: int = 256,
+    min_tiles: int = 1,
+    max_tiles: int = 12,
+) -> InternVLCpuProcessor:
+    """A processor for ``tokenizer`` (prepared here) with InternVL's tiling and chat template."""
+    prepare_tokenizer(tokenizer)
+    return InternVLCpuProcessor(
+        image_processor=image_processor(image_size, min_tiles, max_tiles),
+        tokenizer=tokenizer,
+        image_seq_length=image_seq_length,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def load_processor(
+    folder: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    image_size: int,
+    image_seq_length: int,
+    min_tiles: int = 1,
+    max_tiles: int = 12,
+) -> InternVLCpuProcessor:
+    """The processor of a model folder: its saved image-processor settings when it has them
+    (``processor_config.json`` or ``preprocessor_config.json``), otherwise InternVL's defaults with
+    the given sizes. The tokenizer, the sequence length and the chat template are always the given
+    ones, so a folder's own (for instance a template without the system message) is replaced."""
+    folder = Path(folder)
+    prepare_tokenizer(tokenizer)
+    images = None
+    if (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file():
+        try:
+            images = GotOcr2ImageProcessorPil.from_pretrained(str(folder))
+        except (OSError, ValueError, TypeError) as error:
+            log.warning(
+                "%s: its image processor settings cannot be read (%s); using InternVL's defaults", folder, error
+            )
+    if images is None:
+        images = image_processor(image_size, min_tiles, max_tiles)
+    return InternVLCpuProcessor(
+        image_processor=images, tokenizer=tokenizer, image_seq_length=image_seq_length, chat_template=CHAT_TEMPLATE
+    )

@@ -1,0 +1,123 @@
+"""A tiny random InternVL with a tokenizer trained on the spot: for the demo, the benchmarks and
+the tests, which must run offline and in seconds (reference: environment.md §2.1, §2.2).
+
+The model is a real ``InternVLForConditionalGeneration`` (vision tower, projector, Qwen2 or LLaMA
+LLM) of a few layers and hidden sizes of 32 to 64. Every weight is perturbed away from its
+initial value, so no two tensors (a layer's two norms, ``lambda_1`` and ``lambda_2``, …) are
+equal: a mapping that swaps two keys changes the model's output. The tokenizer is a byte-level BPE
+over a small corpus with InternVL's special tokens and the ChatML control tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLVisionConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE
+from internvl_trainer.model.processor import INTERNVL_TOKENS, NAMED_TOKENS, prepare_tokenizer
+
+CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CORPUS = (
+    "Describe the image in detail. What is shown in the picture? A cat sits on a red mat.",
+    "The dog runs after the ball in the park. Compare both images and count the objects.",
+    "system user assistant answer question frame video",
+    DEFAULT_SYSTEM_MESSAGE,
+)
+
+
+def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained now, with InternVL's tokens, ``<video>`` and ``<pad>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    special = [*CONTROL_TOKENS, *INTERNVL_TOKENS, NAMED_TOKENS["video_token"], "<pad>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(CORPUS) * 10, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        extra_special_tokens=dict(NAMED_TOKENS),
+    )
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    llm: Literal["qwen2", "llama"] = "qwen2",
+    image_size: int = 448,
+    vision_layers: int = 2,
+    text_layers: int = 2,
+    qk_norm: bool = False,
+    norm_type: Literal["layer_norm", "rms_norm"] = "layer_norm",
+    use_mean_pooling: bool = True,
+) -> InternVLConfig:
+    """A tiny InternVL config: vision hidden 32 (2 heads), LLM hidden 64 (4 heads, 2 kv heads).
+    ``use_mean_pooling`` false adds the final vision LayerNorm InternViT does not have."""
+    vision = InternVLVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=14,
+        norm_type=norm_type,
+        use_qk_norm=qk_norm,
+        attention_bias=True,
+        use_mean_pooling=use_mean_pooling,
+        drop_path_rate=0.0,
+    )
+    text_kwargs = dict(
+        hidden_size=64,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    text = Qwen2Config(**text_kwargs) if llm == "qwen2" else LlamaConfig(head_dim=16, **text_kwargs)
+    return InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=int((image_size // 14) ** 2 * 0.25),
+        downsample_ratio=0.5,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+
+
+@torch.no_grad()
+def tiny_model(config: InternVLConfig, *, seed: int = 0, scale: float = 0.05) -> InternVLForConditionalGeneration:
+    """A random model for ``config``: initialised, then every tensor perturbed by ``scale`` · N(0, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config)
+    for parameter in model.parameters():
+        parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return model.eval()
