@@ -17,6 +17,7 @@ BENCHMARKS = [
     "benchmarks.operator",
     "benchmarks.tiling",
     "benchmarks.storage",
+    "benchmarks.packing",
 ]
 PACKAGES = [
     "torch",

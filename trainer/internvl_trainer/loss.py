@@ -1,0 +1,128 @@
+"""The training loss: per-token weights for the token, sample and square reductions, and a weighted
+cross-entropy normalised by a global sum of weights (reference: internvl-recipe.md §5.3, §11.7).
+
+A sample with n supervised tokens gives each of them the weight
+
+- ``token``: 1 (every supervised token weighs the same; the sample weighs n);
+- ``sample``: 1/n (every sample weighs 1);
+- ``square``: 1/√n (the sample weighs √n: InternVL's "square averaging").
+
+The loss of a global batch (every micro-batch of one optimizer step on every rank) is
+``Σ w·CE / Σ w``. Each micro-batch contributes ``Σ_micro w·CE / W`` where ``W`` is the global sum
+of weights (``loss_normaliser``: summed over the step's micro-batches, all-reduced over ranks), so
+the contributions add up to the global loss whatever the split: accumulating k micro-batches gives
+the gradient of the whole batch. InternVL divides by a per-rank sum (or its mean over ranks) and
+its non-packed path ignores the reduction; neither is copied.
+
+Weights depend only on the sample they belong to, so they are computed once, by the collator
+(``token_weights``), and travel in the batch as ``loss_weight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+Reduction = Literal["token", "sample", "square"]
+REDUCTIONS: tuple[Reduction, ...] = ("token", "sample", "square")
+
+
+def sample_token_weight(supervised: int, reduction: Reduction) -> float:
+    """The weight of each supervised token of a sample that has ``supervised`` of them."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; known: {', '.join(REDUCTIONS)}")
+    if supervised <= 0:
+        return 0.0
+    if reduction == "token":
+        return 1.0
+    if reduction == "sample":
+        return 1.0 / supervised
+    return supervised**-0.5
+
+
+def token_weights(labels: torch.Tensor, segments: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Float32 weights shaped like ``labels`` (batch, length): ``weights[b, t]`` weighs the loss of
+    predicting ``labels[b, t]`` (from position t - 1). ``segments[b, t]`` is the index of the sample
+    token t belongs to within its row (-1 for padding); a sample's supervised tokens are its labels
+    other than IGNORE_INDEX. The first label of each sample must already be IGNORE_INDEX (nothing in
+    the sample predicts it; the collators see to it), so no weight crosses a sample boundary."""
+    supervised = (labels != IGNORE_INDEX) & (segments >= 0)
+    weights = torch.zeros(labels.shape, dtype=torch.float32)
+    for row in range(labels.shape[0]):
+        ids = segments[row][supervised[row]]
+        if ids.numel() == 0:
+            continue
+        counts = torch.bincount(ids)
+        per_sample = torch.tensor(
+            [sample_token_weight(int(count), reduction) for count in counts.tolist()], dtype=torch.float64
+        )
+        weights[row, supervised[row]] = per_sample[ids].to(torch.float32)
+    return weights
+
+
+def loss_normaliser(
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    all_reduce: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The global normaliser ``W``: the sum of ``loss_weight`` over ``batches`` (the micro-batches of
+    one optimizer step on this rank), summed over every rank when torch.distributed is initialised
+    and ``all_reduce`` is true. A float64 scalar on ``device`` (default: the batches' device; NCCL
+    needs the GPU)."""
+    parts = [batch["loss_weight"].sum(dtype=torch.float64) for batch in batches]
+    if device is None:
+        device = parts[0].device if parts else "cpu"
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for part in parts:
+        total = total + part.to(device)
+    if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total
+
+
+def weighted_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    normaliser: torch.Tensor | float,
+) -> torch.Tensor:
+    """This micro-batch's share of the global loss: ``Σ w·CE / normaliser`` over its next-token
+    predictions. ``logits`` (batch, length, vocab) as the model returns them; ``labels`` and
+    ``weights`` (batch, length) unshifted, as the collators make them; ``normaliser`` from
+    ``loss_normaliser``. Cross-entropy is computed in float32 on the weighted positions only, so the
+    full-vocabulary float32 logits are never materialised. With gradients averaged over ranks (DDP,
+    DeepSpeed), multiply the result by the world size; never divide it by the accumulation steps."""
+    shifted_labels = labels[:, 1:].to(logits.device)
+    shifted_weights = weights[:, 1:].to(logits.device)
+    keep = (shifted_weights != 0) & (shifted_labels != IGNORE_INDEX)
+    selected = logits[:, :-1][keep].float()
+    losses = F.cross_entropy(selected, shifted_labels[keep], reduction="none")
+    total = (losses * shifted_weights[keep].float()).sum()
+    # A zero normaliser means nothing is supervised anywhere: the result is a zero with a graph.
+    normaliser = torch.as_tensor(normaliser, device=total.device).to(total.dtype).clamp_min(1e-12)
+    return total / normaliser
+
+
+def sample_losses(logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor) -> list[torch.Tensor]:
+    """Each sample's own mean cross-entropy over its supervised tokens, row by row and in order
+    (for evaluation and reports; samples without a supervised token are left out). ``segments`` as
+    in ``token_weights``."""
+    losses = []
+    for row in range(labels.shape[0]):
+        row_segments = segments[row]
+        for index in range(int(row_segments.max()) + 1 if row_segments.numel() else 0):
+            positions = (row_segments == index).nonzero().flatten()
+            start, stop = int(positions[0]), int(positions[-1]) + 1
+            targets = labels[row, start + 1 : stop].to(logits.device)
+            keep = targets != IGNORE_INDEX
+            if not bool(keep.any()):
+                continue
+            predicted = logits[row, start : stop - 1][keep].float()
+            losses.append(F.cross_entropy(predicted, targets[keep]))
+    return losses
