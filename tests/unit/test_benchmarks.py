@@ -26,7 +26,8 @@ def test_every_listed_benchmark_has_a_run_function():
 
 
 def test_machine_description_names_date_hardware_and_versions():
-    date, hardware, python, packages = machine().splitlines()
+    date, hardware, load, python, packages = machine().splitlines()
+    assert load.startswith("- Load average when the run started: ")
     assert date.startswith("- Date: 20")
     assert hardware.startswith("- CPU: ") and "cores; memory" in hardware and "GPU: " in hardware
     assert python.startswith("- Python 3.")
