@@ -1,6 +1,9 @@
 """``internvl-train``: the trainer's command line.
 
     internvl-train validate --config train.yaml    check a train.yaml and print what the run uses
+    internvl-train run --config train.yaml         train, checkpoint, merge, export and publish
+    internvl-train evaluate --model DIR --data META [--output FILE]
+                                                   predictions beside references: exact match, token F1, loss
     internvl-train merge --checkpoint DIR [--base DIR] --hf DIR [--original DIR]
                                                    merge a LoRA checkpoint into its base and export it
     internvl-train export --checkpoint DIR --hf DIR [--original DIR]
@@ -19,7 +22,7 @@ import sys
 
 from pydantic import ValidationError
 
-from internvl_trainer.config import TrainConfig
+from internvl_trainer.config import MODEL_NAMES, TrainConfig
 from internvl_trainer.problems import (
     EXIT_FAILED,
     EXIT_OK,
@@ -123,6 +126,67 @@ def _model_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    """run: the torch-heavy work is imported only here."""
+    import logging
+
+    config = read_config(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from internvl_trainer.train.run import run
+
+    try:
+        result = run(config)
+    except BadInput:
+        raise
+    except Exception:  # exit 1: the operator retries from the latest checkpoint
+        logging.getLogger("internvl_trainer").exception("the run failed")
+        return EXIT_FAILED
+    if result.manifest_uri:
+        print(f"trained {result.steps} steps; model {result.model_uri}; manifest {result.manifest_uri}")
+    return EXIT_OK
+
+
+def _absolute(uri: str) -> str:
+    from pathlib import Path
+
+    return uri if uri.startswith(("s3://", "file://")) else str(Path(uri).resolve())
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """evaluate: the torch-heavy work is imported only here."""
+    from pathlib import Path
+
+    config = read_config(args.config) if args.config else None
+    from internvl_trainer.model.layouts import LayoutError
+    from internvl_trainer.model.load import ModelFolderError
+    from internvl_trainer.storage import StorageError
+    from internvl_trainer.train.evaluate import run_evaluation
+
+    try:
+        summary = run_evaluation(
+            _absolute(args.model),
+            _absolute(args.data),
+            Path(args.output),
+            config=config,
+            model_name=args.model_name,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+        )
+    except ModelFolderError as error:
+        raise BadInput([Problem("--model", str(error))]) from error
+    except (LayoutError, StorageError, OSError, ValueError) as error:
+        sys.stderr.write(f"evaluate failed: {error}\n")
+        return EXIT_FAILED
+    if args.format == "json":
+        sys.stdout.write(dumps_json(summary))
+    else:
+        print(f"{args.output}: {summary['samples']} samples ({summary['skipped']} skipped)")
+        for key in ("exactMatch", "tokenF1", "loss"):
+            value = summary[key]
+            print(f"  {key:<10} {'-' if value is None else f'{value:.4f}'}")
+    return EXIT_OK
+
+
 def _add_model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or s3:// prefix")
     command.add_argument("--hf", metavar="DIR", help="destination of the transformers-native layout")
@@ -144,6 +208,19 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, metavar="FILE", help="train.yaml ('-' for standard input)")
     check.add_argument("--output", choices=["text", "json"], default="text")
     check.set_defaults(handler=_validate)
+    train = commands.add_parser("run", help="train, checkpoint, merge, export and publish a model")
+    train.add_argument("--config", required=True, metavar="FILE", help="train.yaml")
+    train.set_defaults(handler=_run)
+    evaluate = commands.add_parser("evaluate", help="score a model on a meta file's samples")
+    evaluate.add_argument("--model", required=True, metavar="DIR", help="model folder or s3:// prefix (either layout)")
+    evaluate.add_argument("--data", required=True, metavar="META", help="InternVL meta file (local or s3://)")
+    evaluate.add_argument("--output", default="predictions.jsonl", metavar="FILE", help="predictions (JSON lines)")
+    evaluate.add_argument("--config", metavar="FILE", help="train.yaml: object store, template, tile and length limits")
+    evaluate.add_argument("--model-name", choices=MODEL_NAMES, help="catalog name (template); default from --config")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    evaluate.add_argument("--format", choices=["text", "json"], default="text", help="how the summary is printed")
+    evaluate.set_defaults(handler=_evaluate)
     merge = commands.add_parser("merge", help="merge a LoRA checkpoint into its base and export it")
     _add_model_options(merge)
     merge.add_argument("--base", metavar="DIR", help="base model (default: the adapter's, else model.weights)")

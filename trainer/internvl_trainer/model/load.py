@@ -227,7 +227,7 @@ def load_original_model(
 def fit_embeddings(model: InternVLForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> int:
     """Grow the token embeddings and the LM head to the tokenizer's length when tokens were added
     (InternVL's rule: new rows are the mean of the old ones). Returns the rows added."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = model.get_input_embeddings().num_embeddings  # not weight.shape: a ZeRO-3 partition is empty
     added = len(tokenizer) - rows
     if added <= 0:
         return 0

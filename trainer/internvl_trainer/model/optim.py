@@ -28,7 +28,12 @@ def no_decay_names(model: nn.Module) -> set[str]:
         exempt_module = isinstance(module, nn.Embedding) or _is_norm(module)
         for param_name, parameter in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            if exempt_module or param_name in NO_DECAY_NAMES or parameter.ndim < 2:
+            # ZeRO-3 partitions a parameter into a flat piece; ds_shape is its real shape.
+            if (
+                exempt_module
+                or param_name in NO_DECAY_NAMES
+                or len(getattr(parameter, "ds_shape", parameter.shape)) < 2
+            ):
                 names.add(full)
     return names
 

@@ -1,0 +1,421 @@
+"""``internvl-train run``: one training run, read top to bottom.
+
+    environment → train.yaml checks → Trainer arguments (DeepSpeed known before the model loads)
+    → base model (local or S3) → freeze / drop path / checkpointing / LoRA → datasets and held-out
+    split → sampler, packing, collator, resumable loader → resume point (newest complete
+    checkpoint of runs/<uid>/) → train (checkpoints every saveSteps, metrics, TensorBoard, status)
+    → held-out loss → final save → merge, export, reload and generate, publish with the manifest last
+
+Every process of the run executes this (torchrun, mpirun, or one process on a laptop); only the
+main process writes shared outputs (the checkpoint manifest, metrics, the model). Exit codes
+(docs/contract.md §5): 2 for bad input (train.yaml, the world size, a bad sample in strict mode),
+1 for anything else.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
+
+from internvl_trainer.config import TrainConfig
+from internvl_trainer.data.collate import Collator
+from internvl_trainer.data.loader import PackedStream, ResumableLoader
+from internvl_trainer.data.packing import PackingBudget
+from internvl_trainer.data.sampling import MixtureSampler
+from internvl_trainer.problems import BadInput, Problem
+from internvl_trainer.storage import ObjectNotFound, Storage
+from internvl_trainer.storage.upload import upload_file
+from internvl_trainer.train import checkpoints
+from internvl_trainer.train.datasets import RunData, StrictDataError, open_run_data
+from internvl_trainer.train.distributed import ProcessEnvironment, check_world, detect, export_for_torch
+from internvl_trainer.train.metrics import EventWriter, MetricsLog, ProgressCallback
+from internvl_trainer.train.status import StatusReporter
+from internvl_trainer.train.trainer import EvalSet, InternVLTrainer
+
+log = logging.getLogger(__name__)
+
+SCRATCH_ENV = "INTERNVL_SCRATCH"
+
+
+@dataclass
+class RunResult:
+    """What a run did (on every process; the URIs on the main process)."""
+
+    steps: int
+    """The optimizer step the run ended at."""
+    resumed_from: int | None
+    """The checkpoint step it resumed from, if any."""
+    eval_loss: float | None
+    model_uri: str | None
+    manifest_uri: str | None
+    validation: dict[str, Any] | None
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+
+def scratch_root(environ: Mapping[str, str]) -> Path:
+    """``$INTERNVL_SCRATCH`` in a pod (docs/contract.md §2), else ``~/.cache/internvl``."""
+    return Path(environ.get(SCRATCH_ENV) or Path.home() / ".cache" / "internvl")
+
+
+def offloads_optimizer(deepspeed: Mapping[str, Any] | None) -> bool:
+    zero = (deepspeed or {}).get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device", "none") == "cpu" and "optimizer" not in (deepspeed or {})
+
+
+def model_dtype(config: TrainConfig, on_gpu: bool) -> torch.dtype:
+    """float32 on CPU; on GPU bf16 weights under DeepSpeed (it keeps fp32 master copies) and with
+    LoRA (frozen base), float32 for a plain full fine-tune (autocast computes in bf16)."""
+    if not on_gpu:
+        return torch.float32
+    if config.deepspeed is not None or config.method.type == "lora":
+        return torch.bfloat16
+    return torch.float32
+
+
+def warmup_steps(ratio: float, max_steps: int) -> float | int:
+    """The Trainer's warmup: a ratio below 1, else every step."""
+    return ratio if ratio < 1 else max_steps
+
+
+def training_arguments(
+    config: TrainConfig, output_dir: Path, environment: ProcessEnvironment, *, on_gpu: bool, max_steps: int
+) -> TrainingArguments:
+    training, batch = config.training, config.batch
+    eval_steps = training.eval_steps
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch.per_device_batch_size,
+        per_device_eval_batch_size=batch.per_device_batch_size,
+        gradient_accumulation_steps=batch.gradient_accumulation_steps,
+        learning_rate=training.learning_rate,
+        weight_decay=training.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=training.max_grad_norm,
+        lr_scheduler_type=training.scheduler,
+        warmup_steps=warmup_steps(training.warmup_ratio, max_steps),
+        max_steps=max_steps,
+        logging_strategy="steps",
+        logging_steps=training.logging_steps,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=None,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        seed=training.seed,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        deepspeed=dict(config.deepspeed) if config.deepspeed is not None else None,
+        remove_unused_columns=False,
+        ignore_data_skip=True,
+        report_to=[],
+        disable_tqdm=not environment.is_main,
+        dataloader_num_workers=0,
+        save_only_model=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and progress
+
+
+class CheckpointCallback(TrainerCallback):
+    """After the Trainer saved a checkpoint locally: add the data position, publish it to
+    runs/<uid>/checkpoints/ with its manifest last, upload metrics and TensorBoard, keep the newest
+    K, report status.output. Also makes the last step a checkpoint."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        storage: Storage,
+        environment: ProcessEnvironment,
+        loader: ResumableLoader,
+        *,
+        progress: ProgressCallback | None,
+        run_dir: Path,
+        data: RunData,
+        reporter: StatusReporter | None,
+    ):
+        self.config = config
+        self.storage = storage
+        self.environment = environment
+        self.loader = loader
+        self.progress = progress
+        self.run_dir = run_dir
+        self.data = data
+        self.reporter = reporter
+        self.published: list[int] = []
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        environment = self.environment
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoints.write_data_state(folder, environment.rank, self.loader.state_dict())
+        uri = checkpoints.checkpoint_uri(self.config.layout, state.global_step)
+        checkpoints.publish(
+            self.storage,
+            folder,
+            uri,
+            rank=environment.rank,
+            local_rank=environment.local_rank,
+            producer=self.config.to_wire(),
+        )
+        self.published.append(state.global_step)
+        if environment.is_main:
+            upload_progress(self.storage, self.config, self.run_dir, self.data, self.loader)
+            checkpoints.prune(self.storage, self.config.layout, self.config.training.checkpoints_kept)
+            if self.reporter is not None:
+                eval_loss = self.progress.eval_loss if self.progress is not None else None
+                fields = {"latestCheckpointUri": uri}
+                if eval_loss is not None:
+                    fields["evalLoss"] = eval_loss
+                self.reporter.output(**fields)
+        if environment.local_rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def data_report(data: RunData, loader: ResumableLoader, world_size: int) -> dict[str, Any]:
+    """The data report of this process's view (the main process's loader, every process's bad
+    samples on this node)."""
+    return {
+        "loader": {"rank0": vars(loader.stats).copy(), "worldSize": world_size},
+        **data.report(),
+    }
+
+
+def upload_progress(storage: Storage, config: TrainConfig, run_dir: Path, data: RunData, loader: ResumableLoader):
+    """metrics.jsonl, the TensorBoard files and the data report, to runs/<uid>/."""
+    import json
+
+    layout = config.layout
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        storage.write_bytes(layout.metrics, metrics.read_bytes())
+    events = run_dir / "tensorboard"
+    for path in sorted(events.glob("events.out.tfevents.*")):
+        upload_file(storage, path, f"{layout.tensorboard}/{path.name}")
+    report = data_report(data, loader, config.batch.world_size)
+    storage.write_bytes(layout.data_report, (json.dumps(report, indent=2) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run(
+    config: TrainConfig,
+    *,
+    environ: MutableMapping[str, str] | None = None,
+    scratch: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> RunResult:
+    """Train, checkpoint and publish one run (see the module docstring). Raises BadInput."""
+    environ = os.environ if environ is None else environ
+    environment = detect(environ)
+    check_world(environment, config)
+    if environment.launcher != "single" or config.deepspeed is not None:
+        export_for_torch(environment, environ)  # torch.distributed's env:// (DeepSpeed needs it alone too)
+    storage = Storage(config.storage)
+    layout = config.layout
+    training, batch = config.training, config.batch
+    root = scratch or scratch_root(environ)
+    run_dir = root / "runs" / config.run.uid
+    on_gpu = torch.cuda.is_available()
+    set_seed(training.seed)
+
+    # The Trainer's arguments come first: under ZeRO-3 the model must load partitioned.
+    args = training_arguments(config, run_dir / "trainer", environment, on_gpu=on_gpu, max_steps=1)
+    reporter = StatusReporter.from_environment(environ) if environment.is_main else None
+
+    from internvl_trainer.model.load import ModelFolderError, load
+    from internvl_trainer.model.prepare import prepare_for_training
+
+    with args.main_process_first(local=True, desc="fetching the base model"):
+        try:
+            loaded = load(
+                config.model.weights,
+                layout=config.model.layout,
+                dtype=model_dtype(config, on_gpu),
+                storage=storage,
+                cache_dir=root / "models",
+            )
+        except ModelFolderError as error:
+            raise BadInput([Problem("model.weights", str(error))]) from error
+    if loaded.tokenizer is None:
+        raise BadInput([Problem("model.weights", f"{config.model.weights}: the model folder has no tokenizer")])
+    tokenizer = loaded.tokenizer
+    dtype = _base_dtype(loaded.folder)
+    try:
+        prepared = prepare_for_training(
+            loaded.model, config.method, gradient_checkpointing=training.gradient_checkpointing
+        )
+    except ValueError as error:
+        raise BadInput([Problem("method", str(error))]) from error
+
+    with args.main_process_first(local=True, desc="indexing the annotations"):
+        data = open_run_data(
+            config,
+            tokenizer,
+            loaded.model.config,
+            storage=storage,
+            cache_dir=root / "data-cache",
+            bad_dir=run_dir / "bad-samples",
+        )
+    sampler = MixtureSampler(data.specs(), seed=training.seed, epochs=None if training.max_steps else training.epochs)
+    # With epochs and packing the count of packed rows is not known ahead: this is an upper bound,
+    # and the run ends early, on every rank together, when the data runs out.
+    max_steps = training.max_steps or max(1, math.ceil(sampler.total / training.global_batch_size))
+    args.max_steps = max_steps
+    args.warmup_steps = warmup_steps(training.warmup_ratio, max_steps)
+    # Parts trained in full that a text-only batch leaves unused (the projector, vision layers)
+    # would otherwise stop DDP waiting for their gradients.
+    trainable = prepared.trainable
+    args.ddp_find_unused_parameters = bool(trainable.vision or trainable.projector or trainable.vision_layers)
+    collator = Collator(pad_id=tokenizer.pad_token_id, reduction=training.loss_reduction, packed=config.data.packing)
+    stream = PackedStream(
+        sampler,
+        data.build,
+        collator,
+        batch_size=batch.per_device_batch_size,
+        budget=PackingBudget(max_tokens=int(config.data.max_seq_length)) if config.data.packing else None,
+        rank=environment.rank,
+        world_size=environment.world_size,
+    )
+    workers = config.data.workers
+    loader = ResumableLoader(stream, num_workers=workers, prefetch_factor=2 if workers else None)
+    # DataLoader iterators draw their workers' base seed from this generator, not the global one,
+    # so a resumed run's global RNG (restored from the checkpoint) stays in step.
+    loader.options["generator"] = torch.Generator().manual_seed(training.seed)
+
+    # The resume point.
+    resume_dir, resumed_from = None, None
+    if config.run.resume == "latest":
+        found = checkpoints.latest(storage, layout)
+        if found is not None:
+            with args.main_process_first(local=True, desc="fetching the checkpoint"):
+                resume_dir = checkpoints.download(storage, found, run_dir / "resume")
+            state = checkpoints.read_data_states(resume_dir, environment.rank)
+            if state is not None:
+                loader.load_state_dict(state)
+            resumed_from = found.step
+            log.info("resuming from %s", found.uri)
+    elif environment.is_main:
+        for stale in checkpoints.find(storage, layout):
+            log.info("resume: never, deleting %s", stale.uri)
+            checkpoints.delete_folder(storage, stale.uri)
+
+    # Progress: metrics.jsonl continues the run's own, TensorBoard gets a file per attempt.
+    progress = None
+    if environment.is_main:
+        metrics = MetricsLog(run_dir / "metrics.jsonl")
+        metrics.path.unlink(missing_ok=True)
+        if resumed_from is not None:
+            try:
+                metrics.path.write_bytes(storage.read_bytes(layout.metrics))
+            except ObjectNotFound:
+                pass
+            metrics.keep_until(resumed_from)
+        progress = ProgressCallback(
+            metrics,
+            EventWriter(run_dir / "tensorboard"),
+            samples_before=loader.stats.samples,
+            epoch_length=sampler.epoch_length,
+            world_size=environment.world_size,
+            reporter=reporter,
+        )
+
+    eval_refs = data.eval_refs()
+    eval_set = (
+        EvalSet(eval_refs, data.build_eval, collator, batch_size=batch.per_device_batch_size) if eval_refs else None
+    )
+    trainer = InternVLTrainer(
+        model=prepared.model,
+        args=args,
+        loader=loader,
+        eval_set=eval_set,
+        offload_optimizer=offloads_optimizer(config.deepspeed),
+        callbacks=[
+            *([progress] if progress is not None else []),
+            CheckpointCallback(
+                config,
+                storage,
+                environment,
+                loader,
+                progress=progress,
+                run_dir=run_dir,
+                data=data,
+                reporter=reporter,
+            ),
+            *callbacks,
+        ],
+    )
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir is not None else None)
+    except StrictDataError as error:
+        raise BadInput([Problem("data", str(error))]) from error
+    eval_loss = progress.eval_loss if progress is not None else None
+    if eval_set is not None and not training.eval_steps:
+        eval_loss = trainer.evaluate().get("eval_loss")
+    steps = trainer.state.global_step
+
+    # The final save (every process: ZeRO-3 gathers the weights), then the rest on the main one.
+    final_dir = run_dir / "final"
+    if environment.is_main and final_dir.exists():
+        shutil.rmtree(final_dir)
+    trainer.save_model(str(final_dir))
+    result = RunResult(steps, resumed_from, eval_loss, None, None, None)
+    if not environment.is_main:
+        return result
+    if loaded.processor is not None:
+        loaded.processor.save_pretrained(str(final_dir))
+    else:
+        tokenizer.save_pretrained(str(final_dir))
+    upload_progress(storage, config, run_dir, data, loader)
+    del trainer, prepared, loaded
+    gc.collect()
+    if config.deepspeed is not None:
+        # Loading for the export must not partition the model as ZeRO-3 loading did.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+    from internvl_trainer.train.publish import publish
+
+    published = publish(
+        config, final_dir, storage=storage, scratch=run_dir, cache_dir=root / "models", data=data, dtype=dtype
+    )
+    if reporter is not None:
+        fields: dict[str, Any] = {"modelUri": published.model_uri, "manifestUri": published.manifest_uri}
+        if eval_loss is not None:
+            fields["evalLoss"] = eval_loss
+        reporter.output(**fields)
+    result.model_uri, result.manifest_uri, result.validation = (
+        published.model_uri,
+        published.manifest_uri,
+        published.validation,
+    )
+    return result
+
+
+def _base_dtype(folder: Path) -> str:
+    from internvl_trainer.train.publish import base_dtype
+
+    return base_dtype(folder)
