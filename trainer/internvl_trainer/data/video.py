@@ -3,7 +3,9 @@
 InternVL trains on a few frames of each video, one 448-pixel tile per frame (reference:
 internvl-recipe.md §3). This module reads them with decord directly (InternVL can only reach its
 video reader through an internal storage client) from a local path, encoded bytes or an open
-binary file, so a caching layer in front of S3 can hand over whatever it holds.
+binary file, so a caching layer in front of S3 can hand over whatever it holds. A video given as
+a list of frame images (``FrameList``) is sampled the same way at 1 frame per second, and only the
+frames sampled are read and decoded.
 
 Sampling (``VideoConfig.sampling``), over the whole video or over ``clip = [start, end]`` seconds:
 
@@ -38,12 +40,52 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
+from PIL import Image
 
 from internvl_trainer.config import VideoConfig
-from internvl_trainer.data.errors import VideoDecodeError
+from internvl_trainer.data.errors import SampleError, VideoDecodeError
+from internvl_trainer.data.images import decode_image
 
-VideoSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
-"""A local path, encoded bytes, or an open binary file."""
+
+class FrameList:
+    """A video given as its frames, one image each (a frame list or a frame folder of an
+    annotation), read like a decord reader: only the frames sampled are decoded. ``frames`` holds
+    image sources, or callables that return one (so frames are fetched only when sampled). The
+    frame rate is 1 unless given, as InternVL reads frame folders."""
+
+    def __init__(self, frames: Sequence[object], fps: float = 1.0):
+        self.frames = frames
+        self.fps = fps
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+    def get_batch(self, indices: Sequence[int]) -> _Pixels:
+        """The frames ``indices``, decoded; frames of another size than the first are resized to it."""
+        images = []
+        for index in indices:
+            frame = self.frames[index]
+            images.append(decode_image(frame() if callable(frame) else frame))  # type: ignore[arg-type]
+        size = images[0].size if images else (0, 0)
+        resized = [image if image.size == size else image.resize(size, Image.Resampling.BICUBIC) for image in images]
+        return _Pixels(np.stack([np.asarray(image) for image in resized]))
+
+
+class _Pixels:
+    """decord's batch interface over a numpy array."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def asnumpy(self) -> np.ndarray:
+        return self.array
+
+
+VideoSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO | FrameList
+"""A local path, encoded bytes, an open binary file, or a list of frames (``FrameList``)."""
 
 VIDEO_PLACEHOLDER = "<video>"
 IMAGE_PLACEHOLDER = "<image>"
@@ -159,6 +201,8 @@ class VideoFrames:
 
 
 def _reader(source: VideoSource):
+    if isinstance(source, FrameList):
+        return source
     import decord  # imported here: decord is only needed by samples that hold videos
 
     if isinstance(source, bytes | bytearray | memoryview):
@@ -181,6 +225,8 @@ def read_frames(
     indices = frame_indices(config, length, fps, rng, clip)
     try:
         frames = reader.get_batch(indices).asnumpy()
+    except SampleError:  # a frame of a frame list that is missing or does not decode
+        raise
     except Exception as error:
         raise VideoDecodeError(f"cannot decode frames {indices[:4]}…: {error}") from error
     return VideoFrames(frames=frames, indices=indices, fps=fps, length=length)

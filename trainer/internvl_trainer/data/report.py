@@ -1,0 +1,122 @@
+"""Bad samples, counted by kind with their ``file:line``, and the data report.
+
+A bad sample never ends a run: whoever reads samples catches ``SampleError``, hands it to
+``BadSamples.skip`` with the sample's place, and goes on. ``skip`` counts it under its kind
+(``json``, ``record``, ``conversation``, ``placeholder``, ``path``, ``missing``, ``unreadable``,
+``image``, ``video``, ``overlong``), keeps the first few of each kind as examples, and logs it. In
+strict mode it raises ``StrictDataError`` instead, whose message starts with the sample's
+``file:line``.
+
+Data-loader workers and ranks are separate processes: with a ``folder``, every bad sample is also
+appended to ``folder/bad-<pid>.jsonl``, and ``summary`` adds up every process's file (a sample
+seen twice, by a resumed run or a later epoch, counts once). ``write_report`` stores the run's
+data report (``runs/<uid>/data-report.json``, docs/contract.md §3) through storage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from internvl_trainer.data.errors import SampleError
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_PER_KIND = 5
+
+_IN_MEMORY = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
+"""How Pillow names an in-memory file in its errors: noise in a report."""
+
+
+class StrictDataError(SampleError):
+    """A bad sample in strict mode; the message starts with ``file:line``."""
+
+    kind = "strict"
+
+
+class BadSamples:
+    """Bad samples of a process (and, with ``folder``, of every process of a run)."""
+
+    def __init__(self, *, strict: bool = False, examples: int = EXAMPLES_PER_KIND, folder: Path | None = None):
+        self.strict = strict
+        self.examples_per_kind = examples
+        self.folder = folder
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def skip(self, error: SampleError, where: str) -> None:
+        """Count a bad sample at ``where`` (``file:line``); in strict mode raise StrictDataError."""
+        message = _IN_MEMORY.sub("", str(error))
+        if self.strict:
+            raise StrictDataError(f"{where}: {message}") from error
+        self.record(getattr(error, "kind", "sample"), where, message)
+
+    def record(self, kind: str, where: str, message: str) -> None:
+        """Count a bad sample of ``kind`` (skipped; the non-strict path of ``skip``)."""
+        message = _IN_MEMORY.sub("", message)
+        with self._lock:
+            if (kind, where) in self._seen:
+                return
+            self._seen.add((kind, where))
+            self.counts[kind] += 1
+            listed = self.examples.setdefault(kind, [])
+            if len(listed) < self.examples_per_kind:
+                listed.append(f"{where}: {message}")
+        log.warning("skipped a bad sample at %s (%s): %s", where, kind, message)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"kind": kind, "where": where, "message": message}) + "\n"
+            with open(self.folder / f"bad-{os.getpid()}.jsonl", "a") as handle:
+                handle.write(line)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"skipped", "byKind", "examples"}``: over every process's file with a folder, else
+        over this object's own counts."""
+        if self.folder is None or not self.folder.is_dir():
+            with self._lock:
+                counts = dict(sorted(self.counts.items()))
+                examples = {kind: list(self.examples[kind]) for kind in counts}
+            return {"skipped": sum(counts.values()), "byKind": counts, "examples": examples}
+        merged = BadSamples(examples=self.examples_per_kind)
+        for path in sorted(self.folder.glob("bad-*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a process that was killed
+                    continue
+                with merged._lock:
+                    key = (entry["kind"], entry["where"])
+                    if key in merged._seen:
+                        continue
+                    merged._seen.add(key)
+                    merged.counts[entry["kind"]] += 1
+                    listed = merged.examples.setdefault(entry["kind"], [])
+                    if len(listed) < merged.examples_per_kind:
+                        listed.append(f"{entry['where']}: {entry['message']}")
+        return merged.summary()
+
+
+def write_report(report: dict[str, Any], uri: str, storage: Any) -> None:
+    """Write the data report (JSON) to ``uri`` (``s3://`` or local) through ``storage``."""
+    storage.write_bytes(uri, (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
