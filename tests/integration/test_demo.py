@@ -11,6 +11,9 @@ pytestmark = pytest.mark.integration
 
 def test_the_demo_runs_end_to_end(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
+    # The session's S3 fixture exports its credentials; SeaweedFS would take them as its own identities.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
     assert demo.main() == 0
     out = capsys.readouterr().out
     assert out.count("\n== ") == len(demo.CHECKS) + 6
