@@ -169,17 +169,29 @@ def main() -> int:
         metrics = [json.loads(line) for line in storage.read_bytes(f"{run_folder}/metrics.jsonl").decode().splitlines()]
         losses = [record["loss"] for record in metrics if "loss" in record]
         report = json.loads(storage.read_bytes(f"{run_folder}/data-report.json"))
-        print(f"  data report: {json.dumps(report)[:300]}")
+        _print_data_report(report, f"{run_folder}/data-report.json")
         if losses:
             print(f"  training loss: {losses[0]:.3f} at the start, {losses[-1]:.3f} at the end")
         print(f"  merged model: {output}/model")
         print(f"  manifest:     {output}/manifest.json (exists: {storage.exists(f'{output}/manifest.json')})")
         validation = storage.read_bytes(f"{run_folder}/validation.jsonl").decode().splitlines()
         if validation:
-            print(f"  a validation sample: {validation[0][:300]}")
+            sample = json.loads(validation[0])
+            print(f"  a validation sample ({sample['where']}):")
+            print(f"    expected:  {sample['reference']!r}")
+            print(f"    generated: {sample['prediction']!r}")
         _loss_curve(losses, OUT / "loss.png")
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; the S3 server is stopped")
     return 0
+
+
+def _print_data_report(report: dict, uri: str) -> None:
+    bad = report["badSamples"]
+    print(f"  data report: {uri}")
+    for name, dataset in report["datasets"].items():
+        print(f"    {name}: {dataset['samples']} samples ({dataset['heldOut']} held out) from {dataset['annotation']}")
+    by_kind = ", ".join(f"{kind} {count}" for kind, count in bad["byKind"].items()) or "none"
+    print(f"    bad samples skipped: {bad['skipped']} (by kind: {by_kind})")
 
 
 def _loss_curve(losses: list[float], path: Path) -> None:

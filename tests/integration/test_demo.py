@@ -18,6 +18,8 @@ def test_the_demo_runs_end_to_end(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.count("\n== ") == len(demo.CHECKS) + 6
     assert "manifest:     s3://demo/finetuned/demo-shapes/manifest.json (exists: True)" in out
+    assert "bad samples skipped: 0 (by kind: none)" in out
+    assert "    generated: " in out
     assert "demo finished in" in out
     assert (REPO / "demo-out" / "manifests" / "train.yaml").exists()
     assert (REPO / "demo-out" / "loss.png").exists()

@@ -45,7 +45,6 @@ from internvl_trainer.problems import EXIT_FAILED, EXIT_OK, BadInput, Problem, d
 DEFAULT_MODEL = "InternVL3-8B"
 RECIPE_LIMITS = {"2.5": (8192, 6), "3": (16384, 12)}
 """(max sequence length, max tiles) of InternVL's own recipes per generation (recipe.md §8)."""
-DEFAULT_CACHE_BYTES = 50 * 1024**3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,18 +175,12 @@ def _checker(args: argparse.Namespace, limits: Limits, *, decode: bool) -> Any:
 
 
 def _sources(meta_uri: str, storage: Any, cache_dir: Path) -> list[Any]:
-    """The datasets of a meta file, annotations indexed. Raises BadInput."""
-    from internvl_trainer.data.annotations import open_annotations
-    from internvl_trainer.data.records import DatasetSource
-    from internvl_trainer.storage import Cache
+    """The datasets of a meta file, annotations indexed, media read from storage each time (a
+    check reads every file once). Raises BadInput."""
+    from internvl_trainer.data.annotations import data_cache
+    from internvl_trainer.data.records import open_sources
 
-    meta = load_meta(meta_uri, storage)
-    cache = Cache(cache_dir, int(os.environ.get("INTERNVL_DATA_CACHE_BYTES", DEFAULT_CACHE_BYTES)))
-    files = open_annotations(meta, storage, cache)
-    return [
-        DatasetSource(name, dataset, file, storage)
-        for (name, dataset), file in zip(meta.root.items(), files, strict=True)
-    ]
+    return open_sources(load_meta(meta_uri, storage), storage, data_cache(cache_dir), media_cache=False)
 
 
 def _progress(args: argparse.Namespace) -> bool | None:

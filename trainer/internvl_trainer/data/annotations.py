@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 INDEX_FOLDER = "annotation-index"
 """Where the indexes live under the cache folder (beside the object cache's own folders)."""
 
+DEFAULT_CACHE_BYTES = 50 * 1024**3
+"""The node's data cache size unless ``$INTERNVL_DATA_CACHE_BYTES`` says otherwise."""
+
+
+def data_cache(folder: str | os.PathLike[str]) -> Cache:
+    """The node's cache of annotation files and media under ``folder``."""
+    return Cache(folder, int(os.environ.get("INTERNVL_DATA_CACHE_BYTES", DEFAULT_CACHE_BYTES)))
+
 
 class AnnotationFile:
     """One indexed annotation file (see the module docstring)."""

@@ -39,9 +39,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from internvl_trainer.data.annotations import AnnotationFile
+from internvl_trainer.data.annotations import AnnotationFile, open_annotations
 from internvl_trainer.data.errors import ConversationError, PlaceholderError, SampleError
-from internvl_trainer.data.meta import DatasetMeta
+from internvl_trainer.data.meta import DatasetMeta, MetaFile
 from internvl_trainer.data.report import BadSamples
 from internvl_trainer.data.template import (
     IMAGE_PLACEHOLDER,
@@ -400,6 +400,17 @@ class DatasetSource:
         except SampleError as error:
             bad.skip(error, self.where(number))
             return None
+
+
+def open_sources(meta: MetaFile, storage: Storage, cache: Cache, *, media_cache: bool = True) -> list[DatasetSource]:
+    """Every dataset of ``meta``, its annotations indexed (and, when remote, fetched into ``cache``);
+    media read through ``cache`` too when ``media_cache``. Raises BadInput naming each dataset whose
+    annotation file cannot be used."""
+    files = open_annotations(meta, storage, cache)
+    return [
+        DatasetSource(name, dataset, file, storage, cache if media_cache else None)
+        for (name, dataset), file in zip(meta.root.items(), files, strict=True)
+    ]
 
 
 class _Fetch:

@@ -209,19 +209,17 @@ def write_jsonl(path: Path, lines: Sequence[dict[str, Any]]) -> None:
 
 
 def all_items(data: Any) -> list[tuple[str, str, dict[str, Any] | None, Any]]:
-    """Every line of every dataset of a ``RunData`` (held-out split or not), built."""
-    from internvl_trainer.train.datasets import Where
+    """Every sample of every dataset of a ``RunData`` (held-out split or not), built."""
+    from internvl_trainer.data.errors import SampleError
 
     items = []
-    for dataset, file in enumerate(data.files):
-        for line in range(len(file)):
-            where = Where(dataset, line)
-            sample = data.build_eval(where)
-            try:
-                record = data.record(where) if sample is not None else None
-            except ValueError:
-                record = None
-            items.append((f"{data.names[dataset]}:{line}", data.where(where), record, sample))
+    for where in data.all_refs():
+        sample = data.build_eval(where)
+        try:
+            record = data.record(where) if sample is not None else None
+        except SampleError:
+            record = None
+        items.append((f"{data.names[where.dataset]}:{where.line}", data.where(where), record, sample))
     return items
 
 

@@ -31,12 +31,13 @@ from internvl_trainer.config import TrainConfig
 from internvl_trainer.data.collate import Collator
 from internvl_trainer.data.loader import PackedStream, ResumableLoader
 from internvl_trainer.data.packing import PackingBudget
+from internvl_trainer.data.report import StrictDataError
 from internvl_trainer.data.sampling import MixtureSampler
 from internvl_trainer.problems import BadInput, Problem
 from internvl_trainer.storage import ObjectNotFound, Storage
 from internvl_trainer.storage.upload import upload_file
 from internvl_trainer.train import checkpoints
-from internvl_trainer.train.datasets import RunData, StrictDataError, open_run_data
+from internvl_trainer.train.datasets import RunData, open_run_data
 from internvl_trainer.train.distributed import ProcessEnvironment, check_world, detect, export_for_torch
 from internvl_trainer.train.metrics import EventWriter, MetricsLog, ProgressCallback
 from internvl_trainer.train.status import StatusReporter

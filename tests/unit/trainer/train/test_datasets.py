@@ -3,15 +3,18 @@ samples are built from their lines with their own randomness."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import InternVLConfig
 
+from internvl_trainer.data.report import StrictDataError
 from internvl_trainer.data.sampling import SampleRef
 from internvl_trainer.model.processor import load_tokenizer
 from internvl_trainer.storage import Storage
 from internvl_trainer.train.datasets import Where, open_run_data
-from tests.unit.trainer.train.runs import train_config, write_data
+from tests.unit.trainer.train.runs import records, train_config, write_data
 
 
 @pytest.fixture
@@ -58,3 +61,80 @@ def test_a_drawn_sample_is_its_line(opened):
     again = data.build(SampleRef(dataset=0, index=3, epoch=0, position=0))
     assert torch.equal(again.input_ids, sample.input_ids) and torch.equal(again.pixel_values, sample.pixel_values)
     assert data.where(Where(0, 2)).endswith("train.jsonl:3")
+
+
+def test_the_fine_tuning_guide_variant_trains_as_its_jsonl_twin(tmp_path, tiny_model_dir):
+    """``train``/``image_folder`` keys, a JSON array, user/assistant roles and a system turn read
+    as the same samples as InternVL's own spelling; the meta file's weight reaches the sampler."""
+    meta = write_data(tmp_path / "data", count=4)
+    twin = tmp_path / "data/guide.json"
+    guide = []
+    for record in records(4):
+        question, answer = record["conversations"]
+        guide.append(
+            {
+                "image": record["image"],
+                "conversations": [
+                    {"from": "system", "value": "You are a helpful assistant."},
+                    {"from": "user", "value": question["value"]},
+                    {"from": "assistant", "value": answer["value"]},
+                ],
+            }
+        )
+    twin.write_text(json.dumps(guide, indent=2))
+    guide_meta = tmp_path / "data/guide-meta.json"
+    guide_meta.write_text(json.dumps({"guide": {"image_folder": ".", "train": "guide.json", "weight": 3}}))
+
+    def opened(path):
+        config = train_config(str(tiny_model_dir), str(path), str(tmp_path / "out"))
+        return open_run_data(
+            config,
+            load_tokenizer(tiny_model_dir),
+            InternVLConfig.from_pretrained(tiny_model_dir),
+            storage=Storage(),
+            cache_dir=tmp_path / "cache",
+        )
+
+    jsonl, array = opened(meta), opened(guide_meta)
+    (spec,) = array.specs()
+    assert (spec.name, spec.size, spec.weight) == ("guide", 4, 3.0)
+    assert array.report()["datasets"]["guide"]["format"] == "json"
+    # "[" then 17 lines per object: the second object starts on line 19.
+    assert array.where(Where(0, 1)) == f"{twin}:19"
+    for index in range(4):
+        ref = SampleRef(dataset=0, index=index, epoch=0, position=0)
+        plain, guided = jsonl.build(ref), array.build(ref)
+        text = array.builder.encoder.tokenizer.decode(guided.input_ids)
+        assert "You are a helpful assistant." in text
+        assert torch.equal(plain.pixel_values, guided.pixel_values)
+        assert torch.equal(plain.input_ids[plain.labels != -100], guided.input_ids[guided.labels != -100])
+    assert sorted((tmp_path / "cache/annotation-index").iterdir())  # indexes kept for every rank
+
+
+def test_bad_samples_are_counted_by_kind_and_strict_mode_names_the_first(tmp_path, tiny_model_dir):
+    folder = tmp_path / "data"
+    meta = write_data(folder, count=3)
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    missing = json.loads(lines[1]) | {"image": "images/nowhere.png"}
+    outside = json.loads(lines[2]) | {"image": "../secret.png"}
+    (folder / "train.jsonl").write_text("\n".join([lines[0], json.dumps(missing), json.dumps(outside)]) + "\n")
+
+    def opened(strict: bool):
+        config = train_config(str(tiny_model_dir), str(meta), str(tmp_path / "out"), data={"strict": strict})
+        return open_run_data(
+            config,
+            load_tokenizer(tiny_model_dir),
+            InternVLConfig.from_pretrained(tiny_model_dir),
+            storage=Storage(),
+            cache_dir=tmp_path / "cache",
+        )
+
+    data = opened(strict=False)
+    built = [data.build_eval(Where(0, line)) for line in range(3)]
+    assert built[0] is not None and built[1:] == [None, None]
+    summary = data.report()["badSamples"]
+    assert summary["byKind"] == {"missing": 1, "path": 1}
+    assert summary["examples"]["missing"][0].startswith(f"{folder / 'train.jsonl'}:2: images/nowhere.png")
+    assert data.report()["refusedKeys"] == 1
+    with pytest.raises(StrictDataError, match=f"^{folder / 'train.jsonl'}:2: "):
+        opened(strict=True).build_eval(Where(0, 1))

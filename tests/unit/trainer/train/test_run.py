@@ -102,15 +102,18 @@ def test_held_out_loss_bad_samples_and_the_data_report(tmp_path, tiny_model_dir)
     report = json.loads((output / "runs/uid-1/data-report.json").read_text())
     assert report["datasets"]["pictures"] == {
         "annotation": str(tmp_path / "data/train.jsonl"),
-        "lines": 10,
+        "format": "jsonl",
+        "samples": 10,
         "heldOut": 2,
+        "repeatTime": 1.0,
+        "weight": 1.0,
     }
     # Both broken lines (lines 9 and 10) were met, in training or in the held-out split, and reported once.
     bad = report["badSamples"]
-    assert bad["skipped"] == 2 and bad["byKind"] == {"sample": 2}
-    where = {example.split(": ")[0] for example in bad["examples"]["sample"]}
+    assert bad["skipped"] == 2 and bad["byKind"] == {"json": 2}
+    where = {example.split(": ")[0] for example in bad["examples"]["json"]}
     assert where == {f"{tmp_path / 'data/train.jsonl'}:9", f"{tmp_path / 'data/train.jsonl'}:10"}
-    assert all("invalid JSON" in example for example in bad["examples"]["sample"])
+    assert all("invalid JSON" in example for example in bad["examples"]["json"])
     lines = [json.loads(line) for line in (output / "runs/uid-1/validation.jsonl").read_text().splitlines()]
     assert lines and all(line["heldOut"] for line in lines)
 
