@@ -25,29 +25,16 @@ from pathlib import Path
 
 import kmock
 import yaml
-from kubernetes import client as k8s
 
 from benchmarks import Table
-from internvl_operator.cluster import Cluster
 from internvl_operator.reconcile import Observed, reconcile
 from internvl_operator.settings import OperatorSettings
+from internvl_operator.testing import client_for, serve
 
 OBJECTS = 100
 PURE_OBJECTS = 500
 NAMESPACE = "default"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lora-internvl3-8b.yaml"
-RESOURCES = {
-    "internvl.dev/v1alpha1/internvlfinetunes": "InternVLFinetune",
-    "kubeflow.org/v1/pytorchjobs": "PyTorchJob",
-    "kubeflow.org/v2beta1/mpijobs": "MPIJob",
-    "v1/pods": "Pod",
-    "v1/configmaps": "ConfigMap",
-    "v1/serviceaccounts": "ServiceAccount",
-    "rbac.authorization.k8s.io/v1/roles": "Role",
-    "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
-    "v1/namespaces": "Namespace",
-    "v1/events": "Event",
-}
 
 
 def _kubeconfig(url: str, folder: str) -> str:
@@ -81,13 +68,9 @@ def _job_created(obj: dict) -> bool:
 
 async def _measure() -> tuple[float, float, int]:
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
-        for resource, kind in RESOURCES.items():
-            info = emulator.resources[resource]
-            info.kind, info.namespaced = kind, kind != "Namespace"
-            info.verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
-            info.subresources = {"status"}
+        serve(emulator)
         url = str(emulator.url).rstrip("/")
-        user = Cluster(k8s.ApiClient(k8s.Configuration(host=url)))
+        user = client_for(url)
         with tempfile.TemporaryDirectory() as folder:
             env = {**os.environ, "KUBECONFIG": _kubeconfig(url, folder)}
             command = [sys.executable, "-m", "internvl_operator.cli", "run", "-n", NAMESPACE, "--standalone"]

@@ -18,29 +18,16 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubernetes import client as k8s
 from prometheus_client import REGISTRY
 
 from internvl_operator.cluster import Cluster
 from internvl_operator.handlers import REGISTRY as HANDLERS
 from internvl_operator.permissions import OPERATOR_PERMISSIONS
 from internvl_operator.settings import OperatorSettings
+from internvl_operator.testing import RESOURCES, client_for, serve
 from tests.conftest import load_example
 
 NAMESPACE = "default"
-RESOURCES = {
-    "internvl.dev/v1alpha1/internvlfinetunes": "InternVLFinetune",
-    "kubeflow.org/v1/pytorchjobs": "PyTorchJob",
-    "kubeflow.org/v2beta1/mpijobs": "MPIJob",
-    "v1/pods": "Pod",
-    "v1/configmaps": "ConfigMap",
-    "v1/serviceaccounts": "ServiceAccount",
-    "rbac.authorization.k8s.io/v1/roles": "Role",
-    "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
-    "v1/namespaces": "Namespace",
-    "v1/events": "Event",
-    "kueue.x-k8s.io/v1beta1/workloads": "Workload",
-}
 FINETUNE = "internvl.dev/v1alpha1"
 PYTORCHJOB = "kubeflow.org/v1"
 TIMEOUT = 15.0
@@ -110,22 +97,10 @@ class Harness:
         )
 
 
-def client_for(url: str) -> Cluster:
-    return Cluster(k8s.ApiClient(k8s.Configuration(host=url)))
-
-
 @pytest.fixture
 async def emulator() -> AsyncIterator[Any]:
     async with kmock.KubernetesEmulator() as emulated, kmock.Server(emulated):
         yield emulated
-
-
-def serve(emulated: Any, resources: dict[str, str]) -> None:
-    for resource, kind in resources.items():
-        info = emulated.resources[resource]
-        info.kind, info.namespaced = kind, kind != "Namespace"
-        info.verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
-        info.subresources = {"status"}
 
 
 @dataclass
@@ -161,7 +136,7 @@ async def stop_operator(running: RunningOperator) -> None:
 
 @pytest.fixture
 async def harness(emulator) -> AsyncIterator[Harness]:
-    serve(emulator, RESOURCES)
+    serve(emulator)
     url = str(emulator.url).rstrip("/")
     operator_cluster = client_for(url)
     running = await start_operator(url, operator_cluster)
@@ -298,7 +273,7 @@ async def test_a_missing_launcher_crd_is_reported(emulator):
 
 
 async def test_a_restarted_operator_creates_no_duplicates(emulator):
-    serve(emulator, RESOURCES)
+    serve(emulator)
     url = str(emulator.url).rstrip("/")
     user = client_for(url)
     harness = Harness(emulator, client_for(url), user, url)
