@@ -138,7 +138,8 @@ class ResourcesSpec(Section):
     """CPU request per pod. Default: 8 per GPU."""
 
     memory: Quantity | None = None
-    """Memory request per pod. Default: planned from the model size (offload needs more)."""
+    """Memory request per pod. Unset: no request, so the scheduler reserves none; set it for runs
+    that offload to CPU memory or load large weights."""
 
     ephemeral_storage: Quantity | None = None
     """Ephemeral-storage request per pod."""
@@ -327,7 +328,8 @@ class InternVLFinetuneSpec(Section):
     """Whole-job restarts after a failure; each new attempt resumes from the latest checkpoint."""
 
     active_deadline_seconds: int | None = Field(None, ge=1)
-    """Fail the run when one attempt has been active longer than this."""
+    """End an attempt that has been active longer than this; like any failure, it is retried
+    from the latest checkpoint while restarts are left."""
 
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     """Delete the finished job (not this object nor the outputs) after this many seconds."""
@@ -469,6 +471,11 @@ class InternVLFinetuneStatus(Section):
 
     observed_generation: int | None = Field(None, ge=0)
     """The metadata.generation last acted on."""
+
+    phase: Literal["Pending", "Invalid", "Starting", "Running", "Suspended", "Succeeded", "Failed"] | None = None
+    """A summary of the conditions for people (``kubectl get``): Failed or Succeeded when the run
+    ended, Invalid when the spec was refused, Suspended, Running, Starting once the job exists,
+    else Pending. Automation should read the conditions."""
 
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
     """Valid, JobCreated, Running, Suspended, Succeeded and Failed."""

@@ -66,6 +66,21 @@ def set_condition(
     return sorted([*others, condition], key=lambda c: order.get(c.get("type"), len(order)))
 
 
+def phase(conditions: list[dict[str, Any]]) -> str:
+    """The one word ``kubectl get`` shows for a set of conditions (the conditions stay the API):
+    a terminal condition first, then a refused spec, a suspension, a running job, a created one."""
+    for type_, word in ((FAILED, "Failed"), (SUCCEEDED, "Succeeded")):
+        if is_true(conditions, type_):
+            return word
+    valid = find(conditions, VALID)
+    if valid is not None and valid.get("status") == "False":
+        return "Invalid"
+    for type_, word in ((SUSPENDED, "Suspended"), (RUNNING, "Running"), (JOB_CREATED, "Starting")):
+        if is_true(conditions, type_):
+            return word
+    return "Pending"
+
+
 def initial(generation: int | None, now: datetime) -> list[dict[str, Any]]:
     """Every condition as Unknown, applied on the first visit as API conventions ask."""
     conditions: list[dict[str, Any]] = []

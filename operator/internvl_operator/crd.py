@@ -39,8 +39,8 @@ PRINTER_COLUMNS = [
     {
         "name": "Status",
         "type": "string",
-        "jsonPath": '.status.conditions[?(@.type=="Succeeded")].reason',
-        "description": "Reason of the Succeeded condition",
+        "jsonPath": ".status.phase",
+        "description": "Pending, Invalid, Starting, Running, Suspended, Succeeded or Failed",
     },
     {
         "name": "Progress",

@@ -105,7 +105,7 @@ class _Status:
 
     def patch(self) -> dict[str, Any]:
         """Only what differs from the status the object has."""
-        wanted = {**self.fields, "conditions": self.conditions}
+        wanted = {**self.fields, "phase": cond.phase(self.conditions), "conditions": self.conditions}
         return {key: value for key, value in wanted.items() if self.before.get(key) != value}
 
 

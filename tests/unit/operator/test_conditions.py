@@ -42,3 +42,21 @@ def test_long_messages_are_cut_to_the_api_limit():
     [condition] = conditions.set_condition([], "Failed", "True", "X", "m" * 40000, generation=None, now=T0)
     assert len(condition["message"]) == 32768
     assert "observedGeneration" not in condition
+
+
+def test_the_phase_summarises_the_conditions_terminal_first():
+    def with_true(*types: str) -> list[dict]:
+        result = conditions.initial(generation=1, now=T0)
+        for type_ in types:
+            result = conditions.set_condition(result, type_, "True", "Why", "", generation=1, now=T0)
+        return result
+
+    assert conditions.phase([]) == "Pending"
+    assert conditions.phase(with_true()) == "Pending"
+    assert conditions.phase(with_true("Valid", "JobCreated")) == "Starting"
+    assert conditions.phase(with_true("Valid", "JobCreated", "Running")) == "Running"
+    assert conditions.phase(with_true("Valid", "JobCreated", "Suspended")) == "Suspended"
+    assert conditions.phase(with_true("Valid", "JobCreated", "Succeeded")) == "Succeeded"
+    assert conditions.phase(with_true("Valid", "JobCreated", "Running", "Failed")) == "Failed"
+    refused = conditions.set_condition(with_true(), "Valid", "False", "InvalidSpec", "", generation=1, now=T0)
+    assert conditions.phase(refused) == "Invalid"

@@ -133,7 +133,6 @@ def test_printer_columns_point_at_fields_of_the_schema():
         for part in columns[name].strip(".").split("."):
             node = node["properties"][part]
         assert node["type"] in ("string", "integer"), name
-    assert columns["Status"] == '.status.conditions[?(@.type=="Succeeded")].reason'
 
 
 def test_condition_has_the_shape_of_metav1_condition():

@@ -59,6 +59,7 @@ def test_a_new_object_gets_its_children_and_status(body):
     assert condition(status, "Valid") == ("True", "Planned")
     assert condition(status, "JobCreated") == ("True", "JobCreated")
     assert condition(status, "Succeeded") == ("Unknown", "Pending")
+    assert status["phase"] == "Starting"
     assert [(kind, reason) for kind, reason, _ in actions.events] == [("Normal", "Planned"), ("Normal", "JobCreated")]
 
 
@@ -80,13 +81,13 @@ def test_running_then_succeeded(body):
     body = applied(body, first)
     running = observe(body, created_job(first, ("Running", "PyTorchJobRunning", "running")))
     assert condition(running.status, "Running") == ("True", "JobRunning")
-    assert running.status["job"]["uid"] == "job-uid-1"
+    assert running.status["job"]["uid"] == "job-uid-1" and running.status["phase"] == "Running"
     body = applied(body, running)
     done = observe(body, created_job(first, ("Succeeded", "PyTorchJobSucceeded", "done")))
     assert condition(done.status, "Succeeded") == ("True", "JobSucceeded")
     assert condition(done.status, "Running") == ("False", "JobSucceeded")
     assert condition(done.status, "Failed") == ("False", "JobSucceeded")
-    assert done.status["completionTime"] == "2026-11-23T12:00:00Z"
+    assert done.status["completionTime"] == "2026-11-23T12:00:00Z" and done.status["phase"] == "Succeeded"
     body = applied(body, done)
     assert observe(body, None).status == {} and observe(body, None).create == [], "a finished run stays finished"
 
@@ -119,6 +120,7 @@ def test_no_restarts_left_fails_the_run(body):
     assert failed.delete_job is None and failed.create == []
     assert condition(failed.status, "Failed") == ("True", "PyTorchJobFailed")
     assert cond.find(failed.status["conditions"], "Failed")["message"] == "attempt 2: boom"
+    assert failed.status["phase"] == "Failed"
 
 
 def test_bad_input_in_the_trainer_is_not_retried(body):
@@ -138,7 +140,7 @@ def test_an_invalid_spec_is_reported_not_raised(body):
     body["spec"]["resources"] = {"gpus": 12}
     actions = observe(body)
     assert actions.create == []
-    assert condition(actions.status, "Valid") == ("False", "InvalidSpec")
+    assert condition(actions.status, "Valid") == ("False", "InvalidSpec") and actions.status["phase"] == "Invalid"
     assert "spec.method" in cond.find(actions.status["conditions"], "Valid")["message"]
 
 
