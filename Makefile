@@ -19,7 +19,7 @@ HELM_SHA256    := 9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a473
 KUBECTL        := $(CACHE)/bin/kubectl
 KUBECTL_SHA256 := ab209d0c5134b61486a0486585604a616a5bb2fc07df46d304b3c95817b2d79f
 
-.PHONY: install test bench demo crds docs manifests helm clean
+.PHONY: install test bench bench-gpu demo crds docs manifests helm clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,14 @@ test: install $(HELM)
 
 bench: install
 	$(BIN)/python -m benchmarks --output docs/benchmarks.md
+
+# Training on one GPU. It needs only a Python with torch and transformers: the project's environment
+# when there is one, else the machine's python3 (or BENCH_PYTHON=...). BENCH_GPU_ARGS=--quick: a few steps.
+BENCH_PYTHON   ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+BENCH_GPU_ARGS ?=
+
+bench-gpu:
+	$(BENCH_PYTHON) -m benchmarks.gpu --output docs/benchmarks-gpu.md $(BENCH_GPU_ARGS)
 
 demo: install
 	$(BIN)/python -m examples.demo

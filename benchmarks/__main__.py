@@ -19,6 +19,7 @@ BENCHMARKS = [
     "benchmarks.storage",
     "benchmarks.packing",
     "benchmarks.index",
+    "benchmarks.gpu",
 ]
 PACKAGES = [
     "torch",

@@ -11,6 +11,7 @@ Modules, one concept each:
 - ``processor``: InternVL's special tokens, the ``internvl2_5`` chat template, a processor that
   needs no torchvision.
 - ``drop_path``: stochastic depth for the native vision tower.
+- ``activation_checkpointing``: non-reentrant checkpointing (torch and transformers only).
 - ``freeze``: freeze flags, last N vision layers unfrozen, frozen vision pieces kept in eval mode.
 - ``lora``: PEFT adapters by module-path pattern; merging.
 - ``optim``: AdamW groups without decay for norms, biases and embeddings.

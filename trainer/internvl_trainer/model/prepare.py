@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from internvl_trainer.config import MethodConfig
+from internvl_trainer.model.activation_checkpointing import enable_checkpointing
 from internvl_trainer.model.drop_path import set_drop_path
 from internvl_trainer.model.freeze import TrainablePlan, freeze
 from internvl_trainer.model.lora import add_lora
@@ -25,15 +26,6 @@ class Prepared:
     model: nn.Module
     trainable: TrainablePlan
     drop_path_rates: list[float]
-
-
-def enable_checkpointing(model: nn.Module) -> None:
-    """Activation (gradient) checkpointing, non-reentrant (works with frozen inputs and LoRA)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:  # transformers releases before the rename
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def prepare_for_training(model: nn.Module, method: MethodConfig, *, gradient_checkpointing: bool = True) -> Prepared:
