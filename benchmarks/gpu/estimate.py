@@ -53,11 +53,14 @@ def model_spec(name: str, original: dict[str, Any]):
     )
 
 
-def allocator_gib(name: str, original: dict[str, Any], *, rows: int, length: int, tiles: int, deepspeed: bool) -> float:
+def allocator_gib(
+    name: str, original: dict[str, Any], *, rows: int, length: int, tiles: int, deepspeed: bool, full_logits: bool
+) -> float:
     """The estimate for a micro-batch of ``rows`` x ``length`` tokens and ``tiles`` tiles in all,
-    less what the allocator does not see (see the module docstring)."""
+    with the logits of every token (InternVL's loss) or of one chunk (the trainer's), less what
+    the allocator does not see (see the module docstring)."""
     from internvl_operator.deepspeed import deepspeed_config
-    from internvl_operator.memory import Trainable, estimate
+    from internvl_operator.memory import LOSS_CHUNK_TOKENS, Trainable, estimate
 
     result = estimate(
         model_spec(name, original),
@@ -68,6 +71,7 @@ def allocator_gib(name: str, original: dict[str, Any], *, rows: int, length: int
         max_seq_length=length,
         tiles_per_sequence=math.ceil(tiles / rows),
         gradient_checkpointing=True,
+        loss_chunk_tokens=None if full_logits else LOSS_CHUNK_TOKENS,
     )
     unseen = result.gib(OUTSIDE_ALLOCATOR) + (0.0 if deepspeed else result.gib(BUCKETS))
     return result.total_gib - unseen

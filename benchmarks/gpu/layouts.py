@@ -6,12 +6,13 @@ this project's packing.
 each sorted longest first and cut into micro-batches), 4 samples per micro-batch, each padded to
 the longest of its micro-batch. The attention mask comes from the lengths, not from InternVL's
 ``input_ids != 0`` (a defect that masks real tokens and changes no cost). The loss of a
-micro-batch is its token mean, InternVL's non-packed loss.
+micro-batch is its token mean over the logits of every position, InternVL's non-packed loss.
 
 **Packed**, as the trainer packs: the same shuffled order streamed into the trainer's ``Packer``
 (best fit, 4 open packs, the sequence length as token budget), one pack per micro-batch,
-``collate_packed`` (per-sample positions, varlen boundaries). Its micro-batch loss uses the same
-normaliser, the batch's supervised tokens, so both layouts do the same arithmetic per token.
+``collate_packed`` (per-sample positions, varlen boundaries). Its micro-batch loss is the
+trainer's: the same normaliser, the batch's supervised tokens, with the LM head applied to the
+supervised positions only, a chunk at a time (``internvl_trainer.loss.model_loss``).
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from benchmarks.gpu import estimate, models
 from benchmarks.gpu.environment import Environment
 from benchmarks.gpu.flops import ModelSize
-from benchmarks.gpu.layouts import BASELINE, Layout, Recipe, layouts
+from benchmarks.gpu.layouts import BASELINE, PACKED, Layout, Recipe, layouts
 from benchmarks.gpu.mix import load
 from benchmarks.gpu.samples import Sample, synthetic
 from benchmarks.gpu.zero import Zero1, zero1
 from internvl_trainer.data.collate import collate_packed, collate_padded, model_inputs
-from internvl_trainer.loss import IGNORE_INDEX, loss_normaliser, weighted_loss
+from internvl_trainer.loss import IGNORE_INDEX, loss_normaliser, model_loss
 from internvl_trainer.model.original_config import native_config
 
 GIB = 2**30
@@ -127,15 +127,21 @@ def _synchronise(env: Environment) -> None:
         torch.cuda.synchronize()
 
 
-def _loss(forward: Any, batch: dict[str, Any]) -> torch.Tensor:
-    logits = forward(**model_inputs(batch)).logits
-    return weighted_loss(logits, batch["labels"], batch["loss_weight"], loss_normaliser([batch], all_reduce=False))
+def _loss(forward: Any, head: torch.nn.Module, batch: dict[str, Any], layout: str) -> torch.Tensor:
+    """The baseline's loss as InternVL computes it (logits of every position), or the trainer's
+    (``model_loss``: the LM head on supervised positions, a chunk at a time)."""
+    if layout == BASELINE:
+        return internvl_loss(forward(**model_inputs(batch)).logits, batch["labels"])
+    normaliser = loss_normaliser([batch], all_reduce=False)
+    return model_loss(forward, head, model_inputs(batch), batch["labels"], batch["loss_weight"], normaliser)
 
 
-def _step(optimizer: Zero1, batch: dict[str, Any], env: Environment, boundary: bool) -> float:
+def _step(
+    optimizer: Zero1, head: torch.nn.Module, batch: dict[str, Any], layout: str, env: Environment, boundary: bool
+) -> float:
     _synchronise(env)
     start = time.perf_counter()
-    optimizer.update(_loss(optimizer.forward, _to_device(batch, env)), boundary)
+    optimizer.update(_loss(optimizer.forward, head, _to_device(batch, env), layout), boundary)
     _synchronise(env)
     return time.perf_counter() - start
 
@@ -181,7 +187,13 @@ def train(name: str, layout: Layout, env: Environment, mode: Mode) -> Result:
     if env.estimate:
         rows, length, largest_tiles = largest
         estimate_gib = estimate.allocator_gib(
-            name, models.MODELS[name], rows=rows, length=length, tiles=largest_tiles, deepspeed=env.deepspeed
+            name,
+            models.MODELS[name],
+            rows=rows,
+            length=length,
+            tiles=largest_tiles,
+            deepspeed=env.deepspeed,
+            full_logits=layout.name == BASELINE,
         )
     flags = boundaries(layout.groups, mode.recipe.global_batch_size)
     if env.device == "cuda":
@@ -205,11 +217,12 @@ def train(name: str, layout: Layout, env: Environment, mode: Mode) -> Result:
     optimizer = None
     try:
         optimizer = zero1(model, mode.recipe, deepspeed=env.deepspeed)
+        head = model.get_output_embeddings()
         warmup = layout.groups[: mode.warmup]
         for index, group in enumerate(warmup):
-            _step(optimizer, layout.collate(group), env, boundary=index == len(warmup) - 1)
+            _step(optimizer, head, layout.collate(group), layout.name, env, boundary=index == len(warmup) - 1)
         for group, boundary in zip(layout.groups, flags, strict=True):
-            result.seconds += _step(optimizer, layout.collate(group), env, boundary)
+            result.seconds += _step(optimizer, head, layout.collate(group), layout.name, env, boundary)
         if env.device == "cuda":
             allocated, reserved = _peaks(env)
             result.peak_allocated_gib = (allocated - before[0]) / GIB
@@ -243,7 +256,7 @@ def check_loss(name: str, baseline: Layout, env: Environment, *, pad_id: int) ->
         samples=len(group),
         tokens=sum(sample.tokens for sample in group),
         internvl=float(internvl_loss(model(**model_inputs(padded)).logits, padded["labels"])),
-        packed=float(_loss(model, packed)),
+        packed=float(_loss(model, model.get_output_embeddings(), packed, PACKED)),
         tolerance=TOLERANCE[env.dtype],
     )
     del model, padded, packed

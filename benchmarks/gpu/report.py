@@ -191,9 +191,11 @@ class Report:
                 " each sample's text is the supervised answer.",
                 f"- Baseline, InternVL's unpacked recipe: group by length (megabatches of {recipe.global_batch_size}"
                 f" samples sorted longest first), {recipe.per_device_batch_size} samples per micro-batch padded to"
-                " the longest, the loss averaged over each micro-batch's supervised tokens.",
+                " the longest, the loss averaged over each micro-batch's supervised tokens from the logits of every"
+                " position.",
                 f"- Packed, this trainer: best-fit packing into {recipe.max_seq_length:,}-token sequences"
-                f" ({recipe.open_packs} open packs), one per micro-batch, attention within each sample.",
+                f" ({recipe.open_packs} open packs), one per micro-batch, attention within each sample; the trainer's"
+                " loss, the LM head on supervised positions only, a chunk at a time.",
                 "- Both: the same samples in the same shuffled order, the same attention and optimizer; AdamW"
                 f" (learning rate {recipe.learning_rate:g}, weight decay {recipe.weight_decay:g} without norms,"
                 f" biases and embeddings, gradient clipping {recipe.max_grad_norm:g}), an optimizer step per"

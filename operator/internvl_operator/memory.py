@@ -8,8 +8,8 @@ The estimate is the sum of what stays allocated for the whole run plus the large
 transient peaks, which never overlap:
 
 - backward peak: the activations kept for the backward pass (layer checkpoints, then the larger
-  of the LM-head logits in the loss and one decoder layer being recomputed), plus the vision
-  tower's saved activations when it is trained;
+  of the LM-head logits in the loss, one chunk of them in this trainer, and one decoder layer being
+  recomputed), plus the vision tower's saved activations when it is trained;
 - optimizer-step peak: the fp32 gradient partition the optimizer step reads, allocated after the
   activations are gone.
 
@@ -66,6 +66,11 @@ LOGIT_BYTES = 12
 log-softmax keeps its fp32 output (4) for the backward pass; there, its fp32 incoming gradient
 (4) and outgoing gradient (4) are alive together with it: 12. The forward peak is lower: bf16
 logits (2) + their fp32 copy (4) + the log-softmax output (4) = 10."""
+LOSS_CHUNK_TOKENS = 1024
+"""Tokens whose logits the trainer's loss holds at once: it applies the LM head to supervised
+positions only, this many at a time, recomputing each chunk's logits in the backward pass
+(``internvl_trainer.loss.LOSS_CHUNK_TOKENS``; a test holds the two equal). InternVL's trainer
+computes the logits of every position; the published figures are compared with that."""
 DROPOUT_MASK_BYTES = 1
 """A boolean dropout mask, one byte per element (LoRA's input dropout)."""
 
@@ -201,8 +206,10 @@ def estimate(
     max_seq_length: int,
     tiles_per_sequence: int,
     gradient_checkpointing: bool = True,
+    loss_chunk_tokens: int | None = LOSS_CHUNK_TOKENS,
 ) -> MemoryEstimate:
-    """The estimated peak memory of one of ``gpus`` processes (see the module docstring)."""
+    """The estimated peak memory of one of ``gpus`` processes (see the module docstring), with the
+    loss's logits of ``loss_chunk_tokens`` tokens at once (None: of every token, as InternVL)."""
     zero = ZeroSettings.of(deepspeed)
     lora = trainable.lora_params(model)
     weights_total = model.total_params + lora
@@ -244,7 +251,7 @@ def estimate(
     else:
         kept = llm.layers * layer_bytes * tokens
         recompute = 0.0
-    logits = LOGIT_BYTES * llm.vocab_size * tokens
+    logits = LOGIT_BYTES * llm.vocab_size * (tokens if loss_chunk_tokens is None else min(tokens, loss_chunk_tokens))
     vision_tokens = per_device_batch_size * tiles_per_sequence * VISION_TOKENS_PER_TILE
     vision_layer = vision_layer_saved(model) * ACTIVATION_BYTES * vision_tokens
     depth = trainable.vision_backward_layers(model)

@@ -20,13 +20,17 @@ Weights depend only on the sample they belong to, so they are computed once, by 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
+LOSS_CHUNK_TOKENS = 1024
+"""Supervised tokens whose logits ``head_loss`` computes at once (the operator's memory model
+plans with the same number)."""
 
 Reduction = Literal["token", "sample", "square"]
 REDUCTIONS: tuple[Reduction, ...] = ("token", "sample", "square")
@@ -86,27 +90,61 @@ def loss_normaliser(
     return total
 
 
-def weighted_loss(
-    logits: torch.Tensor,
+def model_loss(
+    model: Callable[..., Any],
+    head: torch.nn.Module,
+    inputs: Mapping[str, Any],
     labels: torch.Tensor,
     weights: torch.Tensor,
     normaliser: torch.Tensor | float,
+    *,
+    chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> torch.Tensor:
-    """This micro-batch's share of the global loss: ``Σ w·CE / normaliser`` over its next-token
-    predictions. ``logits`` (batch, length, vocab) as the model returns them; ``labels`` and
-    ``weights`` (batch, length) unshifted, as the collators make them; ``normaliser`` from
-    ``loss_normaliser``. Cross-entropy is computed in float32 on the weighted positions only, so the
-    full-vocabulary float32 logits are never materialised. With gradients averaged over ranks (DDP,
-    DeepSpeed), multiply the result by the world size; never divide it by the accumulation steps."""
-    shifted_labels = labels[:, 1:].to(logits.device)
-    shifted_weights = weights[:, 1:].to(logits.device)
+    """This micro-batch's share of the global loss from one forward pass of ``model`` (a causal LM
+    or InternVL, possibly wrapped by PEFT or DeepSpeed) on ``inputs``; ``head`` is its output
+    embeddings (the LM head). The model computes the logits of its last position only and hands
+    back its final hidden states, to which ``head_loss`` applies the head."""
+    outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+    return head_loss(outputs.hidden_states[-1], head, labels, weights, normaliser, chunk_tokens=chunk_tokens)
+
+
+def head_loss(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    normaliser: torch.Tensor | float,
+    *,
+    chunk_tokens: int = LOSS_CHUNK_TOKENS,
+) -> torch.Tensor:
+    """``Σ w·CE / normaliser`` over the next-token predictions of ``hidden`` (batch, length,
+    hidden size: the final hidden states). ``labels`` and ``weights`` (batch, length) unshifted, as
+    the collators make them; ``normaliser`` from ``loss_normaliser``.
+
+    The head runs on the weighted positions only, ``chunk_tokens`` of them at a time, and each
+    chunk's logits are recomputed in the backward pass instead of kept: the float32 logits of a
+    long micro-batch (16k tokens x a 150k vocabulary is 9 GiB each in the loss) never exist at
+    once, only one chunk's. With gradients averaged over ranks (DDP, DeepSpeed), multiply the
+    result by the world size; never divide it by the accumulation steps."""
+    shifted_labels = labels[:, 1:].to(hidden.device)
+    shifted_weights = weights[:, 1:].to(hidden.device)
     keep = (shifted_weights != 0) & (shifted_labels != IGNORE_INDEX)
-    selected = logits[:, :-1][keep].float()
-    losses = F.cross_entropy(selected, shifted_labels[keep], reduction="none")
-    total = (losses * shifted_weights[keep].float()).sum()
+    selected = hidden[:, :-1][keep]
+    targets, kept_weights = shifted_labels[keep], shifted_weights[keep].float()
+    total = None
+    # One chunk even when nothing is supervised: the zero result keeps its graph through the head.
+    for start in range(0, max(len(targets), 1), chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        chunk = checkpoint(_chunk_loss, head, selected[part], targets[part], kept_weights[part], use_reentrant=False)
+        total = chunk if total is None else total + chunk
     # A zero normaliser means nothing is supervised anywhere: the result is a zero with a graph.
     normaliser = torch.as_tensor(normaliser, device=total.device).to(total.dtype).clamp_min(1e-12)
     return total / normaliser
+
+
+def _chunk_loss(head: Callable, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    losses = F.cross_entropy(head(hidden).float(), targets, reduction="none")
+    return (losses * weights).sum()
 
 
 def sample_losses(logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor) -> list[torch.Tensor]:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from internvl_operator import memory
 from internvl_operator.catalog import CATALOG, model_spec
 from internvl_operator.deepspeed import OFFLOAD_VARIANT, deepspeed_config
 from internvl_operator.memory import (
@@ -19,7 +20,8 @@ LORA = Trainable(lora_rank=16, lora_llm=True)
 
 
 def run(name="InternVL2_5-8B", trainable=FULL, gpus=8, variant="zero_stage1_config", batch=2, seq=8192, tiles=7,
-        checkpointing=True):  # fmt: skip
+        checkpointing=True, chunk=None):  # fmt: skip
+    """The estimate; by default with the logits of every token (InternVL's loss), where each formula shows."""
     return estimate(
         model_spec(name),
         trainable,
@@ -29,6 +31,7 @@ def run(name="InternVL2_5-8B", trainable=FULL, gpus=8, variant="zero_stage1_conf
         max_seq_length=seq,
         tiles_per_sequence=tiles,
         gradient_checkpointing=checkpointing,
+        loss_chunk_tokens=chunk,
     )
 
 
@@ -93,6 +96,17 @@ def test_logits_scale_with_tokens_and_vocabulary():
     assert run("InternVL2_5-4B", batch=1).gib("logits") == round(12 * 151_674 * 8192 / GIB, 2) == 13.89
 
 
+def test_the_trainers_loss_holds_the_logits_of_one_chunk():
+    chunked = run(chunk=memory.LOSS_CHUNK_TOKENS)
+    assert memory.LOSS_CHUNK_TOKENS == 1024
+    # 1,024 tokens' logits are smaller than a recomputed decoder layer of 16,384 tokens
+    assert chunked.gib("logits") == 0.0 and chunked.gib("layer recompute") == 2.56
+    assert chunked.total_gib == 52.66 < run().total_gib == 67.05
+    short = run(batch=1, seq=512, chunk=memory.LOSS_CHUNK_TOKENS)
+    assert short == run(batch=1, seq=512)  # fewer tokens than a chunk: the same logits
+    assert estimate.__kwdefaults__["loss_chunk_tokens"] == memory.LOSS_CHUNK_TOKENS  # what plans use
+
+
 def test_without_checkpointing_every_layer_keeps_its_activations():
     result = run(checkpointing=False)
     # (6 h + 2 kv_heads head_dim + 4 i) bf16 elements per token and layer, 32 layers, 16384 tokens
@@ -155,3 +169,9 @@ def test_estimates_do_not_depend_on_the_model_name():
     assert run("InternVL2_5-38B", gpus=16, variant="zero_stage3_config_34b") == run(
         "InternVL3-38B", gpus=16, variant="zero_stage3_config_34b"
     )
+
+
+def test_the_planned_loss_chunk_is_the_trainers():
+    from internvl_trainer.loss import LOSS_CHUNK_TOKENS
+
+    assert memory.LOSS_CHUNK_TOKENS == LOSS_CHUNK_TOKENS

@@ -106,12 +106,12 @@ def test_internvl3_lora_follows_the_nearest_internvl2_5_lora_script(row):
 
 def test_a_recipe_that_fits_and_one_that_does_not():
     fits = plan(spec_of("InternVL2_5-26B", "full"))
-    assert (fits.verdict, fits.memory.total_gib, fits.budget_gib) == ("fits", 70.17, 72.0)
-    exceeds = plan(spec_of("InternVL3-8B", "lora"))
-    assert (exceeds.verdict, exceeds.memory.total_gib) == ("exceeds", 144.24)
+    assert (fits.verdict, fits.memory.total_gib, fits.budget_gib) == ("fits", 56.41, 72.0)
+    exceeds = plan(spec_of("InternVL3-14B", "full"))
+    assert (exceeds.verdict, exceeds.memory.total_gib) == ("exceeds", 122.92)
     assert exceeds.notes[-1].startswith(
-        "estimated 144.2 GiB per GPU exceeds the 72.0 GiB budget (90% of 80 GiB) with full-length sequences "
-        "(4 x 16384 tokens per GPU); largest parts: logits 111.1, weights 14.9, layer checkpoints 12.2 GiB"
+        "estimated 122.9 GiB per GPU exceeds the 72.0 GiB budget (90% of 80 GiB) with full-length sequences "
+        "(4 x 16384 tokens per GPU); largest parts: layer checkpoints 30.0, weights 28.2, gradients 27.6 GiB"
     )
 
 
@@ -136,7 +136,7 @@ def test_explicit_gpus_and_stage(full_cr):
     assert (result.nodes, result.gpus_per_node, result.gpus) == (2, 8, 16)
     assert (result.deepspeed_variant, result.per_device_batch_size, result.gradient_accumulation_steps) == (Z3, 2, 4)
     assert "16 GPUs as the spec sets (the recipe uses 8)" in result.notes
-    assert result.memory.total_gib == 50.92
+    assert result.memory.total_gib == 37.16
 
 
 def test_explicit_stage_picks_that_stage_config():
@@ -159,7 +159,7 @@ def test_cpu_offload_moves_the_recipe_to_zero3():
 
 def test_recipe_offload_beyond_the_pod_memory_exceeds():
     result = plan(spec_of("InternVL2_5-8B", "full", deepspeed={"offload": "cpu"}, resources={"memory": "64Gi"}))
-    assert (result.verdict, result.memory.total_gib) == ("exceeds", 44.62)
+    assert (result.verdict, result.memory.total_gib) == ("exceeds", 15.85)
     assert (
         "CPU offload needs about 131 GiB of host memory per node, more than the 64 GiB spec.resources.memory sets"
         in (result.notes)
@@ -200,12 +200,12 @@ def test_global_batch_that_does_not_split():
     ("name", "method", "memory", "expected"),
     [
         # fewest GPUs, then the lowest stage, then the largest per-device batch that fits 90 %
-        ("InternVL2_5-8B", "full", 80, (1, 4, Z1, 1, 32, 67.43)),
-        ("InternVL2_5-8B", "lora", 80, (1, 1, Z1, 4, 4, 63.29)),
-        ("InternVL2_5-4B", "full", 80, (1, 1, "zero_stage2_config", 1, 128, 68.74)),
-        ("InternVL2_5-38B", "full", 80, (2, 8, Z3_34B, 1, 8, 55.85)),
-        ("InternVL3-78B", "full", 80, (8, 8, Z3_100B, 1, 2, 71.08)),
-        ("InternVL2_5-1B", "full", 141, (1, 1, Z1, 4, 32, 72.6)),
+        ("InternVL2_5-8B", "full", 80, (1, 2, Z3, 2, 32, 70.47)),
+        ("InternVL2_5-8B", "lora", 80, (1, 1, Z1, 8, 2, 54.77)),
+        ("InternVL2_5-4B", "full", 80, (1, 1, Z1, 4, 32, 69.78)),
+        ("InternVL2_5-38B", "full", 80, (2, 8, Z3_34B, 4, 2, 65.72)),
+        ("InternVL3-78B", "full", 80, (4, 8, Z3_100B, 1, 4, 65.6)),
+        ("InternVL2_5-1B", "full", 141, (1, 1, Z1, 64, 2, 79.8)),
     ],
 )
 def test_policy_minimal(name, method, memory, expected):
@@ -225,31 +225,31 @@ def test_policy_minimal(name, method, memory, expected):
 
 
 def test_minimal_checks_fewer_gpus_before_a_higher_stage():
-    # 3 GPUs are skipped (128 does not split over 3); at 4, ZeRO-1 fits, so ZeRO-3 on 2 is never tried first
+    # ZeRO-1 fits on 4 GPUs, but ZeRO-1, 2 and 3 on 2 GPUs are tried first, and ZeRO-3 fits there
     result = plan(spec_of("InternVL2_5-8B", "full", "minimal", 80))
-    smaller = plan(spec_of("InternVL2_5-8B", "full", "minimal", 80, resources={"gpus": 2, "policy": "minimal"}))
-    assert smaller.verdict == "fits"
-    assert (smaller.gpus, smaller.zero_stage) == (2, 3)
-    assert (result.gpus, result.zero_stage) == (4, 1)
+    wider = plan(spec_of("InternVL2_5-8B", "full", "minimal", 80, resources={"gpus": 4, "policy": "minimal"}))
+    assert wider.verdict == "fits"
+    assert (wider.gpus, wider.zero_stage) == (4, 1)
+    assert (result.gpus, result.zero_stage) == (2, 3)
 
 
 def test_minimal_offloads_only_when_nothing_else_fits():
-    result = plan(spec_of("InternVL2_5-78B", "full", "minimal", 40))
-    assert (result.gpus, result.offload, result.verdict, result.memory.total_gib) == (1, True, "fits", 28.22)
+    result = plan(spec_of("InternVL2_5-78B", "full", "minimal", 24))
+    assert (result.gpus, result.offload, result.verdict, result.memory.total_gib) == (1, True, "fits", 16.92)
     assert "CPU offload: nothing fits without it" in result.notes
     assert "CPU offload keeps weights and optimizer states in host memory: about 1232 GiB per node" in result.notes
-    never = plan(spec_of("InternVL2_5-78B", "full", "minimal", 40, deepspeed={"offload": "none"}))
+    never = plan(spec_of("InternVL2_5-78B", "full", "minimal", 24, deepspeed={"offload": "none"}))
     assert (never.verdict, never.offload) == ("nothing-fits", False)
 
 
 def test_minimal_spreads_offload_over_nodes_when_the_pod_memory_is_set():
-    result = plan(spec_of("InternVL2_5-78B", "full", "minimal", 40, resources={"memory": "512Gi"}))
+    result = plan(spec_of("InternVL2_5-78B", "full", "minimal", 24, resources={"memory": "512Gi"}))
     assert (result.nodes, result.gpus, result.offload) == (4, 32, True)
     assert "CPU offload keeps weights and optimizer states in host memory: about 308 GiB per node" in result.notes
 
 
 def test_nothing_fits_says_why_with_numbers():
-    result = plan(spec_of("InternVL3-78B", "full", "minimal", 40))
+    result = plan(spec_of("InternVL3-78B", "full", "minimal", 16))
     assert result.verdict == "nothing-fits"
     assert (result.gpus, result.deepspeed_variant, result.per_device_batch_size) == (
         128,
@@ -257,10 +257,10 @@ def test_nothing_fits_says_why_with_numbers():
         1,
     )
     assert result.notes[0] == (
-        "nothing fits the 36.0 GiB budget (90% of 40 GiB): the smallest estimate is 52.1 GiB, with 128 GPUs "
+        "nothing fits the 14.4 GiB budget (90% of 16 GiB): the smallest estimate is 29.5 GiB, with 128 GPUs "
         "(the most that split the global batch of 128), ZeRO-3 + CPU offload and 1 sample of 16384 tokens per GPU; "
-        "52.1 GiB of it does not shrink with more GPUs "
-        "(logits 27.8, layer checkpoints 20.0, gathered weights (ZeRO-3) 2.3 GiB). "
+        "29.5 GiB of it does not shrink with more GPUs "
+        "(layer checkpoints 20.0, layer recompute 5.2, gathered weights (ZeRO-3) 2.3 GiB). "
         "Lower data.maxSeqLength or data.maxTiles, or use GPUs with more memory"
     )
 
@@ -285,7 +285,7 @@ def test_plan_fills_status_batch_layout_and_train_config(lora_cr):
         offload=False,
         per_device_batch_size=4,
         gradient_accumulation_steps=2,
-        estimated_memory_gib=144.24,
+        estimated_memory_gib=52.56,
         policy="recipe",
         notes=result.notes,
     )

@@ -13,11 +13,12 @@ from internvl_trainer.data.collate import collate_packed, collate_padded, model_
 from internvl_trainer.data.sample import BuiltSample
 from internvl_trainer.loss import (
     IGNORE_INDEX,
+    head_loss,
     loss_normaliser,
+    model_loss,
     sample_losses,
     sample_token_weight,
     token_weights,
-    weighted_loss,
 )
 
 X = IGNORE_INDEX
@@ -54,23 +55,64 @@ def test_token_weights_per_sample():
     assert square[1].sum().item() == pytest.approx(math.sqrt(5))
 
 
-def test_weighted_loss_is_the_weighted_mean_of_next_token_losses():
+def test_head_loss_is_the_weighted_mean_of_next_token_losses():
     torch.manual_seed(0)
     logits = torch.randn(1, 5, 7)
     labels = torch.tensor([[X, 3, X, 1, 6]])
     weights = torch.tensor([[0.0, 2.0, 0.0, 0.5, 1.0]])
+    identity = torch.nn.Identity()  # the "hidden states" are the logits themselves
     log_probs = logits.log_softmax(-1)
     expected = -(2.0 * log_probs[0, 0, 3] + 0.5 * log_probs[0, 2, 1] + 1.0 * log_probs[0, 3, 6]) / 3.5
-    torch.testing.assert_close(weighted_loss(logits, labels, weights, 3.5), expected)
+    torch.testing.assert_close(head_loss(logits, identity, labels, weights, 3.5), expected)
     # this micro-batch's share of a global normaliser twice as large
     torch.testing.assert_close(
-        weighted_loss(logits, labels, weights, torch.tensor(7.0, dtype=torch.float64)), expected / 2
+        head_loss(logits, identity, labels, weights, torch.tensor(7.0, dtype=torch.float64)), expected / 2
     )
     # nothing supervised anywhere: zero, not NaN, and still differentiable
     logits.requires_grad_(True)
-    zero = weighted_loss(logits, torch.full_like(labels, X), torch.zeros_like(weights), 0.0)
+    zero = head_loss(logits, identity, torch.full_like(labels, X), torch.zeros_like(weights), 0.0)
     zero.backward()
     assert zero.item() == 0.0 and logits.grad is not None and not logits.grad.any()
+
+
+class RecordingHead(torch.nn.Linear):
+    """An LM head that records how many positions each of its calls computed logits for."""
+
+    def __init__(self, hidden: int, vocab: int):
+        super().__init__(hidden, vocab, bias=False)
+        self.rows: list[int] = []
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.rows.append(hidden.shape[0])
+        return super().forward(hidden)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 4, 1024])
+def test_head_loss_in_chunks_equals_the_loss_of_all_logits_at_once(chunk_tokens):
+    """The head runs on supervised positions only, at most ``chunk_tokens`` at a time (again in the
+    backward pass), and the loss and every gradient equal those of the full logits."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 8, requires_grad=True)
+    head = RecordingHead(8, 11)
+    labels = torch.tensor([[X, 3, X, 1, 6, 2], [X, X, 4, 5, X, 7]])
+    weights = torch.tensor([[0.0, 1.0, 0.0, 0.5, 0.5, 2.0], [0.0, 0.0, 1.0, 1.0, 0.0, 0.25]])
+
+    logits = head(hidden)
+    keep = weights[:, 1:] != 0
+    log_probs = logits[:, :-1].log_softmax(-1)[keep]
+    targets = labels[:, 1:][keep]
+    expected = -(weights[:, 1:][keep] * log_probs[torch.arange(len(targets)), targets]).sum() / 5.25
+    expected_grads = torch.autograd.grad(expected, [hidden, head.weight])
+
+    head.rows.clear()
+    loss = head_loss(hidden, head, labels, weights, 5.25, chunk_tokens=chunk_tokens)
+    grads = torch.autograd.grad(loss, [hidden, head.weight])
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
+    forward_calls = -(-7 // chunk_tokens)  # 7 supervised positions
+    assert max(head.rows) == min(chunk_tokens, 7) and sum(head.rows) == 2 * 7  # forward, then recomputed
+    assert len(head.rows) == 2 * forward_calls
 
 
 def text_sample(ids: list[int], supervised: int) -> BuiltSample:
@@ -117,8 +159,9 @@ def gradient(model, batches, normaliser, scale: float = 1.0) -> torch.Tensor:
     """The gradient after backward of every micro-batch's loss share (summed, like accumulation)."""
     model.zero_grad()
     for batch in batches:
-        logits = model(**model_inputs(batch)).logits
-        (weighted_loss(logits, batch["labels"], batch["loss_weight"], normaliser) * scale).backward()
+        head = model.get_output_embeddings()
+        loss = model_loss(model, head, model_inputs(batch), batch["labels"], batch["loss_weight"], normaliser)
+        (loss * scale).backward()
     return torch.cat([parameter.grad.flatten() for parameter in model.parameters()])
 
 

@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback
 
 from internvl_trainer.data.collate import Collator
 from internvl_trainer.data.loader import ResumableLoader
-from internvl_trainer.loss import loss_normaliser, weighted_loss
+from internvl_trainer.loss import loss_normaliser, model_loss
 from internvl_trainer.model.optim import parameter_groups
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,11 @@ class InternVLTrainer(Trainer):
     ) -> Any:
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weight")
-        outputs = model(**inputs)
         normaliser = num_items_in_batch if num_items_in_batch is not None else weights.sum(dtype=torch.float64)
-        loss = weighted_loss(outputs.logits, labels, weights, normaliser)
+        loss = model_loss(model, self.model.get_output_embeddings(), inputs, labels, weights, normaliser)
         if model.training:
             loss = loss * self.args.world_size
-        return (loss, outputs) if return_outputs else loss
+        return (loss, None) if return_outputs else loss  # no logits to return: only the last position has any
 
     # -- optimizer -------------------------------------------------------------------------------
 
@@ -243,8 +242,8 @@ class InternVLTrainer(Trainer):
             for batch in self.eval_set.batches(self.args.process_index, self.args.world_size):
                 batch = self._prepare_inputs(batch)
                 labels, weights = batch.pop("labels"), batch.pop("loss_weight")
-                logits = model(**batch).logits
-                totals[0] += weighted_loss(logits, labels, weights, 1.0).double()
+                head = self.model.get_output_embeddings()
+                totals[0] += model_loss(model, head, batch, labels, weights, 1.0).double()
                 totals[1] += weights[:, 1:].sum(dtype=torch.float64)
         _all_reduce(totals)
         model.train(was_training)

@@ -20,7 +20,7 @@ from transformers.masking_utils import create_causal_mask
 
 from internvl_trainer.data.collate import batch_segments, collate_packed, collate_padded, model_inputs
 from internvl_trainer.data.sample import BuiltSample
-from internvl_trainer.loss import IGNORE_INDEX, loss_normaliser, sample_losses, weighted_loss
+from internvl_trainer.loss import IGNORE_INDEX, loss_normaliser, model_loss, sample_losses
 
 VOCAB, PAD, IMG_START, IMG_END, CONTEXT = 64, 63, 3, 4, 5
 TILE, TOKENS_PER_TILE = 56, 4
@@ -178,8 +178,9 @@ def test_packed_loss_equals_padded_loss():
             collate_padded(SAMPLES, pad_id=PAD, reduction=reduction),
         ):
             with torch.no_grad():
-                logits = model(**model_inputs(batch)).logits
-            losses.append(weighted_loss(logits, batch["labels"], batch["loss_weight"], loss_normaliser([batch])))
+                head = model.get_output_embeddings()
+                inputs, normaliser = model_inputs(batch), loss_normaliser([batch])
+                losses.append(model_loss(model, head, inputs, batch["labels"], batch["loss_weight"], normaliser))
         torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
 
 
