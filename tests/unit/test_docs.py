@@ -311,7 +311,8 @@ def test_the_readme_starts_with_the_two_set_up_commands():
     assert headings[0] == "Set-up"
     first = next(block for block in blocks("README.md") if block.lang == "bash")
     assert [command.text for command in commands(first)] == ["make demo", "make test"]
-    assert "157 s after the install" in text and "about 3 minutes more" in text
+    # how long the demo takes, with and without the first install, as the issue asks the README to say
+    assert re.search(r"took \d+ s after the install", text) and "about 3 minutes more" in text
 
 
 def test_the_readme_shows_the_example_it_applies():
