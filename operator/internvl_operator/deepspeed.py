@@ -13,7 +13,8 @@ Two deliberate differences from InternVL's files:
   tensors as one group and weight decay hits norms, biases and embeddings
   (reference/internvl-recipe.md §11 item 8); without one, the Trainer's own optimizer keeps the
   no-decay groups the contract promises. Under CPU offload DeepSpeed accepts only its CPU Adam as
-  a client optimizer, so the trainer must build ``DeepSpeedCPUAdam`` over the same groups there.
+  a client optimizer: accelerate turns the trainer's AdamW into ``DeepSpeedCPUAdam`` (AdamW mode)
+  over the same groups.
   ``optimizer=True`` restores InternVL's AdamW block for parity runs.
 - ``wall_clock_breakdown`` is off: it synchronises the GPU around every phase to time it.
 

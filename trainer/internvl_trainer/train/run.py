@@ -71,11 +71,6 @@ def scratch_root(environ: Mapping[str, str]) -> Path:
     return Path(environ.get(SCRATCH_ENV) or Path.home() / ".cache" / "internvl")
 
 
-def offloads_optimizer(deepspeed: Mapping[str, Any] | None) -> bool:
-    zero = (deepspeed or {}).get("zero_optimization", {})
-    return zero.get("offload_optimizer", {}).get("device", "none") == "cpu" and "optimizer" not in (deepspeed or {})
-
-
 def model_dtype(config: TrainConfig, on_gpu: bool) -> torch.dtype:
     """float32 on CPU; on GPU bf16 weights under DeepSpeed (it keeps fp32 master copies) and with
     LoRA (frozen base), float32 for a plain full fine-tune (autocast computes in bf16)."""
@@ -352,7 +347,6 @@ def run(
         args=args,
         loader=loader,
         eval_set=eval_set,
-        offload_optimizer=offloads_optimizer(config.deepspeed),
         callbacks=[
             *([progress] if progress is not None else []),
             CheckpointCallback(

@@ -13,8 +13,10 @@ What differs from the stock Trainer, and why:
 - The end of the data is agreed by every rank: when any rank's loader runs dry, no rank takes
   another step (one would otherwise wait in a collective forever). A run resumed from a checkpoint
   at its last step takes no step at all.
-- The optimizer is AdamW over ``model.optim.parameter_groups`` (no decay for norms, biases and
-  embeddings); under DeepSpeed's CPU offload, ``DeepSpeedCPUAdam`` over the same groups.
+- The optimizer is torch's AdamW over ``model.optim.parameter_groups`` (no decay for norms, biases
+  and embeddings). Under DeepSpeed's CPU offload accelerate swaps it for ``DeepSpeedCPUAdam`` over
+  the same groups, in AdamW mode only because it is torch's AdamW: handed a ``DeepSpeedCPUAdam``,
+  accelerate rebuilds it as Adam with L2 decay, a different optimizer.
 - Evaluation computes the exact held-out loss ``Σ w·CE / Σ w`` over every rank, with the same number
   of forward passes on every rank (ZeRO-3 gathers parameters collectively).
 """
@@ -121,12 +123,10 @@ class InternVLTrainer(Trainer):
         *args: Any,
         loader: ResumableLoader,
         eval_set: EvalSet | None = None,
-        offload_optimizer: bool = False,
         **kwargs: Any,
     ):
         self.loader = loader
         self.eval_set = eval_set
-        self.offload_optimizer = offload_optimizer
         self.step_samples: list[list[list[str]]] = []
         """Sample ids of every row of every micro-batch of the last optimizer step."""
         self.samples_seen = 0
@@ -196,17 +196,12 @@ class InternVLTrainer(Trainer):
             return self.optimizer
         groups = parameter_groups(model or self.model, self.args.weight_decay)
         groups = [group for group in groups if group["params"]]
-        options = {
-            "lr": self.args.learning_rate,
-            "betas": (self.args.adam_beta1, self.args.adam_beta2),
-            "eps": self.args.adam_epsilon,
-        }
-        if self.offload_optimizer:
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            self.optimizer = DeepSpeedCPUAdam(groups, adamw_mode=True, **options)
-        else:
-            self.optimizer = torch.optim.AdamW(groups, **options)
+        self.optimizer = torch.optim.AdamW(
+            groups,
+            lr=self.args.learning_rate,
+            betas=(self.args.adam_beta1, self.args.adam_beta2),
+            eps=self.args.adam_epsilon,
+        )
         return self.optimizer
 
     # -- saving ----------------------------------------------------------------------------------

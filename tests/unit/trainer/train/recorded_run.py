@@ -38,6 +38,7 @@ class Recorder(TrainerAware):
                 json.dumps(
                     {
                         "optimizer": type(inner).__name__,
+                        "decoupledDecay": getattr(inner, "adam_w_mode", isinstance(inner, torch.optim.AdamW)),
                         "weightDecay": [group["weight_decay"] for group in inner.param_groups],
                     }
                 )

@@ -2,14 +2,9 @@
 train the tiny model, checkpoint and publish, with AdamW (DeepSpeedCPUAdam under offload) over
 the decay and no-decay groups.
 
-ZeRO-1 (and ZeRO-3 without offload) follows the plain run's losses exactly. Under ZeRO-3 with CPU
-offload the first step is the plain run's, but with weight decay the trajectory then departs from
-it (step 4: 5.706 against 5.023 with decay 0.05), far more than a decay of lr x 0.05 per step could
-move it; with decay 0 it matches to 1e-6. DeepSpeed on its own does not reproduce it: the same
-model and groups through ``deepspeed.initialize`` with this offload config, DeepSpeedCPUAdam,
-accumulation 2, clipping and an LR schedule match torch's AdamW to 1e-6 with decay 0.05 and 0.5.
-What differs lies between the transformers/accelerate integration and the offloaded step, not yet
-found. This test pins the first step and a falling loss there.
+Both follow the plain run's losses: the trainer hands accelerate torch's AdamW, which it swaps for
+DeepSpeedCPUAdam in AdamW mode under offload. (Handed a DeepSpeedCPUAdam, accelerate rebuilds it as
+Adam with L2 decay: the trajectory then departs from the plain run's at the second step.)
 
 Each run is a process of its own (DeepSpeed initialises torch.distributed and accelerate's global
 state). The first run on a machine JIT-compiles DeepSpeed's shared-memory and CPU Adam ops into
@@ -86,15 +81,10 @@ def test_deepspeed_trains_on_cpu(tmp_path, tiny_model_dir, pictures, plain_losse
     assert process.returncode == 0, process.stderr[-4000:]
 
     started, *steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").open()]
-    assert started == {"optimizer": optimizer, "weightDecay": [0.05, 0.0]}
+    assert started == {"optimizer": optimizer, "decoupledDecay": True, "weightDecay": [0.05, 0.0]}
     assert [step["step"] for step in steps] == list(range(1, STEPS + 1))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "out/runs/uid-1/metrics.jsonl").open()]
-    if optimizer == "AdamW":
-        assert losses == pytest.approx(plain_losses, rel=1e-4)
-    else:
-        assert losses[0] == pytest.approx(plain_losses[0], rel=1e-6)
-        assert all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False))
-        assert losses[-1] < 0.6 * losses[0]
+    assert losses == pytest.approx(plain_losses, rel=1e-4)
 
     output = tmp_path / "out"
     assert sorted(p.name for p in (output / "runs/uid-1/checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
