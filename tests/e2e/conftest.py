@@ -122,6 +122,19 @@ def _start_operator(namespace: str) -> tuple[threading.Event, threading.Thread]:
     return stop, thread
 
 
+def job_succeeded() -> dict[str, str]:
+    """The condition a training operator sets on a job that succeeded (the suite plays it where no
+    real training can run)."""
+    return {
+        "type": "Succeeded",
+        "status": "True",
+        "reason": "PyTorchJobSucceeded",
+        "message": "played by the e2e suite",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+        "lastUpdateTime": "2026-01-01T00:00:00Z",
+    }
+
+
 def example(name: str, namespace: str) -> dict[str, Any]:
     obj = yaml.safe_load((REPO / "examples" / name).read_text())
     obj["metadata"]["namespace"] = namespace

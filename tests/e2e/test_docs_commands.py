@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.conftest import TIMEOUT, E2ECluster
+from tests.e2e.conftest import TIMEOUT, E2ECluster, job_succeeded
 
 pytestmark = pytest.mark.e2e
 
@@ -197,22 +197,11 @@ def test_the_readme_fine_tunes_the_example(walkthrough: Walkthrough, tmp_path):
         "PyTorchJob",
         NAMESPACE,
         job,
-        {"status": {"conditions": [_succeeded()]}},
+        {"status": {"conditions": [job_succeeded()]}},
         subresource="status",
     )
     walkthrough.run(WAIT)
     walkthrough.run(OUTPUT)
-
-
-def _succeeded() -> dict[str, str]:
-    return {
-        "type": "Succeeded",
-        "status": "True",
-        "reason": "PyTorchJobSucceeded",
-        "message": "played by the e2e suite",
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-        "lastUpdateTime": "2026-01-01T00:00:00Z",
-    }
 
 
 def _port_free(port: int) -> bool:

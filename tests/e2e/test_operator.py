@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from internvl_operator.cluster import ApiError
-from tests.e2e.conftest import E2ECluster, example
+from tests.e2e.conftest import E2ECluster, example, job_succeeded
 
 pytestmark = pytest.mark.e2e
 
@@ -35,18 +35,7 @@ def test_a_lora_run_from_apply_to_delete(e2e: E2ECluster):
     assert conditions_of(e2e, "charts-lora")["Valid"]["reason"] == "Planned"
 
     if e2e.play_training_operator:
-        status = {
-            "conditions": [
-                {
-                    "type": "Succeeded",
-                    "status": "True",
-                    "reason": "PyTorchJobSucceeded",
-                    "message": "played by the e2e suite",
-                    "lastTransitionTime": "2026-01-01T00:00:00Z",
-                    "lastUpdateTime": "2026-01-01T00:00:00Z",
-                }
-            ]
-        }
+        status = {"conditions": [job_succeeded()]}
         e2e.client.patch(
             "kubeflow.org/v1", "PyTorchJob", e2e.namespace, "charts-lora-a1", {"status": status}, subresource="status"
         )

@@ -17,24 +17,23 @@ from internvl_trainer.train.datasets import Where, open_run_data
 from tests.unit.trainer.train.runs import records, train_config, write_data
 
 
+def open_data(model_dir, meta, tmp_path, **sections):
+    """The run data of a train.yaml around ``meta``; ``sections`` as in ``train_config``."""
+    config = train_config(str(model_dir), str(meta), str(tmp_path / "out"), **sections)
+    return open_run_data(
+        config,
+        load_tokenizer(model_dir),
+        InternVLConfig.from_pretrained(model_dir),
+        storage=Storage(),
+        cache_dir=tmp_path / "cache",
+    )
+
+
 @pytest.fixture
 def opened(tmp_path, tiny_model_dir):
     def make(seed: int = 7, eval_split: float = 0.25, count: int = 12):
         meta = write_data(tmp_path / f"data-{count}", count=count)
-        config = train_config(
-            str(tiny_model_dir),
-            str(meta),
-            str(tmp_path / "out"),
-            data={"evalSplit": eval_split},
-            training={"seed": seed},
-        )
-        return open_run_data(
-            config,
-            load_tokenizer(tiny_model_dir),
-            InternVLConfig.from_pretrained(tiny_model_dir),
-            storage=Storage(),
-            cache_dir=tmp_path / "cache",
-        )
+        return open_data(tiny_model_dir, meta, tmp_path, data={"evalSplit": eval_split}, training={"seed": seed})
 
     return make
 
@@ -85,17 +84,7 @@ def test_the_fine_tuning_guide_variant_trains_as_its_jsonl_twin(tmp_path, tiny_m
     guide_meta = tmp_path / "data/guide-meta.json"
     guide_meta.write_text(json.dumps({"guide": {"image_folder": ".", "train": "guide.json", "weight": 3}}))
 
-    def opened(path):
-        config = train_config(str(tiny_model_dir), str(path), str(tmp_path / "out"))
-        return open_run_data(
-            config,
-            load_tokenizer(tiny_model_dir),
-            InternVLConfig.from_pretrained(tiny_model_dir),
-            storage=Storage(),
-            cache_dir=tmp_path / "cache",
-        )
-
-    jsonl, array = opened(meta), opened(guide_meta)
+    jsonl, array = open_data(tiny_model_dir, meta, tmp_path), open_data(tiny_model_dir, guide_meta, tmp_path)
     (spec,) = array.specs()
     assert (spec.name, spec.size, spec.weight) == ("guide", 4, 3.0)
     assert array.report()["datasets"]["guide"]["format"] == "json"
@@ -119,17 +108,7 @@ def test_bad_samples_are_counted_by_kind_and_strict_mode_names_the_first(tmp_pat
     outside = json.loads(lines[2]) | {"image": "../secret.png"}
     (folder / "train.jsonl").write_text("\n".join([lines[0], json.dumps(missing), json.dumps(outside)]) + "\n")
 
-    def opened(strict: bool):
-        config = train_config(str(tiny_model_dir), str(meta), str(tmp_path / "out"), data={"strict": strict})
-        return open_run_data(
-            config,
-            load_tokenizer(tiny_model_dir),
-            InternVLConfig.from_pretrained(tiny_model_dir),
-            storage=Storage(),
-            cache_dir=tmp_path / "cache",
-        )
-
-    data = opened(strict=False)
+    data = open_data(tiny_model_dir, meta, tmp_path, data={"strict": False})
     built = [data.build_eval(Where(0, line)) for line in range(3)]
     assert built[0] is not None and built[1:] == [None, None]
     summary = data.report()["badSamples"]
@@ -137,4 +116,4 @@ def test_bad_samples_are_counted_by_kind_and_strict_mode_names_the_first(tmp_pat
     assert summary["examples"]["missing"][0].startswith(f"{folder / 'train.jsonl'}:2: images/nowhere.png")
     assert data.report()["refusedKeys"] == 1
     with pytest.raises(StrictDataError, match=f"^{folder / 'train.jsonl'}:2: "):
-        opened(strict=True).build_eval(Where(0, 1))
+        open_data(tiny_model_dir, meta, tmp_path, data={"strict": True}).build_eval(Where(0, 1))
