@@ -109,9 +109,11 @@ def _write(
     llm_architecture: str | None,
     storage: Any,
     producer: Mapping[str, Any] | None,
+    code_from: Path | None = None,
 ) -> list[str]:
     written = []
-    code_from = loaded.folder if loaded.layout == "original" else None
+    if loaded.layout == "original":
+        code_from = loaded.folder
     for layout, uri in destinations.items():
         written.append(
             export(
@@ -169,11 +171,20 @@ def export_checkpoint(
     storage: Any = None,
     cache_dir: str | Path | None = None,
     producer: Mapping[str, Any] | None = None,
+    code_from: str | None = None,
 ) -> list[str]:
-    """Write a full model checkpoint (either layout) to every destination. Returns them."""
+    """Write a full model checkpoint (either layout) to every destination. Returns them. An
+    original-layout destination gets InternVL's ``.py`` files from the checkpoint when it is in
+    that layout, else from ``code_from`` (a folder or S3 prefix: the base a fine-tune started from,
+    already in the cache when it was loaded from there)."""
     check_destinations(destinations)
     folder = fetch_folder(checkpoint, storage=storage, cache_dir=cache_dir)
     if folder.is_dir() and is_adapter(folder):
         raise ModelFolderError(f"{folder}: holds a LoRA adapter; merge it into its base with internvl-train merge")
     loaded = load(folder, dtype=dtype)
-    return _write(loaded, destinations, llm_architecture=llm_architecture, storage=storage, producer=producer)
+    code = None
+    if code_from is not None and destinations.original:
+        code = fetch_folder(code_from, storage=storage, cache_dir=cache_dir)
+    return _write(
+        loaded, destinations, llm_architecture=llm_architecture, storage=storage, producer=producer, code_from=code
+    )

@@ -79,7 +79,7 @@ def stage(
     if is_adapter(final_dir):
         merge_checkpoint(final_dir, destinations, base=config.model.weights, **options)
     else:
-        export_checkpoint(final_dir, destinations, **options)
+        export_checkpoint(final_dir, destinations, code_from=config.model.weights, **options)
     return wanted
 
 

@@ -4,12 +4,14 @@ messages, and folders that reload to the logits of the in-memory model."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 import yaml
 
 from internvl_trainer.cli import main
+from internvl_trainer.model.checkpoint import Destinations, export_checkpoint
 from internvl_trainer.model.export import save_hf, save_original
 from internvl_trainer.model.load import load
 from internvl_trainer.model.lora import merge
@@ -143,3 +145,20 @@ def test_the_cli_offers_every_original_llm_architecture():
 def test_merge_of_an_unmerged_model_is_the_same_model(tokenizer):
     model = make_model(tokenizer)
     assert merge(model) is model
+
+
+def test_a_full_model_exported_to_the_original_layout_takes_the_code_of_its_base(trained, tmp_path, processor):
+    """A full fine-tune ends in the hf layout; its original-layout copy gets InternVL's .py files
+    from the original-layout base it started from, so it loads with trust_remote_code."""
+    root, _, _ = trained
+    base = tmp_path / "base"
+    shutil.copytree(root / "base", base)
+    (base / "modeling_internvl_chat.py").write_text("# InternVL's remote code\n")
+    final = tmp_path / "final"
+    save_hf(load(base).model, final, processor=processor)
+    export_checkpoint(final, Destinations(original=str(tmp_path / "with")), code_from=str(base))
+    assert (tmp_path / "with/modeling_internvl_chat.py").read_text() == "# InternVL's remote code\n"
+    manifest = json.loads((tmp_path / "with/manifest.json").read_text())
+    assert "modeling_internvl_chat.py" in [entry["path"] for entry in manifest["files"]]
+    export_checkpoint(final, Destinations(original=str(tmp_path / "without")))
+    assert not list((tmp_path / "without").glob("*.py"))
