@@ -239,22 +239,31 @@ def run(
 
     # The Trainer's arguments come first: under ZeRO-3 the model must load partitioned.
     args = training_arguments(config, run_dir / "trainer", environment, on_gpu=on_gpu, max_steps=1)
+    if config.deepspeed is not None and environment.world_size > 1:
+        # ZeRO-3 partitions the weights while they load, so DeepSpeed must see the whole world by
+        # then; accelerate sets DeepSpeed's communication up itself on GPUs, not on CPUs.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
     reporter = StatusReporter.from_environment(environ) if environment.is_main else None
 
-    from internvl_trainer.model.load import ModelFolderError, load
+    from internvl_trainer.model.load import ModelFolderError, fetch_folder, load
     from internvl_trainer.model.prepare import prepare_for_training
 
-    with args.main_process_first(local=True, desc="fetching the base model"):
-        try:
-            loaded = load(
-                config.model.weights,
-                layout=config.model.layout,
-                dtype=model_dtype(config, on_gpu),
-                storage=storage,
-                cache_dir=root / "models",
-            )
-        except ModelFolderError as error:
-            raise BadInput([Problem("model.weights", str(error))]) from error
+    # One process per node downloads the base; every process then loads it from the node's copy
+    # together (under ZeRO-3 loading is collective: the weights are partitioned as they load).
+    try:
+        with args.main_process_first(local=True, desc="fetching the base model"):
+            fetch_folder(config.model.weights, storage=storage, cache_dir=root / "models")
+        loaded = load(
+            config.model.weights,
+            layout=config.model.layout,
+            dtype=model_dtype(config, on_gpu),
+            storage=storage,
+            cache_dir=root / "models",
+        )
+    except ModelFolderError as error:
+        raise BadInput([Problem("model.weights", str(error))]) from error
     if loaded.tokenizer is None:
         raise BadInput([Problem("model.weights", f"{config.model.weights}: the model folder has no tokenizer")])
     tokenizer = loaded.tokenizer

@@ -1,0 +1,88 @@
+"""Two processes under torchrun on CPU (gloo), as a pod with two GPUs runs the trainer: the global
+batch split over two ranks trains exactly as one process taking the whole batch, with DDP and with
+ZeRO-3 + CPU offload, whose weights are partitioned while every rank loads them together."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from internvl_operator.deepspeed import deepspeed_config
+from internvl_trainer.config import dump_train_config
+from internvl_trainer.train.run import run
+from tests.conftest import REPO
+from tests.unit.trainer.train.runs import train_config, write_data
+
+STEPS = 4
+GLOBAL_BATCH = 8
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def losses(output) -> list[float]:
+    return [json.loads(line)["loss"] for line in (output / "runs/uid-1/metrics.jsonl").open()]
+
+
+def config_for(model, meta, output, *, world: int, deepspeed: str | None = None):
+    config = train_config(
+        str(model),
+        str(meta),
+        str(output),
+        steps=STEPS,
+        per_device=GLOBAL_BATCH // 2 // world,
+        accumulation=2,
+        save_steps=2,
+        training={"weightDecay": 0.05, "globalBatchSize": GLOBAL_BATCH},
+        batch={"worldSize": world},
+    )
+    if deepspeed is not None:
+        config = config.model_copy(update={"deepspeed": deepspeed_config(deepspeed)})
+    return config
+
+
+@pytest.fixture(scope="module")
+def sixteen(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("sixteen"), count=16)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_model_dir, sixteen) -> list[float]:
+    tmp_path = tmp_path_factory.mktemp("one")
+    run(config_for(tiny_model_dir, sixteen, tmp_path / "out", world=1), environ={}, scratch=tmp_path / "scratch")
+    return losses(tmp_path / "out")
+
+
+@pytest.mark.parametrize("deepspeed", [None, "zero_stage3_config_100b_1e7_offload"], ids=["ddp", "zero3-offload"])
+def test_two_ranks_train_as_one_process(tmp_path, tiny_model_dir, sixteen, one_process, deepspeed):
+    config = config_for(tiny_model_dir, sixteen, tmp_path / "out", world=2, deepspeed=deepspeed)
+    path = tmp_path / "train.yaml"
+    path.write_text(dump_train_config(config))
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "INTERNVL_SCRATCH": str(tmp_path / "scratch"),
+    }
+    environment.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache/torch_extensions"))
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())),
+        *("-m", "internvl_trainer.cli", "run", "--config", str(path)),
+    ]
+    process = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert losses(tmp_path / "out") == pytest.approx(one_process, rel=1e-5)
+    checkpoint = tmp_path / "out/runs/uid-1/checkpoints/checkpoint-4"
+    assert sorted(path.name for path in checkpoint.glob("data-state-rank*.json")) == [
+        "data-state-rank0.json",
+        "data-state-rank1.json",
+    ]
+    assert (tmp_path / "out/manifest.json").is_file()
