@@ -1,6 +1,7 @@
 """Two processes under torchrun on CPU (gloo), as a pod with two GPUs runs the trainer: the global
-batch split over two ranks trains exactly as one process taking the whole batch, with DDP and with
-ZeRO-3 + CPU offload, whose weights are partitioned while every rank loads them together."""
+batch split over two ranks trains, and the held-out split evaluates, exactly as one process taking
+the whole batch, with DDP and with ZeRO-3 + CPU offload, whose weights are partitioned while every
+rank loads them together."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def losses(output) -> list[float]:
-    return [json.loads(line)["loss"] for line in (output / "runs/uid-1/metrics.jsonl").open()]
+def losses(output) -> list[tuple[str, float]]:
+    """Training and held-out losses in the order they were logged."""
+    records = [json.loads(line) for line in (output / "runs/uid-1/metrics.jsonl").open()]
+    return [(key, record[key]) for record in records for key in ("loss", "evalLoss") if key in record]
 
 
 def config_for(model, meta, output, *, world: int, deepspeed: str | None = None):
@@ -41,7 +44,8 @@ def config_for(model, meta, output, *, world: int, deepspeed: str | None = None)
         per_device=GLOBAL_BATCH // 2 // world,
         accumulation=2,
         save_steps=2,
-        training={"weightDecay": 0.05, "globalBatchSize": GLOBAL_BATCH},
+        training={"weightDecay": 0.05, "globalBatchSize": GLOBAL_BATCH, "evalSteps": 2},
+        data={"evalSplit": 0.25},
         batch={"worldSize": world},
     )
     if deepspeed is not None:
@@ -55,7 +59,7 @@ def sixteen(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, tiny_model_dir, sixteen) -> list[float]:
+def one_process(tmp_path_factory, tiny_model_dir, sixteen) -> list[tuple[str, float]]:
     tmp_path = tmp_path_factory.mktemp("one")
     run(config_for(tiny_model_dir, sixteen, tmp_path / "out", world=1), environ={}, scratch=tmp_path / "scratch")
     return losses(tmp_path / "out")
@@ -79,7 +83,9 @@ def test_two_ranks_train_as_one_process(tmp_path, tiny_model_dir, sixteen, one_p
     ]
     process = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert losses(tmp_path / "out") == pytest.approx(one_process, rel=1e-5)
+    two = losses(tmp_path / "out")
+    assert [key for key, _ in two] == [key for key, _ in one_process] and "evalLoss" in dict(two)
+    assert [value for _, value in two] == pytest.approx([value for _, value in one_process], rel=1e-5)
     checkpoint = tmp_path / "out/runs/uid-1/checkpoints/checkpoint-4"
     assert sorted(path.name for path in checkpoint.glob("data-state-rank*.json")) == [
         "data-state-rank0.json",
