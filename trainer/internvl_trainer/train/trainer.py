@@ -207,13 +207,13 @@ class InternVLTrainer(Trainer):
     # -- saving ----------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # Under ZeRO-3 the weights arrive consolidated, and transformers' renaming back to the
-        # checkpoint's original key names goes wrong for a model loaded partitioned (it doubles the
-        # "model." prefixes). The in-memory names load just as well, so those are written.
+        # Checkpoints keep the in-memory key names, which resuming loads back as they are.
+        # transformers would otherwise rename them to the original checkpoint's names when it is
+        # handed a state dict (DDP over several ranks, ZeRO-3), names a resume loads none of (and,
+        # for a model loaded partitioned, gets wrong: it doubles the "model." prefixes).
         from transformers import PreTrainedModel
-        from transformers.integrations import is_deepspeed_zero3_enabled
 
-        if state_dict is None or not is_deepspeed_zero3_enabled() or not isinstance(self.model, PreTrainedModel):
+        if not isinstance(self.model, PreTrainedModel):  # PEFT saves its adapters itself
             return super()._save(output_dir, state_dict)
         if self.args.should_save:
             output_dir = output_dir or self.args.output_dir

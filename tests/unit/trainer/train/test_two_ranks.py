@@ -1,13 +1,12 @@
 """Two processes under torchrun on CPU (gloo), as a pod with two GPUs runs the trainer: the global
-batch split over two ranks trains, and the held-out split evaluates, exactly as one process taking
-the whole batch, with DDP and with ZeRO-3 + CPU offload, whose weights are partitioned while every
-rank loads them together."""
+batch split over two ranks trains, evaluates the held-out split and resumes from a checkpoint
+exactly as one process taking the whole batch, with DDP and with ZeRO-3 + CPU offload, whose
+weights are partitioned while every rank loads them together."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,14 +18,8 @@ from internvl_trainer.train.run import run
 from tests.conftest import REPO
 from tests.unit.trainer.train.runs import train_config, write_data
 
-STEPS = 4
+STEPS = 6
 GLOBAL_BATCH = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def losses(output) -> list[tuple[str, float]]:
@@ -35,12 +28,12 @@ def losses(output) -> list[tuple[str, float]]:
     return [(key, record[key]) for record in records for key in ("loss", "evalLoss") if key in record]
 
 
-def config_for(model, meta, output, *, world: int, deepspeed: str | None = None):
+def config_for(model, meta, output, *, world: int, deepspeed: str | None = None, steps: int = STEPS):
     config = train_config(
         str(model),
         str(meta),
         str(output),
-        steps=STEPS,
+        steps=steps,
         per_device=GLOBAL_BATCH // 2 // world,
         accumulation=2,
         save_steps=2,
@@ -66,27 +59,28 @@ def one_process(tmp_path_factory, tiny_model_dir, sixteen) -> list[tuple[str, fl
 
 
 @pytest.mark.parametrize("deepspeed", [None, "zero_stage3_config_100b_1e7_offload"], ids=["ddp", "zero3-offload"])
-def test_two_ranks_train_as_one_process(tmp_path, tiny_model_dir, sixteen, one_process, deepspeed):
-    config = config_for(tiny_model_dir, sixteen, tmp_path / "out", world=2, deepspeed=deepspeed)
-    path = tmp_path / "train.yaml"
-    path.write_text(dump_train_config(config))
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "INTERNVL_SCRATCH": str(tmp_path / "scratch"),
-    }
+def test_two_ranks_train_and_resume_as_one_process(tmp_path, tiny_model_dir, sixteen, one_process, deepspeed):
+    """Four steps, then the next attempt of the same run resumes from step 4's checkpoint to step 6."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     environment.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache/torch_extensions"))
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())),
-        *("-m", "internvl_trainer.cli", "run", "--config", str(path)),
-    ]
-    process = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stderr[-4000:]
+    for attempt, steps in enumerate((4, STEPS)):
+        config = config_for(tiny_model_dir, sixteen, tmp_path / "out", world=2, deepspeed=deepspeed, steps=steps)
+        path = tmp_path / f"train-{attempt}.yaml"
+        path.write_text(dump_train_config(config))
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        command = [*launcher, "-m", "internvl_trainer.cli", "run", "--config", str(path)]
+        scratch = {"INTERNVL_SCRATCH": str(tmp_path / f"scratch-{attempt}")}  # each attempt is a new pod
+        process = subprocess.run(
+            command, cwd=REPO, env={**environment, **scratch}, capture_output=True, text=True, timeout=600
+        )
+        assert process.returncode == 0, process.stderr[-4000:]
+        if attempt:
+            assert "resuming from " in process.stderr, process.stderr[-4000:]
+            assert "missing keys" not in process.stderr, process.stderr[-4000:]
     two = losses(tmp_path / "out")
     assert [key for key, _ in two] == [key for key, _ in one_process] and "evalLoss" in dict(two)
     assert [value for _, value in two] == pytest.approx([value for _, value in one_process], rel=1e-5)
-    checkpoint = tmp_path / "out/runs/uid-1/checkpoints/checkpoint-4"
+    checkpoint = tmp_path / f"out/runs/uid-1/checkpoints/checkpoint-{STEPS}"
     assert sorted(path.name for path in checkpoint.glob("data-state-rank*.json")) == [
         "data-state-rank0.json",
         "data-state-rank1.json",
