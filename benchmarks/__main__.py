@@ -60,14 +60,19 @@ def _gpus() -> str:
     return ", ".join(names)
 
 
-def _versions() -> str:
-    found = []
-    for package in PACKAGES:
+def installed(packages: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The version of each of ``packages`` that is installed."""
+    found = {}
+    for package in packages:
         try:
-            found.append(f"{package} {version(package)}")
+            found[package] = version(package)
         except PackageNotFoundError:
             continue
-    return ", ".join(found)
+    return found
+
+
+def _versions() -> str:
+    return ", ".join(f"{package} {number}" for package, number in installed(PACKAGES).items())
 
 
 def machine() -> str:

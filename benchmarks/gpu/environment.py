@@ -14,10 +14,11 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
+
+from benchmarks.__main__ import installed
 
 ATTENTIONS = ("auto", "flash_attention_2", "sdpa", "flex_attention", "eager")
 
@@ -79,16 +80,6 @@ class Environment:
         if self.missing:
             lines.append("- Not installed, and what was done instead: " + "; ".join(m.line() for m in self.missing))
         return lines
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for package in VERSIONED:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
 
 
 def _attention(requested: str, device: str, flash: bool) -> tuple[str, str]:
@@ -153,5 +144,5 @@ def probe(
         optimizer_reason=optimizer_reason,
         estimate=present["pydantic"],
         missing=missing,
-        versions=_versions(),
+        versions=installed(VERSIONED),
     )

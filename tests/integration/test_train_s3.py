@@ -57,6 +57,9 @@ def test_lora_run_from_s3_to_s3(s3_server, storage, base, tmp_path, capsys):
     assert first.steps == 4 and first.model_uri == f"{base}/out/model"
     layout = config(4).layout
     assert [(c.step, c.complete) for c in checkpoints.find(storage, layout)] == [(4, True)]  # 2 was pruned
+    # The adapters name their base by its S3 URI, not by the node's cached copy.
+    adapter = json.loads(storage.read_bytes(f"{layout.checkpoints}/checkpoint-4/adapter_config.json"))
+    assert adapter["base_model_name_or_path"] == f"{base}/base-model"
 
     # The root manifest: every file of model/ and model-original/, sizes and sha256 as stored.
     manifest = Manifest.from_json(storage.read_bytes(f"{base}/out/manifest.json"))

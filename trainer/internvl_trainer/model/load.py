@@ -247,10 +247,12 @@ def load(
     attn_implementation: str | None = None,
     storage: Any = None,
     cache_dir: str | Path | None = None,
+    name: str | None = None,
 ) -> Loaded:
     """Load an InternVL folder (local path or S3 prefix) in either layout as a native model, with
-    its tokenizer and processor when the folder has a tokenizer. Raises ModelFolderError or
-    LayoutError naming what is wrong."""
+    its tokenizer and processor when the folder has a tokenizer. ``name`` is what the model goes
+    by (PEFT records it as the base of adapters): by default the S3 URI, or the folder. Raises
+    ModelFolderError or LayoutError naming what is wrong."""
     folder = fetch_folder(source, storage=storage, cache_dir=cache_dir)
     config = read_config(folder)
     found = detect_layout(config, folder)
@@ -265,7 +267,7 @@ def load(
     else:
         model = load_hf_model(folder, dtype=dtype, attn_implementation=attn_implementation)
     location = str(source)
-    model.name_or_path = location if location.startswith("s3://") else str(folder)  # PEFT records it as the base
+    model.name_or_path = name or (location if location.startswith("s3://") else str(folder))
     model.config._name_or_path = model.name_or_path
     if tokenizer is not None:
         fit_embeddings(model, tokenizer)

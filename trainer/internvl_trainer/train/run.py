@@ -254,14 +254,8 @@ def run(
     # together (under ZeRO-3 loading is collective: the weights are partitioned as they load).
     try:
         with args.main_process_first(local=True, desc="fetching the base model"):
-            fetch_folder(config.model.weights, storage=storage, cache_dir=root / "models")
-        loaded = load(
-            config.model.weights,
-            layout=config.model.layout,
-            dtype=model_dtype(config, on_gpu),
-            storage=storage,
-            cache_dir=root / "models",
-        )
+            base = fetch_folder(config.model.weights, storage=storage, cache_dir=root / "models")
+        loaded = load(base, layout=config.model.layout, dtype=model_dtype(config, on_gpu), name=config.model.weights)
     except ModelFolderError as error:
         raise BadInput([Problem("model.weights", str(error))]) from error
     if loaded.tokenizer is None:

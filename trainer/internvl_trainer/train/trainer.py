@@ -233,11 +233,11 @@ class InternVLTrainer(Trainer):
         was_training = model.training
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        head = self.model.get_output_embeddings()
         with torch.no_grad():
             for batch in self.eval_set.batches(self.args.process_index, self.args.world_size):
                 batch = self._prepare_inputs(batch)
                 labels, weights = batch.pop("labels"), batch.pop("loss_weight")
-                head = self.model.get_output_embeddings()
                 totals[0] += model_loss(model, head, batch, labels, weights, 1.0).double()
                 totals[1] += weights[:, 1:].sum(dtype=torch.float64)
         _all_reduce(totals)
