@@ -20,6 +20,7 @@ BENCHMARKS = [
     "benchmarks.packing",
     "benchmarks.index",
     "benchmarks.gpu",
+    "benchmarks.cli",
 ]
 PACKAGES = [
     "torch",

@@ -3,30 +3,47 @@
 The parts the trainer also needs (model, method, data, training, storage, output) are the
 trainer's own config sections, reused here unchanged; this module adds what only the cluster
 needs: resources and pod placement, the launcher, DeepSpeed choices, run policy, and the status.
-The CRD (crds/) and docs/api.md are generated from these classes by ``internvl_operator.crd``.
+The pod pieces are core/v1's (``corev1``), the value formats Kubernetes' (``kubeformats``) and
+the metadata metav1's (``objectmeta``), each with Kubernetes' own rules, so that what the models
+accept the API server and the pods accept too. The CRD (crds/) and docs/api.md are generated from
+these classes by ``internvl_operator.crd``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from internvl_operator.corev1 import LIST_MAP_BY_NAME, Affinity, EnvVar, LocalObjectReference, Toleration
+from internvl_operator.kubeformats import (
+    INT32_MAX,
+    INT64_MAX,
+    ExtendedResourceName,
+    Label,
+    Quantity,
+    SpecAnnotations,
+    SpecLabels,
+    Timestamp,
+)
+from internvl_operator.objectmeta import ObjectMeta
+from internvl_operator.rules import Rule, RuledSection
 from internvl_trainer.config import (
     API_GROUP,
     API_VERSION,
-    FREE_FORM,
+    NOT_SPACE,
     DataConfig,
+    Int,
     MethodConfig,
     ModelConfig,
     Name,
+    OptionalInt,
     OutputConfig,
     Section,
     StorageConfig,
     TrainingConfig,
+    json_integer,
 )
-from internvl_trainer.problems import described_pattern
 
 KIND = "InternVLFinetune"
 PLURAL = "internvlfinetunes"
@@ -34,63 +51,27 @@ SINGULAR = "internvlfinetune"
 SHORT_NAMES = ("ivft",)
 CATEGORIES = ("ml",)
 
-Quantity = Annotated[
-    str,
-    StringConstraints(
-        max_length=64,
-        pattern=described_pattern(
-            r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$", "a quantity such as 8, 500m or 64Gi"
-        ),
-    ),
-]
-"""A Kubernetes resource quantity such as 8, 500m, 64Gi."""
-
-Label = Annotated[
-    str,
-    StringConstraints(
-        min_length=1,
-        max_length=63,
-        pattern=described_pattern(
-            r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "a DNS label: lower-case letters, digits and '-', at most 63"
-        ),
-    ),
-]
-"""A DNS-1123 label: the name of a Secret, PVC, priority class or queue."""
-
-Text = Annotated[str, StringConstraints(max_length=4096)]
-LabelMap = Annotated[dict[Annotated[str, StringConstraints(max_length=317)], Text], Field(max_length=64)]
-
-
 # ---------------------------------------------------------------------------------------------
 # spec: cluster-only sections
 
 
-class ScratchVolume(Section):
+class ScratchVolume(RuledSection):
     """Node-local space for model shards and the data cache: an emptyDir of a size, or a PVC."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!(has(self.sizeLimit) && has(self.claimName))",
-                    "message": "set either sizeLimit (an emptyDir) or claimName (a PVC), not both",
-                    "reason": "FieldValueForbidden",
-                }
-            ]
-        }
+    rules = (
+        Rule(
+            "!(has(self.sizeLimit) && has(self.claimName))",
+            "set either sizeLimit (an emptyDir) or claimName (a PVC), not both",
+            reason="FieldValueForbidden",
+        ),
     )
 
     size_limit: Quantity | None = None
     """Size of an emptyDir scratch volume. Default (neither field set): 200Gi."""
 
     claim_name: Label | None = None
-    """Name of an existing PersistentVolumeClaim to use instead of an emptyDir."""
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ScratchVolume:
-        if self.size_limit is not None and self.claim_name is not None:
-            raise ValueError("set either sizeLimit (an emptyDir) or claimName (a PVC), not both")
-        return self
+    """Name of an existing PersistentVolumeClaim to use instead of an emptyDir. Privileged: the
+    pods mount this claim of the namespace read-write."""
 
 
 class ResourcesSpec(Section):
@@ -109,26 +90,19 @@ class ResourcesSpec(Section):
         }
     )
 
-    gpus: int | None = Field(None, ge=1, le=4096)
+    gpus: OptionalInt = Field(None, ge=1, le=4096)
     """Total GPUs. Unset: planned from the model size, the method and gpuMemoryGiB under the
     planning policy."""
 
-    gpus_per_node: int = Field(8, ge=1, le=16)
+    gpus_per_node: Int = Field(8, ge=1, le=16)
     """GPUs on each node, and so per pod; a run spanning several nodes fills each one."""
 
-    gpu_memory_gib: int = Field(80, ge=8, le=1024, alias="gpuMemoryGiB")
+    gpu_memory_gib: Int = Field(80, ge=8, le=1024, alias="gpuMemoryGiB")
     """Memory of one GPU in GiB, for planning (80 for A100/H100 80GB, 141 for H200)."""
 
-    gpu_resource_name: Annotated[
-        str,
-        StringConstraints(
-            max_length=253,
-            pattern=described_pattern(
-                r"^[a-z0-9.\-]+/[a-z0-9.\-_]+$", "an extended resource name such as nvidia.com/gpu"
-            ),
-        ),
-    ] = "nvidia.com/gpu"
-    """Extended resource name of the GPUs in the pod's limits."""
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
+    """Extended resource name of the GPUs in the pod's limits: a vendor's domain outside
+    kubernetes.io, '/' and a name."""
 
     policy: Literal["recipe", "minimal"] = "recipe"
     """Planning policy: recipe reproduces InternVL's official fine-tuning scripts; minimal uses
@@ -156,81 +130,99 @@ class ResourcesSpec(Section):
         return self
 
 
-class Toleration(Section):
-    """A pod toleration, as in core/v1."""
+# Variables the operator sets in the trainer container (render/pod.py, the job renderers) or the
+# Kubeflow controllers inject into it (PyTorchJob: MASTER_*, WORLD_SIZE, RANK, PYTHONUNBUFFERED,
+# PET_*; MPIJob: K_MPI_JOB_ROLE, OMPI_MCA_*, NVIDIA_* on the launcher). A user variable of the same
+# name makes the job be refused for a duplicate env name, or would override the operator's (an
+# MPIJob's mpirun forwards -x MASTER_ADDR=... and every variable by name).
+RESERVED_ENV_NAMES = (
+    "INTERNVL_NAME",
+    "INTERNVL_NAMESPACE",
+    "INTERNVL_UID",
+    "INTERNVL_ATTEMPT",
+    "INTERNVL_SCRATCH",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "LAUNCHER",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "PYTHONUNBUFFERED",
+    "K_MPI_JOB_ROLE",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+)
+RESERVED_ENV_PREFIXES = ("PET_", "OMPI_")
 
-    key: Annotated[str, StringConstraints(max_length=317)] | None = None
-    """Taint key; empty with operator Exists matches every taint."""
 
-    operator: Literal["Exists", "Equal"] | None = None
-    """Exists or Equal (default Equal)."""
-
-    value: Annotated[str, StringConstraints(max_length=63)] | None = None
-    """Taint value for operator Equal."""
-
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    """Taint effect to match; empty matches all."""
-
-    toleration_seconds: int | None = Field(None, ge=0)
-    """How long a NoExecute taint is tolerated."""
+def is_reserved_env_name(name: str) -> bool:
+    """Whether the operator or Kubeflow sets a variable of this name in the trainer container."""
+    return name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES)
 
 
-class LocalObjectReference(Section):
-    """A reference to an object in the same namespace."""
+class TrainerEnvVar(EnvVar):
+    """An extra environment variable of the trainer container (core/v1 EnvVar), other than the
+    ones the operator and Kubeflow set."""
 
-    name: Label
-    """Name of the object."""
-
-
-class EnvVar(Section):
-    """An extra environment variable of the trainer container (core/v1 EnvVar)."""
-
-    name: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
-    """Variable name."""
-
-    value: Annotated[str, StringConstraints(max_length=32768)] | None = None
-    """Literal value."""
-
-    value_from: dict[str, Any] | None = Field(None, json_schema_extra=FREE_FORM)
-    """Source of the value (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef), as in
-    core/v1."""
+    rules = (
+        *EnvVar.rules,
+        Rule(
+            f"!(self.name in [{', '.join(repr(name) for name in RESERVED_ENV_NAMES)}])"
+            + "".join(f" && !self.name.startsWith({prefix!r})" for prefix in RESERVED_ENV_PREFIXES),
+            f"is reserved: the operator or Kubeflow sets {', '.join(RESERVED_ENV_NAMES)} and every variable "
+            f"starting with {' or '.join(RESERVED_ENV_PREFIXES)}",
+            field="name",
+            reason="FieldValueForbidden",
+        ),
+    )
 
 
 class PodSpec(Section):
     """Placement and extras of the training pods."""
 
-    node_selector: LabelMap = Field(default_factory=dict)
-    """Node labels the pods must match."""
+    node_selector: SpecLabels = Field(default_factory=dict)
+    """Node labels the pods must match: qualified-name keys and label values."""
 
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
     """Taints the pods tolerate (GPU nodes are often tainted)."""
 
-    affinity: dict[str, Any] | None = Field(None, json_schema_extra=FREE_FORM)
+    affinity: Affinity | None = None
     """Pod affinity, as in core/v1 (nodeAffinity, podAffinity, podAntiAffinity)."""
 
     priority_class_name: Label | None = None
-    """PriorityClass of the pods."""
+    """PriorityClass of the pods. Privileged: a high priority lets the pods preempt others."""
 
     scheduler_name: Label | None = None
-    """Scheduler of the pods, for gang schedulers such as volcano or scheduler-plugins."""
+    """Scheduler of the pods, for gang schedulers such as volcano or scheduler-plugins.
+    Privileged: that scheduler, not the default one, places the pods."""
 
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
-    """Secrets for pulling the trainer image."""
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, json_schema_extra=LIST_MAP_BY_NAME
+    )
+    """Secrets for pulling the trainer image, each named once. Privileged: the kubelet uses these
+    Secrets of the namespace."""
 
-    annotations: LabelMap = Field(default_factory=dict)
-    """Extra annotations of the pods."""
+    annotations: SpecAnnotations = Field(default_factory=dict)
+    """Extra annotations of the pods: qualified-name keys, at most 256 KiB in all."""
 
-    env: list[EnvVar] = Field(default_factory=list, max_length=128)
-    """Extra environment of the trainer container."""
+    env: list[TrainerEnvVar] = Field(default_factory=list, max_length=128, json_schema_extra=LIST_MAP_BY_NAME)
+    """Extra environment of the trainer container, each name once. Names the operator or Kubeflow
+    set (MASTER_ADDR, RANK, AWS_ACCESS_KEY_ID, PET_*, OMPI_*, ...) are refused."""
 
     host_network: bool = False
-    """Run the pods in the host's network namespace (some RDMA setups need it)."""
+    """Run the pods in the host's network namespace (some RDMA setups need it). Privileged: the
+    pods share their node's network; refused unless the installation allows it (operator setting
+    allowHostNetwork, off by default)."""
 
 
 class DeepSpeedSpec(Section):
     """DeepSpeed ZeRO choices. Unset ones are planned."""
 
-    stage: Literal[1, 2, 3] | None = None
+    stage: Annotated[Literal[1, 2, 3], BeforeValidator(json_integer)] | None = None
     """ZeRO stage. Unset: the recipe's, or under policy minimal the lowest stage that fits."""
 
     offload: Literal["auto", "none", "cpu"] = "auto"
@@ -244,7 +236,8 @@ class StorageSpec(StorageConfig):
     credentials_secret: Label | None = None
     """Secret with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally
     AWS_SESSION_TOKEN, passed to the trainer by reference. Unset: the pod's own identity (IRSA,
-    workload identity) or the operator's default Secret."""
+    workload identity) or the operator's default Secret. Privileged: the trainer pods read this
+    Secret of the namespace."""
 
 
 # Fields that decide what is trained and where it goes; changing them would silently change a
@@ -314,7 +307,7 @@ class InternVLFinetuneSpec(Section):
     output: OutputConfig
     """Where the merged model, checkpoints and reports go."""
 
-    trainer_image: Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\s]+$")] | None = None
+    trainer_image: Annotated[str, StringConstraints(max_length=512, pattern=rf"^{NOT_SPACE}+$")] | None = None
     """Trainer container image. Unset: the operator's default."""
 
     suspend: bool = False
@@ -324,15 +317,16 @@ class InternVLFinetuneSpec(Section):
     queue_name: Label | None = None
     """Kueue LocalQueue; the job is created suspended and Kueue admits it."""
 
-    max_restarts: int = Field(3, ge=0, le=100)
+    max_restarts: Int = Field(3, ge=0, le=100)
     """Whole-job restarts after a failure; each new attempt resumes from the latest checkpoint."""
 
-    active_deadline_seconds: int | None = Field(None, ge=1)
+    active_deadline_seconds: OptionalInt = Field(None, ge=1, le=INT64_MAX)
     """End an attempt that has been active longer than this; like any failure, it is retried
     from the latest checkpoint while restarts are left."""
 
-    ttl_seconds_after_finished: int | None = Field(None, ge=0)
-    """Delete the finished job (not this object nor the outputs) after this many seconds."""
+    ttl_seconds_after_finished: OptionalInt = Field(None, ge=0, le=INT32_MAX)
+    """Delete the finished job (not this object nor the outputs) after this many seconds (an
+    int32, as the job's runPolicy.ttlSecondsAfterFinished)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,10 +349,10 @@ class Condition(Section):
     status: Literal["True", "False", "Unknown"]
     """Status of the condition."""
 
-    observed_generation: int | None = Field(None, ge=0)
+    observed_generation: OptionalInt = Field(None, ge=0, le=INT64_MAX)
     """The metadata.generation the condition was set for."""
 
-    last_transition_time: datetime
+    last_transition_time: Timestamp
     """When the condition last changed status."""
 
     reason: Annotated[
@@ -374,25 +368,25 @@ class Condition(Section):
 class PlanStatus(Section):
     """The plan the operator applied."""
 
-    nodes: int = Field(ge=1)
+    nodes: Int = Field(ge=1, le=65536)
     """Nodes (pods) of the job."""
 
-    gpus_per_node: int = Field(ge=1)
+    gpus_per_node: Int = Field(ge=1, le=16)
     """GPUs per node."""
 
-    gpus: int = Field(ge=1)
+    gpus: Int = Field(ge=1, le=65536)
     """Total GPUs."""
 
-    zero_stage: int = Field(ge=0, le=3)
+    zero_stage: Int = Field(ge=0, le=3)
     """DeepSpeed ZeRO stage (0: plain data parallel)."""
 
     offload: bool = False
     """Whether optimizer states and parameters are offloaded to CPU."""
 
-    per_device_batch_size: int = Field(ge=1)
+    per_device_batch_size: Int = Field(ge=1, le=4096)
     """Samples per GPU per micro-step."""
 
-    gradient_accumulation_steps: int = Field(ge=1)
+    gradient_accumulation_steps: Int = Field(ge=1, le=65536)
     """Micro-steps per optimizer step."""
 
     estimated_memory_gib: float | None = Field(None, ge=0, alias="estimatedMemoryGiB")
@@ -424,13 +418,13 @@ class JobReference(Section):
 class ProgressStatus(Section):
     """Live training progress, patched by the trainer's rank 0 (rate-limited)."""
 
-    step: int = Field(0, ge=0)
+    step: Int = Field(0, ge=0, le=INT64_MAX)
     """Optimizer steps done."""
 
-    total_steps: int | None = Field(None, ge=0)
+    total_steps: OptionalInt = Field(None, ge=0, le=INT64_MAX)
     """Optimizer steps planned."""
 
-    percent: int = Field(0, ge=0, le=100)
+    percent: Int = Field(0, ge=0, le=100)
     """step / totalSteps, in percent."""
 
     epoch: float | None = Field(None, ge=0)
@@ -442,15 +436,21 @@ class ProgressStatus(Section):
     samples_per_second: float | None = Field(None, ge=0)
     """Training throughput over all GPUs."""
 
-    eta_seconds: int | None = Field(None, ge=0)
+    eta_seconds: OptionalInt = Field(None, ge=0, le=INT64_MAX)
     """Estimated seconds to the end of training."""
 
-    updated_at: datetime | None = None
+    updated_at: Timestamp | None = None
     """When the trainer last reported."""
+
+    latest_checkpoint_uri: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """The newest complete checkpoint, as the trainer reported it."""
+
+    eval_loss: float | None = None
+    """Latest loss on the held-out split, as the trainer reported it."""
 
 
 class OutputStatus(Section):
-    """Where the results are, patched by the trainer."""
+    """Where the results are: set by the operator from spec.output once the run succeeded."""
 
     model_uri: Annotated[str, StringConstraints(max_length=1024)] | None = None
     """The merged model (complete once manifestUri exists)."""
@@ -458,18 +458,12 @@ class OutputStatus(Section):
     manifest_uri: Annotated[str, StringConstraints(max_length=1024)] | None = None
     """manifest.json of the published model, written last."""
 
-    latest_checkpoint_uri: Annotated[str, StringConstraints(max_length=1024)] | None = None
-    """The newest complete checkpoint."""
-
-    eval_loss: float | None = None
-    """Final loss on the held-out split."""
-
 
 class InternVLFinetuneStatus(Section):
-    """Observed state. The operator owns conditions, plan, job and attempt; the trainer writes
-    progress and output."""
+    """Observed state. The operator owns all of it but progress, which the trainer reports, and
+    reverts what anyone else writes there."""
 
-    observed_generation: int | None = Field(None, ge=0)
+    observed_generation: OptionalInt = Field(None, ge=0, le=INT64_MAX)
     """The metadata.generation last acted on."""
 
     phase: Literal["Pending", "Invalid", "Starting", "Running", "Suspended", "Succeeded", "Failed"] | None = None
@@ -486,42 +480,23 @@ class InternVLFinetuneStatus(Section):
     job: JobReference | None = None
     """The child job of the current attempt."""
 
-    attempt: int = Field(0, ge=0)
+    attempt: Int = Field(0, ge=0, le=INT32_MAX)
     """Attempt number of the current job (1 for the first)."""
 
     last_failure_reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
     """Reason of the latest failed attempt."""
 
     progress: ProgressStatus | None = None
-    """Live training progress."""
+    """Live training progress, reported by the trainer."""
 
     output: OutputStatus | None = None
-    """Where the results are."""
+    """Where the results are, once the run succeeded."""
 
-    start_time: datetime | None = None
+    start_time: Timestamp | None = None
     """When the first job started."""
 
-    completion_time: datetime | None = None
+    completion_time: Timestamp | None = None
     """When the run succeeded or finally failed."""
-
-
-class ObjectMeta(Section):
-    """The part of metadata the validator checks; the API server owns the rest."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: Annotated[
-        str,
-        StringConstraints(
-            min_length=1,
-            max_length=253,
-            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
-        ),
-    ]
-    """Object name."""
-
-    namespace: Label | None = None
-    """Object namespace."""
 
 
 class InternVLFinetune(Section):

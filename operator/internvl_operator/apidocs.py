@@ -98,7 +98,7 @@ def api_markdown() -> str:
         ),
         _section(
             "InternVLFinetune status",
-            "Written by the operator (conditions, plan, job, attempt) and the trainer (progress, output).",
+            "Written by the operator, except progress, which the trainer reports (docs/contract.md §4).",
             openapi_schema(InternVLFinetuneStatus),
             "status",
         ),

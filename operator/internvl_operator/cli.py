@@ -162,13 +162,22 @@ _BlockStyleDumper.add_representer(
 )
 
 
+def _settings(args: argparse.Namespace) -> OperatorSettings:
+    """The installation's settings: flags over INTERNVL_OPERATOR_* variables over defaults."""
+    overrides = {name: getattr(args, f"setting_{name}") for name in OperatorSettings.model_fields}
+    return OperatorSettings(**{name: value for name, value in overrides.items() if value is not None})
+
+
 def _render(args: argparse.Namespace) -> int:
-    settings = OperatorSettings()
+    settings = _settings(args)
     documents = []
     for source, _index, document, result in _planned(args.files):
-        if result.verdict == "nothing-fits":
-            raise BadInput([Problem(f"{source}: {_name_of(document)}", result.notes[0])])
-        documents += render(render_context(parse(document), result, args.attempt, settings))
+        resource = parse(document)
+        refusal = settings.privilege_refusal(resource.spec)
+        if result.verdict == "nothing-fits" or refusal is not None:
+            reason = refusal[1] if refusal is not None else result.notes[0]
+            raise BadInput([Problem(f"{source}: {_name_of(document)}", reason)])
+        documents += render(render_context(resource, result, args.attempt, settings))
     sys.stdout.write(yaml.dump_all(documents, Dumper=_BlockStyleDumper, sort_keys=False))
     return EXIT_OK
 
@@ -181,8 +190,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from internvl_operator.handlers import REGISTRY
 
-    overrides = {name: getattr(args, f"setting_{name}") for name in OperatorSettings.model_fields}
-    settings = OperatorSettings(**{name: value for name, value in overrides.items() if value is not None})
+    settings = _settings(args)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
@@ -206,6 +214,15 @@ def _crds(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_settings(command: argparse.ArgumentParser) -> None:
+    """One flag per installation setting, so that render prints what that installation creates."""
+    for name, field in OperatorSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        command.add_argument(
+            flag, dest=f"setting_{name}", help=f"{field.description} (env INTERNVL_OPERATOR_{name.upper()})"
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="internvl-operator", description=__doc__.split("\n")[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -218,11 +235,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     run.add_argument("--verbose", action="store_true")
-    for name, field in OperatorSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        run.add_argument(
-            flag, dest=f"setting_{name}", help=f"{field.description} (env INTERNVL_OPERATOR_{name.upper()})"
-        )
+    _add_settings(run)
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("validate", help="check InternVLFinetune objects offline, CEL rules included")
@@ -239,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     children = commands.add_parser("render", help="print the objects the operator would create, like helm template")
     children.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for standard input)")
     children.add_argument("--attempt", type=int, default=1, help="attempt number (default 1)")
+    _add_settings(children)
     children.set_defaults(handler=_render)
 
     crds = commands.add_parser("crds", help="print the CRD, or write it into a folder")

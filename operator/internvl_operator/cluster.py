@@ -12,6 +12,7 @@ import json
 import threading
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -26,6 +27,7 @@ PLURALS = {
     "MPIJob": "mpijobs",
     "InternVLFinetune": "internvlfinetunes",
     "Workload": "workloads",
+    "Event": "events",
     "Namespace": "namespaces",
     "CustomResourceDefinition": "customresourcedefinitions",
 }
@@ -33,11 +35,20 @@ CONTENT_MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
-    """An API request that failed, with the HTTP status and the server's message."""
+    """An API request that failed, with the HTTP status (0 when no answer came) and the server's
+    message."""
 
     def __init__(self, status: int, message: str):
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later: no answer (a timeout, a refused
+        connection), too many requests, or a server error. A refusal (400, 403, 404, 409, 422)
+        stands until the request changes."""
+        return self.status in (0, 429) or self.status >= 500
 
 
 def _path(api_version: str, plural: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
@@ -87,6 +98,8 @@ class Cluster:
             response.read()
         except k8s.ApiException as error:
             raise ApiError(error.status or 0, _message(error.body, error.reason)) from None
+        except urllib3.exceptions.HTTPError as error:  # timeouts and connection errors
+            raise ApiError(0, str(error)) from None
         if not 200 <= response.status < 300:
             raise ApiError(response.status, _message(response.data, response.reason))
         return json.loads(response.data) if response.data else {}

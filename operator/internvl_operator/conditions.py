@@ -50,7 +50,7 @@ def set_condition(
     """A new list with condition ``type_`` set, kept in TYPES order; its transition time is kept
     when the status did not change."""
     previous = find(conditions, type_)
-    changed = previous is None or previous.get("status") != status
+    changed = previous is None or previous.get("status") != status or not previous.get("lastTransitionTime")
     condition: dict[str, Any] = {
         "type": type_,
         "status": status,

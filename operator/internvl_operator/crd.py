@@ -1,7 +1,8 @@
 """The CustomResourceDefinition of InternVLFinetune, generated from the pydantic models.
 
 Pydantic writes JSON Schema; Kubernetes wants a structural OpenAPI v3 schema: every node typed,
-no ``$ref``, no type inside ``anyOf``, no ``additionalProperties: false``. ``openapi_schema``
+no ``$ref``, no type inside ``anyOf``, no ``additionalProperties: false``, no
+``patternProperties``, and a root ``metadata`` that says nothing but its type. ``openapi_schema``
 translates one into the other, keeping descriptions (so ``kubectl explain`` documents every
 field), defaults, enums, bounds and the CEL rules declared on the models. ``crds/`` and the chart
 hold its output; a test fails when they are stale.
@@ -107,6 +108,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     for key in _DROPPED:
         node.pop(key, None)
 
+    patterns = node.pop("patternProperties", None)
+    if patterns is not None:  # keys with a pattern: a map; the models check the keys
+        [node["additionalProperties"]] = patterns.values()
     if node.get("x-kubernetes-preserve-unknown-fields"):
         node["type"] = "object"
         node.pop("additionalProperties", None)
@@ -144,7 +148,8 @@ def crd_schema() -> dict[str, Any]:
                 "type": "string",
                 "description": "Kind is a string value representing the REST resource this object represents.",
             },
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server owns the schema of metadata: a CRD may restrict only name and generateName.
+            "metadata": {"type": "object"},
             "spec": openapi_schema(InternVLFinetuneSpec),
             "status": openapi_schema(InternVLFinetuneStatus),
         },

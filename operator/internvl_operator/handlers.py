@@ -2,9 +2,13 @@
 
 Handlers are thin: they read the object, its current job and that job's pods through
 ``Cluster``, call the pure ``reconcile``, and carry out its actions. One reconciler serves every
-event source (an object changed, a job or pod of it changed), serialised per object, so the order
-of events never matters and a restarted operator converges to the same state without duplicates:
-child names are deterministic and an existing child owned by the object is adopted.
+event source (an object changed, its status included; a job or pod of it changed), serialised per
+object, so the order of events never matters and a restarted operator converges to the same state
+without duplicates: child names are deterministic, the operator's record names the job it made,
+and an existing child is adopted only when it is what the operator renders.
+
+Nothing here raises: an API call that failed in a way a retry can fix is tried again with backoff
+(``internvl_operator.backoff``), a refused child shows in the status, and anything else is logged.
 
 Only event handlers are used. kopf keeps no per-object progress for them, and unlike timers and
 daemons they need no finalizer, so deleting an InternVLFinetune never waits for the operator;
@@ -13,6 +17,7 @@ its children go with it through owner references.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,12 +27,23 @@ from typing import Any
 
 import kopf
 
-from internvl_operator import conditions as cond
 from internvl_operator import metrics
 from internvl_operator.api import KIND, PLURAL
+from internvl_operator.backoff import BASE_SECONDS, Backoff
 from internvl_operator.cluster import ApiError, Cluster, load_api_client
 from internvl_operator.job_status import needs_pods
-from internvl_operator.reconcile import LAUNCHER_CRDS, Actions, Observed, current_attempt, job_name, reconcile
+from internvl_operator.reconcile import (
+    LAUNCHER_CRDS,
+    Actions,
+    Observed,
+    Outcome,
+    Refused,
+    current_attempt,
+    job_name,
+    reconcile,
+)
+from internvl_operator.record import Record, read_record, record_patch
+from internvl_operator.render.content import difference
 from internvl_operator.render.context import ATTEMPT_LABEL, MANAGED_BY, QUEUE_LABEL, UID_LABEL
 from internvl_operator.settings import OperatorSettings
 from internvl_trainer.config import API_GROUP, API_VERSION, GROUP_VERSION
@@ -36,7 +52,6 @@ REGISTRY = kopf.OperatorRegistry()
 CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 # How long a check that a launcher's CRD is served stays valid.
 DISCOVERY_TTL_SECONDS = 60.0
-RETRIES = 3
 KUEUE_API = "kueue.x-k8s.io/v1beta1"
 
 logger = logging.getLogger(__name__)
@@ -70,6 +85,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.operator_settings = OperatorSettings()
     memo.locks = defaultdict(threading.Lock)
     memo.served = {}
+    memo.retries = Backoff(lambda key: reconcile_object(memo, *key), base=memo.get("retry_base_seconds", BASE_SECONDS))
+
+
+@kopf.on.cleanup(registry=REGISTRY)
+def stop_retrying(memo: kopf.Memo, **_: Any) -> None:
+    memo.retries.stop()
 
 
 @kopf.index(API_GROUP, API_VERSION, PLURAL, registry=REGISTRY)
@@ -82,12 +103,10 @@ def finetune_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **
     if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
         metrics.observe(body.metadata.uid, None)
         return
-    # New objects, objects listed at start-up and changed specs need a reconciliation; a status
-    # patch (the operator's own, or the trainer's progress) does not: the children's events
-    # cover everything else.
-    acted_on = (body.get("status") or {}).get("observedGeneration")
-    if event.get("type") in (None, "ADDED") or acted_on != body.metadata.get("generation"):
-        reconcile_object(memo, body.metadata.namespace, body.metadata.name)
+    # Every change, a status patch included: the operator derives the status it owns again, so
+    # what anyone else wrote there (the trainer may patch the status) is reverted; after its own
+    # patches nothing differs any more.
+    reconcile_object(memo, body.metadata.namespace, body.metadata.name)
 
 
 def _has_status(body: kopf.Body, **_: Any) -> bool:
@@ -104,29 +123,29 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, finetunes_by_uid: kopf.Index
 
 
 def reconcile_object(memo: kopf.Memo, namespace: str, name: str) -> None:
-    """Read, reconcile, act; retried a few times on API errors, and never raising, so a bad
-    object or a flaky API server cannot stop the operator."""
-    for attempt in range(1, RETRIES + 1):
-        try:
-            with memo.locks[(namespace, name)]:
-                _reconcile_once(memo, namespace, name)
-            metrics.RECONCILES.labels("ok").inc()
-            return
-        except ApiError as error:
-            metrics.RECONCILES.labels("error").inc()
-            logger.warning("reconciling %s/%s failed (try %d of %d): %s", namespace, name, attempt, RETRIES, error)
-            time.sleep(attempt)
-        except Exception:
-            metrics.RECONCILES.labels("error").inc()
-            logger.exception("reconciling %s/%s failed", namespace, name)
-            return
+    """Read, reconcile, act; never raising, so a bad object or a flaky API server cannot stop the
+    operator. What a retry can fix is tried again later, with backoff."""
+    try:
+        with memo.locks[(namespace, name)]:
+            retry = _reconcile_once(memo, namespace, name)
+        metrics.RECONCILES.labels("ok").inc()
+    except ApiError as error:
+        metrics.RECONCILES.labels("error").inc()
+        logger.warning("reconciling %s/%s failed: %s", namespace, name, error)
+        retry = error.retryable
+    except Exception:
+        metrics.RECONCILES.labels("error").inc()
+        logger.exception("reconciling %s/%s failed", namespace, name)
+        retry = False
+    memo.retries.settle((namespace, name), retry)
 
 
-def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> None:
+def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> bool:
+    """One reconciliation; whether it should be tried again later."""
     cluster: Cluster = memo.cluster
     body = cluster.get(GROUP_VERSION, KIND, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return
+        return False
     launcher = (body.get("spec") or {}).get("launcher", "pytorchjob")
     kind, api_version, _ = LAUNCHER_CRDS.get(launcher, LAUNCHER_CRDS["pytorchjob"])
     installed = _served(memo, api_version, kind)
@@ -137,10 +156,10 @@ def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> None:
         pods = cluster.list("v1", "Pod", namespace, labels)
     queue_message = _queue_message(cluster, namespace, job) if job is not None else None
     observed = Observed(body, job, pods, installed, datetime.now(UTC), queue_message)
-    actions = reconcile(observed, memo.operator_settings)
-    _act(cluster, body, actions)
+    actions = _act(cluster, observed, memo.operator_settings)
     conditions = actions.status.get("conditions") or (body.get("status") or {}).get("conditions") or []
     metrics.observe(body["metadata"]["uid"], metrics.state_of(conditions))
+    return actions.retry
 
 
 def _queue_message(cluster: Cluster, namespace: str, job: dict[str, Any]) -> str | None:
@@ -168,48 +187,56 @@ def _served(memo: kopf.Memo, api_version: str, kind: str) -> bool:
     return checked[0]
 
 
-def _act(cluster: Cluster, body: dict[str, Any], actions: Actions) -> None:
-    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
-    status = dict(actions.status)
+def _act(cluster: Cluster, observed: Observed, settings: OperatorSettings) -> Actions:
+    """Carry out a reconciliation: the record first (a restarted operator must find the attempt
+    it was on), then the failed job's deletion and the new children; reconciled again with what
+    became of them; then the job's patch, the status and the events."""
+    body = observed.body
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    actions = reconcile(observed, settings)
+    stored = _write_record(cluster, body, read_record(body), actions.record)
     if actions.delete_job:
         ref = actions.delete_job
         cluster.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"])
-    for child in actions.create:
-        conflict = _create_or_adopt(cluster, child, uid)
-        if conflict:
-            generation = body["metadata"].get("generation")
-            conditions = status.get("conditions") or (body.get("status") or {}).get("conditions") or []
-            now = datetime.now(UTC)
-            status["conditions"] = cond.set_condition(
-                conditions, cond.JOB_CREATED, "False", "NameConflict", conflict, generation=generation, now=now
-            )
-            actions.events.append(("Warning", "NameConflict", conflict))
-            break
-    if actions.job_patch and (body.get("status") or {}).get("job"):
-        job = body["status"]["job"]
-        cluster.patch(job["apiVersion"], job["kind"], namespace, job["name"], actions.job_patch)
-    if status:
-        cluster.patch(
-            GROUP_VERSION, KIND, namespace, body["metadata"]["name"], {"status": status}, subresource="status"
-        )
+    if actions.create:
+        outcome = _create(cluster, actions.create)
+        actions = reconcile(dataclasses.replace(observed, outcome=outcome), settings)
+        _write_record(cluster, body, stored, actions.record)
+    if actions.job_patch and observed.job is not None:
+        job = observed.job
+        cluster.patch(job["apiVersion"], job["kind"], namespace, job["metadata"]["name"], actions.job_patch)
+    if actions.status:
+        cluster.patch(GROUP_VERSION, KIND, namespace, name, {"status": actions.status}, subresource="status")
     for type_, reason, message in actions.events:
         kopf.event(body, type=type_, reason=reason, message=message)
+    return actions
 
 
-def _create_or_adopt(cluster: Cluster, child: dict[str, Any], uid: str) -> str | None:
-    """Create a child; an existing one owned by this object is kept. Returns why not, if the
-    name is taken by something else."""
-    try:
-        cluster.create(child)
-        return None
-    except ApiError as error:
-        if error.status != 409:
-            raise
-    meta = child["metadata"]
-    existing = cluster.get(child["apiVersion"], child["kind"], meta.get("namespace"), meta["name"]) or {}
-    owners = [
-        ref.get("uid") for ref in existing.get("metadata", {}).get("ownerReferences") or [] if ref.get("controller")
-    ]
-    if owners == [uid]:
-        return None
-    return f"{child['kind']} {meta['name']} exists and is not owned by this InternVLFinetune"
+def _write_record(cluster: Cluster, body: dict[str, Any], stored: Record, wanted: Record | None) -> Record:
+    """Write the operator's record when it differs from the one stored; the record now stored."""
+    if wanted is None or wanted == stored:
+        return stored
+    metadata = body["metadata"]
+    cluster.patch(GROUP_VERSION, KIND, metadata["namespace"], metadata["name"], record_patch(wanted))
+    return wanted
+
+
+def _create(cluster: Cluster, children: list[dict[str, Any]]) -> Outcome:
+    """Create the children in order, adopting one whose name is taken only when the object found
+    is that child (render.content); stop at the first that is not created."""
+    created: dict[str, Any] = {}
+    for child in children:
+        meta = child["metadata"]
+        try:
+            created = cluster.create(child)
+            continue
+        except ApiError as error:
+            if error.status != 409:
+                return Outcome(
+                    refused=Refused(child["kind"], meta["name"], error.status, error.message, error.retryable)
+                )
+        created = cluster.get(child["apiVersion"], child["kind"], meta.get("namespace"), meta["name"]) or {}
+        conflict = difference(child, created)
+        if conflict:
+            return Outcome(refused=Refused(child["kind"], meta["name"], 409, conflict, retryable=False))
+    return Outcome(job=created)  # the job is rendered last

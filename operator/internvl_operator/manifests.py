@@ -24,6 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from internvl_operator.crd import CRD_FILENAME, crd
 from internvl_operator.settings import OperatorSettings
+from internvl_trainer.problems import parse_yaml_documents
 
 CHART = Path("charts/internvl-operator")
 CHART_CRD = CHART / "templates" / "crd.yaml"
@@ -132,7 +133,7 @@ def helm_template(helm: Path, chart: Path, *args: str) -> list[dict[str, Any]]:
     )
     if result.returncode != 0:
         raise RuntimeError(f"helm template failed: {result.stderr.strip()}")
-    return [document for document in yaml.safe_load_all(result.stdout) if document]
+    return [document for document in parse_yaml_documents(result.stdout, "helm template") if document]
 
 
 def _kustomize_object(document: dict[str, Any]) -> dict[str, Any]:

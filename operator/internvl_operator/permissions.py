@@ -10,7 +10,8 @@ from __future__ import annotations
 
 # (apiGroup, resource, verbs)
 OPERATOR_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("internvl.dev", "internvlfinetunes", ("get", "list", "watch")),
+    # patch: the operator's record of a run is an annotation (internvl_operator.record).
+    ("internvl.dev", "internvlfinetunes", ("get", "list", "watch", "patch")),
     ("internvl.dev", "internvlfinetunes/status", ("get", "patch")),
     ("kubeflow.org", "pytorchjobs", ("get", "list", "watch", "create", "patch", "delete")),
     ("kubeflow.org", "mpijobs", ("get", "list", "watch", "create", "patch", "delete")),

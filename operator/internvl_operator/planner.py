@@ -20,11 +20,14 @@ win over the recipe's.
 
 from __future__ import annotations
 
+from math import isqrt
 from typing import Any, Literal
 
-from pydantic import Field
+from annotated_types import Le
+from kubernetes.utils.quantity import parse_quantity
+from pydantic import BaseModel, Field
 
-from internvl_operator.api import InternVLFinetuneSpec, PlanStatus
+from internvl_operator.api import InternVLFinetuneSpec, PlanStatus, ResourcesSpec
 from internvl_operator.catalog import CATALOG, LLM_TOKENS_PER_TILE, ModelSpec
 from internvl_operator.deepspeed import deepspeed_config, variant_for
 from internvl_operator.memory import (
@@ -41,6 +44,17 @@ from internvl_trainer.config import BatchLayout, DataConfig, MethodConfig, Secti
 from internvl_trainer.problems import BadInput, Problem
 
 Verdict = Literal["fits", "exceeds", "nothing-fits"]
+
+
+def _maximum(model: type[BaseModel], field: str) -> int:
+    """The upper bound (``le``) a model puts on one of its fields."""
+    return next(bound.le for bound in model.model_fields[field].metadata if isinstance(bound, Le))
+
+
+# The bounds train.yaml puts on a batch layout: a plan outside them could never be rendered.
+MAX_PER_DEVICE_BATCH = _maximum(BatchLayout, "per_device_batch_size")
+MAX_ACCUMULATION = _maximum(BatchLayout, "gradient_accumulation_steps")
+MAX_GPUS = min(_maximum(BatchLayout, "world_size"), _maximum(ResourcesSpec, "gpus"))
 MAX_NOTES = 32
 MAX_NOTE_LENGTH = 1024
 # Parts of an estimate that more GPUs do not shrink.
@@ -164,8 +178,7 @@ class _Context:
         self.gpus_per_node = spec.resources.gpus_per_node
         self.gpu_memory_gib = float(spec.resources.gpu_memory_gib)
         self.budget = budget_gib(self.gpu_memory_gib)
-        memory = spec.resources.memory
-        self.host_limit_gib = None if memory is None else parse_quantity(memory) / GIB
+        self.host_limit_gib = host_memory_gib(spec)
 
     def host_gib_per_node(self, gpus: int) -> float:
         return offload_host_gib(self.model, self.trainable) / _node_layout(gpus, self.gpus_per_node)[0]
@@ -206,32 +219,46 @@ class _Context:
             )
             total = self.global_batch_size = adjusted
         share = total // gpus
-        per_device = max(d for d in _divisors(share) if d <= max(1, preferred_per_device))
+        choices = self.per_device_batches(gpus)
+        per_device = max((d for d in choices if d <= preferred_per_device), default=choices[0])
         return total, per_device, share // per_device
 
-
-_QUANTITY_SUFFIXES = {
-    "": 1,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
+    def per_device_batches(self, gpus: int) -> list[int]:
+        """The per-device batches that lay the global batch out over ``gpus`` GPUs within the
+        bounds of train.yaml, smallest first; BadInput when there is none."""
+        total = self.global_batch_size
+        choices = _per_device_batches(total // gpus)
+        if not choices:
+            raise BadInput([Problem("spec.training.globalBatchSize", _no_layout(total, gpus))])
+        return choices
 
 
-def parse_quantity(quantity: str) -> float:
-    """A Kubernetes quantity such as 1600Gi or 2T in its base unit (bytes for memory)."""
-    number = quantity.rstrip("mkMGTPEi")
-    return float(number) * _QUANTITY_SUFFIXES[quantity[len(number) :]]
+def host_memory_gib(spec: InternVLFinetuneSpec) -> float | None:
+    """The pod memory spec.resources.memory requests, in GiB (None when it requests none). Read
+    with the Kubernetes client's quantity parser: every suffix and exponent the API server takes."""
+    memory = spec.resources.memory
+    if memory is None:
+        return None
+    try:
+        return float(parse_quantity(memory)) / GIB
+    except (ValueError, ArithmeticError):  # an exponent beyond what a decimal can hold
+        raise BadInput(
+            [Problem("spec.resources.memory", f"{memory!r} is not a quantity Kubernetes can read")]
+        ) from None
+
+
+def _per_device_batches(share: int) -> list[int]:
+    """Divisors of a GPU's share of the global batch that are a per-device batch within bounds
+    and leave an accumulation within bounds, smallest first."""
+    return [d for d in _divisors(share) if d <= MAX_PER_DEVICE_BATCH and share // d <= MAX_ACCUMULATION]
+
+
+def _no_layout(total: int, gpus: int) -> str:
+    return (
+        f"{total} samples over {gpus} GPU{'s' if gpus > 1 else ''} cannot be laid out: {total // gpus} per GPU must "
+        f"be a per-device batch of at most {MAX_PER_DEVICE_BATCH} times at most {MAX_ACCUMULATION} accumulation "
+        f"steps; use a global batch whose share per GPU is such a product"
+    )
 
 
 def _given(value: Any, default: Any) -> Any:
@@ -239,7 +266,9 @@ def _given(value: Any, default: Any) -> Any:
 
 
 def _divisors(number: int) -> list[int]:
-    return [d for d in range(1, number + 1) if number % d == 0]
+    """The divisors of a positive number, in ascending order (O(sqrt(number)))."""
+    low = [d for d in range(1, isqrt(number) + 1) if number % d == 0]
+    return low + [number // d for d in reversed(low) if d * d != number]
 
 
 def _node_layout(gpus: int, gpus_per_node: int) -> tuple[int, int]:
@@ -247,9 +276,10 @@ def _node_layout(gpus: int, gpus_per_node: int) -> tuple[int, int]:
 
 
 def _gpu_counts(gpus_per_node: int, global_batch: int) -> list[int]:
-    """GPU counts policy minimal may use: up to one node, then whole nodes, each dividing the
-    global batch."""
-    counts = list(range(1, gpus_per_node + 1)) + list(range(2 * gpus_per_node, global_batch + 1, gpus_per_node))
+    """GPU counts policy minimal may use: up to one node, then whole nodes up to the most GPUs a
+    spec may name, each dividing the global batch."""
+    most = min(global_batch, MAX_GPUS)
+    counts = list(range(1, gpus_per_node + 1)) + list(range(2 * gpus_per_node, most + 1, gpus_per_node))
     return [n for n in counts if global_batch % n == 0]
 
 
@@ -347,10 +377,12 @@ def _recipe_layout(context: _Context) -> _Layout:
     notes.insert(0, f"recipe: InternVL's {recipe.script}")
     _, per_device, accumulation = context.split(gpus, recipe.per_device_batch_size)
     if per_device != recipe.per_device_batch_size:
-        notes.append(
-            f"{per_device} per device instead of the recipe's {recipe.per_device_batch_size}, so that "
+        why = (
             f"{context.global_batch_size} splits over {gpus} GPUs"
+            if per_device < recipe.per_device_batch_size
+            else f"the accumulation stays within {MAX_ACCUMULATION} steps"
         )
+        notes.append(f"{per_device} per device instead of the recipe's {recipe.per_device_batch_size}, so that {why}")
     memory = context.estimate(gpus, variant, per_device)
     if not context.host_fits(gpus, offload):
         notes.append(
@@ -386,7 +418,11 @@ def _minimal_layout(context: _Context) -> _Layout:
                     continue
                 variant = variant_for(stage, offload, total_params)
                 share = context.global_batch_size // gpus
-                for per_device in sorted(_divisors(share), reverse=True):
+                choices = context.per_device_batches(gpus)
+                # The estimate grows with the per-device batch: when the smallest does not fit, none does.
+                if context.estimate(gpus, variant, choices[0]).total_gib > context.budget:
+                    continue
+                for per_device in reversed(choices):
                     memory = context.estimate(gpus, variant, per_device)
                     if memory.total_gib <= context.budget:
                         context.notes.insert(
@@ -404,7 +440,8 @@ def _minimal_layout(context: _Context) -> _Layout:
     stage = stages[-1]
     offload = offloads[-1] and stage == 3
     variant = variant_for(stage, offload, total_params)
-    memory = context.estimate(gpus, variant, 1)
+    per_device = context.per_device_batches(gpus)[0]
+    memory = context.estimate(gpus, variant, per_device)
     floor = sum(part.gib for part in memory.parts if part.name in _PER_GPU_FLOOR)
     if fixed_gpus is not None:
         why_gpus = f"the {gpus} GPUs the spec sets"
@@ -423,11 +460,11 @@ def _minimal_layout(context: _Context) -> _Layout:
         reason = (
             f"nothing fits the {context.budget:.1f} GiB budget ({GPU_BUDGET_FRACTION:.0%} of "
             f"{context.gpu_memory_gib:g} GiB): the smallest estimate is {memory.total_gib:.1f} GiB, with {why_gpus}, "
-            f"{setup} and 1 sample of {context.max_seq_length} tokens per GPU; {floor:.1f} GiB of it does not "
-            f"shrink with more GPUs ({_describe(memory)} GiB). Lower data.maxSeqLength or data.maxTiles, "
-            f"or use GPUs with more memory"
+            f"{setup} and {per_device} {'sample' if per_device == 1 else 'samples'} of {context.max_seq_length} tokens "
+            f"per GPU; {floor:.1f} GiB of it does not shrink with more GPUs ({_describe(memory)} GiB). Lower "
+            f"data.maxSeqLength or data.maxTiles, or use GPUs with more memory"
         )
         if host:
             context.notes.append(host)
     context.notes.insert(0, reason)
-    return gpus, variant, 1, context.global_batch_size // gpus, memory, "nothing-fits"
+    return gpus, variant, per_device, context.global_batch_size // gpus // per_device, memory, "nothing-fits"

@@ -19,7 +19,7 @@ def train_config(resource: InternVLFinetune, plan: Plan, settings: OperatorSetti
     spec = resource.spec
     storage = spec.storage.model_dump(exclude={"credentials_secret"})
     storage["endpoint"] = storage["endpoint"] or settings.default_storage_endpoint
-    uid = (resource.metadata.model_extra or {}).get("uid") or OFFLINE_UID
+    uid = resource.metadata.uid or OFFLINE_UID
     return TrainConfig(
         run=RunConfig(name=resource.metadata.name, uid=uid),
         model=spec.model,

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from internvl_operator.api import Label, Quantity
+from internvl_operator.api import InternVLFinetuneSpec, Label, Quantity
 
 
 def _project_version() -> str:
@@ -64,3 +64,20 @@ class OperatorSettings(BaseSettings):
 
     launcher_memory: Quantity = "2Gi"
     """Memory request of an MPIJob's launcher pod."""
+
+    allow_host_network: bool = False
+    """Honour spec.pod.hostNetwork: the pods of such an object share their node's network
+    namespace, a node-level privilege the "restricted" Pod Security Standard forbids. Off, such an
+    object is refused (Valid=False, reason HostNetworkNotAllowed)."""
+
+    def privilege_refusal(self, spec: InternVLFinetuneSpec) -> tuple[str, str] | None:
+        """Why this installation refuses a spec for a privilege it does not grant, as a condition's
+        (reason, message); None when it grants every one the spec asks for."""
+        if spec.pod.host_network and not self.allow_host_network:
+            return (
+                "HostNetworkNotAllowed",
+                "spec.pod.hostNetwork: this installation does not let pods share their node's network namespace; "
+                "remove the field, or ask the cluster administrator to enable it (operator setting "
+                "INTERNVL_OPERATOR_ALLOW_HOST_NETWORK, chart value settings.allowHostNetwork)",
+            )
+        return None

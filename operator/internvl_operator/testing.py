@@ -4,8 +4,10 @@ and a client for the emulator's URL."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import kmock
 from kubernetes import client as k8s
 
 from internvl_operator.cluster import Cluster
@@ -27,12 +29,24 @@ RESOURCES = {
 
 
 def serve(emulator: Any, resources: dict[str, str] = RESOURCES) -> None:
-    """Make ``resources`` servable on a kmock emulator: kind, scope, every verb, a status subresource."""
+    """Make ``resources`` servable on a kmock emulator: kind, scope, every verb, a status
+    subresource; and give every object created a uid, as an API server does."""
     for resource, kind in resources.items():
         info = emulator.resources[resource]
         info.kind, info.namespaced = kind, kind != "Namespace"
         info.verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
         info.subresources = {"status"}
+
+    def assign_uid(request: Any) -> Any:
+        metadata = request.data.get("metadata") or {}
+        stored = emulator.objects[
+            request.resource, request.namespace or metadata.get("namespace"), metadata.get("name")
+        ]
+        if not stored.get("metadata", {}).get("uid"):
+            stored.patch({"metadata": {"uid": str(uuid.uuid4())}})
+        raise NotImplementedError  # not an answer: the request is served as usual
+
+    emulator["post", kmock.action.CREATE] << assign_uid
 
 
 def client_for(url: str) -> Cluster:

@@ -201,7 +201,12 @@ def test_the_readme_fine_tunes_the_example(walkthrough: Walkthrough, tmp_path):
         subresource="status",
     )
     walkthrough.run(WAIT)
-    walkthrough.run(OUTPUT)
+    # Set by the operator from spec.output once the job succeeded (docs/contract.md §4).
+    output = json.loads(walkthrough.run(OUTPUT).stdout)
+    assert output == {
+        "modelUri": "s3://models/finetuned/charts-lora/model",
+        "manifestUri": "s3://models/finetuned/charts-lora/manifest.json",
+    }
 
 
 def _port_free(port: int) -> bool:

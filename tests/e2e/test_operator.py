@@ -1,11 +1,16 @@
 """The operator on a real cluster: children and owner references, conditions, pod-level causes or
-a played training operator, `kubectl wait`, and garbage collection on delete."""
+a played training operator, `kubectl wait`, the output, and garbage collection on delete; a child
+the API server refuses and a name taken by someone else shown in the status with an event; a
+status forged as the trainer could forge it, reverted."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from internvl_operator.cluster import ApiError
+from internvl_operator.record import RECORD_ANNOTATION
 from tests.e2e.conftest import E2ECluster, example, job_succeeded
 
 pytestmark = pytest.mark.e2e
@@ -18,8 +23,23 @@ def conditions_of(e2e: E2ECluster, name: str) -> dict[str, dict]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-def condition_is(e2e: E2ECluster, name: str, type_: str, status: str = "True") -> bool:
-    return conditions_of(e2e, name).get(type_, {}).get("status") == status
+def condition_is(e2e: E2ECluster, name: str, type_: str, status: str = "True", reason: str | None = None) -> bool:
+    condition = conditions_of(e2e, name).get(type_, {})
+    return condition.get("status") == status and reason in (None, condition.get("reason"))
+
+
+def event_of(e2e: E2ECluster, name: str, reason: str) -> dict | None:
+    """An event about the object with this reason, if one was posted."""
+    for event in e2e.client.list("v1", "Event", e2e.namespace, {}):
+        if event["involvedObject"].get("name") == name and event.get("reason") == reason:
+            return event
+    return None
+
+
+def named(example_file: str, e2e: E2ECluster, name: str) -> dict:
+    obj = example(example_file, e2e.namespace)
+    obj["metadata"]["name"] = name
+    return obj
 
 
 def test_a_lora_run_from_apply_to_delete(e2e: E2ECluster):
@@ -41,6 +61,13 @@ def test_a_lora_run_from_apply_to_delete(e2e: E2ECluster):
         )
         waited = e2e.kubectl("wait", "--for=condition=Succeeded", "internvlfinetune/charts-lora", "--timeout=120s")
         assert waited.returncode == 0, waited.stderr
+        finished = e2e.client.get(FINETUNE, "InternVLFinetune", e2e.namespace, "charts-lora")
+        assert finished["status"]["output"] == {
+            "modelUri": "s3://models/finetuned/charts-lora/model",
+            "manifestUri": "s3://models/finetuned/charts-lora/manifest.json",
+        }
+        record = json.loads(finished["metadata"]["annotations"][RECORD_ANNOTATION])
+        assert record["job"]["uid"] == job["metadata"]["uid"] and record["result"]["type"] == "Succeeded"
     else:
         # A real training operator creates pods that ask for GPUs this cluster may not have: the
         # reason then shows on the object, not only on the pods.
@@ -80,3 +107,72 @@ def test_immutable_fields_cannot_change(e2e: E2ECluster):
     assert "model is immutable" in str(refused.value)
     e2e.client.patch(FINETUNE, "InternVLFinetune", e2e.namespace, "memes-lora-2b", {"spec": {"suspend": True}})
     e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "memes-lora-2b")
+
+
+def test_a_taken_child_name_is_a_conflict_and_nothing_is_adopted(e2e: E2ECluster):
+    planted = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "planted-a1-train", "namespace": e2e.namespace},
+        "data": {"train.yaml": "output: {uri: s3://someone-else/}"},
+    }
+    e2e.client.create(planted)
+    e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "planted"))
+    e2e.wait_for(lambda: condition_is(e2e, "planted", "JobCreated", "False", "NameConflict"), "NameConflict")
+    message = conditions_of(e2e, "planted")["JobCreated"]["message"]
+    assert message.startswith("ConfigMap planted-a1-train exists and is not owned by this InternVLFinetune")
+    e2e.wait_for(lambda: event_of(e2e, "planted", "NameConflict"), "a NameConflict event")
+    assert e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "planted-a1") is None
+    kept = e2e.client.get("v1", "ConfigMap", e2e.namespace, "planted-a1-train")
+    assert kept["data"] == planted["data"] and not kept["metadata"].get("ownerReferences")
+    e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "planted")
+    e2e.client.delete("v1", "ConfigMap", e2e.namespace, "planted-a1-train")
+
+
+def test_a_child_the_api_server_refuses_shows_in_the_status(e2e: E2ECluster):
+    # A quota of no PyTorchJobs: the API server's ResourceQuota admission refuses the job (403).
+    quota = e2e.kubectl("create", "quota", "no-pytorchjobs", "--hard=count/pytorchjobs.kubeflow.org=0")
+    assert quota.returncode == 0, quota.stderr
+    try:
+        e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "refused-job"))
+        e2e.wait_for(lambda: condition_is(e2e, "refused-job", "JobCreated", "False", "CreateRefused"), "refusal")
+        message = conditions_of(e2e, "refused-job")["JobCreated"]["message"]
+        assert message.startswith("the API server refused PyTorchJob refused-job-a1 (HTTP 403): ")
+        assert "no-pytorchjobs" in message
+        e2e.wait_for(lambda: event_of(e2e, "refused-job", "CreateRefused"), "a CreateRefused event")
+        assert e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "refused-job-a1") is None
+    finally:
+        e2e.kubectl("delete", "quota", "no-pytorchjobs")
+        e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "refused-job")
+
+
+def test_a_status_forged_as_the_trainer_could_is_reverted(e2e: E2ECluster):
+    e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "forged"))
+    e2e.wait_for(lambda: condition_is(e2e, "forged", "JobCreated"), "JobCreated")
+    forged = {
+        "conditions": [
+            {
+                "type": "Succeeded",
+                "status": "True",
+                "reason": "JobSucceeded",
+                "message": "forged",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+        "attempt": 5,
+        "output": {"modelUri": "s3://someone-else/model"},
+        "progress": {"step": 3, "totalSteps": 10},
+    }
+    # What the trainer's Role allows: a merge patch of the status subresource.
+    e2e.client.patch(FINETUNE, "InternVLFinetune", e2e.namespace, "forged", {"status": forged}, subresource="status")
+
+    def reverted() -> dict | None:
+        status = e2e.client.get(FINETUNE, "InternVLFinetune", e2e.namespace, "forged")["status"]
+        types = {c["type"]: c["status"] for c in status["conditions"]}
+        honest = types.get("Succeeded") == "Unknown" and types.get("JobCreated") == "True"
+        return status if honest and status.get("attempt") == 1 and "output" not in status else None
+
+    status = e2e.wait_for(reverted, "the forged status reverted")
+    assert status["progress"]["step"] == 3, "progress is the trainer's"
+    assert e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "forged-a5") is None
+    e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "forged")

@@ -22,26 +22,23 @@ import sys
 
 from pydantic import ValidationError
 
-from internvl_trainer.config import MODEL_NAMES, TrainConfig
+from internvl_trainer.config import MODEL_NAMES, TrainConfig, load_train_config
 from internvl_trainer.problems import (
     EXIT_FAILED,
     EXIT_OK,
     BadInput,
     Problem,
     dumps_json,
-    load_yaml_documents,
     problems_from,
+    read_text,
     run_command,
 )
 
 
 def read_config(source: str) -> TrainConfig:
     """The TrainConfig in a YAML file. Raises BadInput naming every problem."""
-    documents = load_yaml_documents(source)
-    if len(documents) != 1:
-        raise BadInput([Problem(source, f"expected one YAML document, found {len(documents)}")])
     try:
-        return TrainConfig.model_validate(documents[0])
+        return load_train_config(read_text(source), source)
     except ValidationError as error:
         raise BadInput(problems_from(error)) from error
 

@@ -19,24 +19,35 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from internvl_trainer.problems import described_pattern
+from internvl_trainer.problems import BadInput, Problem, described_pattern, parse_yaml_documents
 
 API_GROUP = "internvl.dev"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 # Every string and list carries a bound: Kubernetes estimates the cost of CEL rules from them.
+# Patterns spell character classes out in ASCII: the API server matches them with Go's regexp, whose
+# \s, \d and \w are ASCII only, pydantic with Rust's, whose are Unicode. NOT_SPACE is Go's [^\s].
+NOT_SPACE = r"[^\t\n\f\r ]"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 Uri = Annotated[
     str,
     StringConstraints(
         max_length=1024,
         pattern=described_pattern(
-            r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*|/[^\s]*)$",
+            rf"^(s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](/{NOT_SPACE}*)?|file:///{NOT_SPACE}*|/{NOT_SPACE}*)$",
             "an s3://bucket/key URI (bucket names have 3 to 63 characters) or an absolute path",
         ),
     ),
@@ -65,13 +76,36 @@ MODEL_NAMES = (
 ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
 
 
+JSON_INTEGER_MAX = 2**53 - 1
+
+
+def json_integer(value: Any) -> Any:
+    """JSON has one kind of number: the API server takes 8.0 for an integer field (and kubectl
+    sends YAML's 8.0 as 8), but neither a boolean nor a string."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    if isinstance(value, float) and value.is_integer() and abs(value) <= JSON_INTEGER_MAX:
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(json_integer)]
+"""An integer field: an int, or a float without a fraction."""
+OptionalInt = Annotated[int | None, BeforeValidator(json_integer)]
+"""An optional integer field. (Bounds given to ``Int | None`` would not reach the JSON schema.)"""
+
+
 class Section(BaseModel):
-    """Base of every config section: camelCase on the wire, unknown keys refused."""
+    """Base of every config section: camelCase on the wire, unknown keys refused, and types
+    strict as the API server's are: no string for a number or a boolean, no boolean for a number,
+    and no NaN or infinity (JSON has none). A number field takes an integer."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
         use_attribute_docstrings=True,
         validate_default=True,
     )
@@ -109,10 +143,10 @@ class ModelConfig(Section):
 class LoraConfig(Section):
     """LoRA adapter settings (method lora only)."""
 
-    rank: int = Field(16, ge=1, le=1024)
+    rank: Int = Field(16, ge=1, le=1024)
     """LoRA rank r."""
 
-    alpha: int = Field(32, ge=1, le=4096)
+    alpha: Int = Field(32, ge=1, le=4096)
     """LoRA scaling alpha; InternVL uses 2 x rank."""
 
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -170,7 +204,7 @@ class MethodConfig(Section):
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     """Freeze flags; unset ones follow the method's recipe."""
 
-    unfreeze_vision_layers: int = Field(0, ge=0, le=128)
+    unfreeze_vision_layers: Int = Field(0, ge=0, le=128)
     """Train the last N layers of the vision tower even when the tower is frozen."""
 
     drop_path_rate: float | None = Field(None, ge=0.0, le=1.0)
@@ -203,6 +237,19 @@ class MethodConfig(Section):
 class VideoConfig(Section):
     """How frames are taken from videos."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.minFrames) || !has(self.maxFrames) || self.minFrames <= self.maxFrames",
+                    "message": "minFrames must not exceed maxFrames",
+                    "fieldPath": ".minFrames",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    )
+
     sampling: Annotated[
         str,
         StringConstraints(
@@ -215,10 +262,10 @@ class VideoConfig(Section):
     """Frame sampling: rand (a random frame in each of N equal segments), middle (the middle frame
     of each segment), or fpsN such as fps1 or fps0.5 (N frames per second, clamped to the limits)."""
 
-    min_frames: int = Field(8, ge=1, le=512)
+    min_frames: Int = Field(8, ge=1, le=512)
     """Fewest frames taken from a video."""
 
-    max_frames: int = Field(32, ge=1, le=512)
+    max_frames: Int = Field(32, ge=1, le=512)
     """Most frames taken from a video."""
 
     frame_label: Annotated[str, StringConstraints(max_length=64)] = "Frame{i}: "
@@ -239,14 +286,14 @@ class DataConfig(Section):
     """The InternVL meta.json (or meta.yaml) that lists the datasets: their root, annotation
     JSONL, repeat_time and data_augment."""
 
-    max_seq_length: int | None = Field(None, ge=128, le=1048576)
+    max_seq_length: OptionalInt = Field(None, ge=128, le=1048576)
     """Longest token sequence. Unset: the recipe's (8192 for InternVL 2.5, 16384 for InternVL3)."""
 
-    max_tiles: int | None = Field(None, ge=1, le=64)
+    max_tiles: OptionalInt = Field(None, ge=1, le=64)
     """Most 448-pixel tiles per image (max_dynamic_patch). Unset: the recipe's (6 for InternVL 2.5,
     12 for InternVL3). A dataset in meta.json may override it."""
 
-    min_tiles: int = Field(1, ge=1, le=64)
+    min_tiles: Int = Field(1, ge=1, le=64)
     """Fewest tiles per image (min_dynamic_patch)."""
 
     packing: bool = True
@@ -268,7 +315,7 @@ class DataConfig(Section):
     eval_split: float = Field(0.0, ge=0.0, le=0.5)
     """Fraction of samples held out for evaluation (chosen with the seed)."""
 
-    workers: int = Field(4, ge=0, le=64)
+    workers: Int = Field(4, ge=0, le=64)
     """Data-loader worker processes per GPU."""
 
 
@@ -282,10 +329,10 @@ class TrainingConfig(Section):
     epochs: float = Field(1.0, gt=0.0, le=1000.0)
     """Passes over the data; ignored when maxSteps is set."""
 
-    max_steps: int | None = Field(None, ge=1, le=100000000)
+    max_steps: OptionalInt = Field(None, ge=1, le=100000000)
     """Optimizer steps to run; overrides epochs."""
 
-    global_batch_size: int | None = Field(None, ge=1, le=1048576)
+    global_batch_size: OptionalInt = Field(None, ge=1, le=1048576)
     """Samples per optimizer step over all GPUs. Unset: the recipe's (128 full, 16 LoRA)."""
 
     learning_rate: float | None = Field(None, gt=0.0, le=1.0)
@@ -311,19 +358,19 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
 
-    save_steps: int = Field(200, ge=1, le=10000000)
+    save_steps: Int = Field(200, ge=1, le=10000000)
     """Write a checkpoint every N optimizer steps."""
 
-    eval_steps: int | None = Field(None, ge=1, le=10000000)
+    eval_steps: OptionalInt = Field(None, ge=1, le=10000000)
     """Evaluate on the held-out split every N steps; unset evaluates once at the end."""
 
-    checkpoints_kept: int = Field(2, ge=1, le=100)
+    checkpoints_kept: Int = Field(2, ge=1, le=100)
     """How many of the newest complete checkpoints are kept."""
 
-    logging_steps: int = Field(1, ge=1, le=100000)
+    logging_steps: Int = Field(1, ge=1, le=100000)
     """Log metrics every N steps."""
 
-    seed: int = Field(42, ge=0, le=2147483647)
+    seed: Int = Field(42, ge=0, le=2147483647)
     """Seed for sampling, shuffling, the eval split and initialisation."""
 
 
@@ -339,12 +386,18 @@ class StorageConfig(Section):
         Annotated[
             str,
             StringConstraints(
-                max_length=512, pattern=described_pattern(r"^https?://[^\s]+$", "an http:// or https:// URL")
+                max_length=512,
+                pattern=described_pattern(
+                    rf"^https?://[^/?#@\t\n\f\r ]+([/?#]{NOT_SPACE}*)?$",
+                    "an http:// or https:// URL without credentials (user:password@): they come from the Secret",
+                ),
             ),
         ]
         | None
     ) = None
-    """Endpoint URL of an S3-compatible server (MinIO, SeaweedFS, Ceph); unset uses AWS S3."""
+    """Endpoint URL of an S3-compatible server (MinIO, SeaweedFS, Ceph); unset uses AWS S3. It
+    may not carry credentials (user:password@host): they come from the environment (the
+    credentials Secret) only."""
 
     region: Annotated[
         str,
@@ -410,13 +463,13 @@ class OutputLayout(BaseModel):
 class BatchLayout(Section):
     """How the global batch is split; global = perDevice x accumulation x world size."""
 
-    per_device_batch_size: int = Field(ge=1, le=4096)
+    per_device_batch_size: Int = Field(ge=1, le=4096)
     """Samples (or packed sequences) per GPU per micro-step."""
 
-    gradient_accumulation_steps: int = Field(ge=1, le=65536)
+    gradient_accumulation_steps: Int = Field(ge=1, le=65536)
     """Micro-steps per optimizer step."""
 
-    world_size: int = Field(1, ge=1, le=65536)
+    world_size: Int = Field(1, ge=1, le=65536)
     """Training processes over all nodes; the launcher's WORLD_SIZE must agree."""
 
 
@@ -524,9 +577,14 @@ class TrainConfig(Section):
         return OutputLayout.under(self.output.uri, self.run.uid)
 
 
-def load_train_config(text: str) -> TrainConfig:
-    """Parse and validate train.yaml text. Raises pydantic.ValidationError on bad content."""
-    return TrainConfig.model_validate(yaml.safe_load(text) or {})
+def load_train_config(text: str, source: str = "train.yaml") -> TrainConfig:
+    """Parse and validate train.yaml text, read as kubectl reads YAML. Raises BadInput naming
+    ``source`` and the line of YAML that cannot be read, or when it is not one document;
+    pydantic.ValidationError on bad content."""
+    documents = parse_yaml_documents(text, source)
+    if len(documents) != 1:
+        raise BadInput([Problem(source, f"expected one YAML document, found {len(documents)}")])
+    return TrainConfig.model_validate(documents[0])
 
 
 def dump_train_config(config: TrainConfig) -> str:

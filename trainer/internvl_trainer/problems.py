@@ -3,25 +3,33 @@
 A problem names where it is (a dotted field path such as ``spec.method.lora.rank``, or a file
 and line) and why. Every CLI of the project prints problems one per line as ``where: why`` (or
 as JSON with ``--output json``) and exits with ``EXIT_BAD_INPUT``; a run that fails for any
-other reason exits with ``EXIT_FAILED``. This module imports no torch.
+other reason exits with ``EXIT_FAILED``, saying why in one line (``INTERNVL_DEBUG=1`` shows the
+traceback). Every YAML file is read here, as Kubernetes reads YAML (``kube_yaml``). This module
+imports no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import reprlib
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
+
+from internvl_trainer.kube_yaml import YamlError, load_all
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+DEBUG_ENV = "INTERNVL_DEBUG"
+"""Set (to anything) in the environment, a CLI lets an unexpected error through with its traceback."""
 
 
 _PATTERN_MEANINGS: dict[str, str] = {}
@@ -56,14 +64,20 @@ def field_path(location: Sequence[str | int]) -> str:
     return path
 
 
+# Inputs quoted in a message are cut short: an input may be megabytes long or nested deeper than
+# the interpreter can print.
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 80
+
+
 def _reason(error: dict) -> str:
     message = error["msg"]
     if error["type"] == "value_error":
         message = message.removeprefix("Value error, ")
     elif error["type"] == "literal_error" or error["type"] == "enum":
-        message = f"{message}, got {error['input']!r}"
+        message = f"{message}, got {_BRIEF.repr(error['input'])}"
     elif error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] in _PATTERN_MEANINGS:
-        message = f"must be {_PATTERN_MEANINGS[error['ctx']['pattern']]}, got {error['input']!r}"
+        message = f"must be {_PATTERN_MEANINGS[error['ctx']['pattern']]}, got {_BRIEF.repr(error['input'])}"
     elif error["type"] == "extra_forbidden":
         message = "unknown field"
     elif error["type"] == "missing":
@@ -87,23 +101,33 @@ class BadInput(Exception):
 
 def read_text(source: str) -> str:
     """The text of a file (``-`` for standard input). Raises BadInput naming a file that cannot
-    be read."""
+    be read or is not UTF-8 text."""
     try:
-        return sys.stdin.read() if source == "-" else Path(source).read_text()
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as error:
         raise BadInput([Problem(source, error.strerror or str(error))]) from error
+    return decode_text(data, source)
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """``data`` as UTF-8 text, a leading byte order mark dropped. Raises BadInput naming the line
+    of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = error.object.count(b"\n", 0, error.start) + 1
+        byte = error.object[error.start]
+        raise BadInput([Problem(f"{source}:{line}", f"not UTF-8 text (byte 0x{byte:02x})")]) from None
 
 
 def parse_yaml_documents(text: str, source: str) -> list[Any]:
-    """The YAML documents in ``text``. Raises BadInput naming ``source``, line and column of a
-    syntax error."""
+    """The YAML documents in ``text`` as JSON values, read as kubectl reads them (empty documents
+    left out). Raises BadInput naming ``source``, line and column of what cannot be read."""
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        reason = getattr(error, "problem", None) or str(error)
-        raise BadInput([Problem(where, f"invalid YAML: {reason}")]) from error
+        return [document for document in load_all(text) if document is not None]
+    except YamlError as error:
+        where = ":".join(str(part) for part in (source, error.line, error.column) if part is not None)
+        raise BadInput([Problem(where, f"invalid YAML: {error.reason}")]) from None
 
 
 def load_yaml_documents(source: str) -> list[Any]:
@@ -125,7 +149,9 @@ def dumps_json(document: Any) -> str:
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Run the subcommand that ``argv`` names (its ``handler`` default) and report bad input the
-    way every CLI of the project does: on standard error, or as JSON with ``--output json``."""
+    way every CLI of the project does: on standard error, or as JSON with ``--output json``. Any
+    other error is one line ``error: ...`` on standard error and exit 1, never a traceback unless
+    ``INTERNVL_DEBUG`` is set."""
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
@@ -135,3 +161,11 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         else:
             sys.stderr.write(render_text(error.problems))
         return EXIT_BAD_INPUT
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        what = " ".join(f"{type(error).__name__}: {error}".split())  # one line, however long the message
+        if len(what) > 500:
+            what = what[:500] + "..."
+        sys.stderr.write(f"error: {what} ({DEBUG_ENV}=1 shows the traceback)\n")
+        return EXIT_FAILED

@@ -50,7 +50,7 @@ The operator's permissions, exactly OPERATOR_PERMISSIONS of operator/internvl_op
 {{- define "internvl-operator.rules" -}}
 - apiGroups: ["internvl.dev"]
   resources: ["internvlfinetunes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["internvl.dev"]
   resources: ["internvlfinetunes/status"]
   verbs: ["get", "patch"]

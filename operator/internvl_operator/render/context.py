@@ -16,6 +16,12 @@ MANAGED_BY = "internvl-operator"
 UID_LABEL = "internvl.dev/uid"
 ATTEMPT_LABEL = "internvl.dev/attempt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# On every child: a digest of what the operator set on it (render.content). On the job: a hash of
+# the spec it was made from, and what spec.suspend was when the operator last wrote the job's
+# runPolicy.suspend (the one annotation the operator changes after creating a child).
+CONTENT_HASH_ANNOTATION = "internvl.dev/content-hash"
+SPEC_HASH_ANNOTATION = "internvl.dev/spec-hash"
+SUSPEND_ANNOTATION = "internvl.dev/spec-suspend"
 TRAIN_CONFIG_DIR = "/etc/internvl"
 TRAIN_CONFIG_KEY = "train.yaml"
 TRAIN_CONFIG_PATH = f"{TRAIN_CONFIG_DIR}/{TRAIN_CONFIG_KEY}"

@@ -21,11 +21,22 @@ KIND = "MPIJob"
 HOSTFILE = "/etc/mpi/hostfile"
 
 
+def rendezvous(context: RenderContext) -> dict[str, str]:
+    """What the operator sets for torch.distributed's rendezvous: the first worker's address and
+    the installation's port."""
+    job = context.job_name
+    return {"MASTER_ADDR": f"{job}-worker-0.{job}", "MASTER_PORT": str(context.settings.master_port)}
+
+
 def launcher_command(context: RenderContext, env: list[dict[str, Any]]) -> list[str]:
     """mpirun with one slot per GPU. Processes started over SSH do not see the worker pod's
     environment, so mpirun forwards the launcher's variables by name (``-x NAME``: values such
-    as credentials never appear on the command line)."""
-    job = context.job_name
+    as credentials never appear on the command line).
+
+    The rendezvous variables are the operator's, whatever ``env`` holds: a variable of the same
+    name is not forwarded, and the operator's ``-x NAME=VALUE`` come last, since OpenMPI applies
+    repeated ``-x`` in order, each overwriting the one before."""
+    operator_values = rendezvous(context)
     command = [
         "mpirun",
         "--hostfile",
@@ -36,13 +47,12 @@ def launcher_command(context: RenderContext, env: list[dict[str, Any]]) -> list[
         str(context.plan.gpus_per_node),
         "--bind-to",
         "none",
-        "-x",
-        f"MASTER_ADDR={job}-worker-0.{job}",
-        "-x",
-        f"MASTER_PORT={context.settings.master_port}",
     ]
     for variable in env:
-        command += ["-x", variable["name"]]
+        if variable["name"] not in operator_values:
+            command += ["-x", variable["name"]]
+    for name, value in operator_values.items():
+        command += ["-x", f"{name}={value}"]
     return [*command, "internvl-train", "run", "--config", TRAIN_CONFIG_PATH]
 
 

@@ -1,5 +1,6 @@
 """The operator end to end against an emulated API server: kopf runs the real handlers, the test
-plays the user and the training operator.
+plays the user, the training operator, the trainer and, where it is needed, a refusing API server
+or someone planting objects.
 
 The emulator (kmock) stores objects and serves watches but has no schema validation, garbage
 collection, generation counting or controllers: the test patches job status itself, as the
@@ -10,6 +11,7 @@ would.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,11 +20,17 @@ from typing import Any
 import kmock
 import kopf
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
+from internvl_operator.api import InternVLFinetune
 from internvl_operator.cluster import Cluster
 from internvl_operator.handlers import REGISTRY as HANDLERS
 from internvl_operator.permissions import OPERATOR_PERMISSIONS
+from internvl_operator.planner import plan
+from internvl_operator.record import RECORD_ANNOTATION
+from internvl_operator.render import render
+from internvl_operator.resolve import render_context
 from internvl_operator.settings import OperatorSettings
 from internvl_operator.testing import RESOURCES, client_for, serve
 from tests.conftest import load_example
@@ -31,6 +39,7 @@ NAMESPACE = "default"
 FINETUNE = "internvl.dev/v1alpha1"
 PYTORCHJOB = "kubeflow.org/v1"
 TIMEOUT = 15.0
+SETTINGS = OperatorSettings(trainer_image="registry.local/trainer:test")
 
 
 @dataclass
@@ -96,6 +105,37 @@ class Harness:
             subresource="status",
         )
 
+    async def event(self, name: str, type_: str, reason: str, message: str | None = None) -> None:
+        """Wait for the operator to post an event about an object (kopf posts them in the
+        background; the emulator keeps only the first of a namespace, so its requests are read)."""
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while asyncio.get_running_loop().time() < deadline:
+            for request in list(self.emulator["post", kmock.resource("", "v1", "events")]):
+                event = request.data
+                if (event["involvedObject"]["name"], event["type"], event["reason"]) == (name, type_, reason):
+                    if message in (None, event["message"]):
+                        return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for the event {type_} {reason} about {name}")
+
+    def refuse(self, resource: tuple[str, str, str], code: int, message: str, times: int | None = None) -> list:
+        """Make the emulator answer creates of ``resource`` (group, version, plural) with ``code``
+        and a Status, the first ``times`` ones or all, without keeping the object (kmock stores
+        what is posted whatever the answer). Returns the list of the names refused."""
+        refused: list[str] = []
+
+        def answer(request: Any) -> Any:
+            if times is not None and len(refused) >= times:
+                raise NotImplementedError  # not an answer: served as usual
+            name = request.data["metadata"]["name"]
+            self.emulator.objects[request.resource, request.namespace, name].delete()
+            refused.append(name)
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code}
+            return kmock.Response(status=code, payload=status)
+
+        self.emulator["post", kmock.resource(*resource)] << answer
+        return refused
+
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Any]:
@@ -116,8 +156,9 @@ async def start_operator(url: str, cluster: Cluster) -> RunningOperator:
     memo = kopf.Memo(
         connection=kopf.ConnectionInfo(server=url),
         cluster=cluster,
-        operator_settings=OperatorSettings(trainer_image="registry.local/trainer:test"),
+        operator_settings=SETTINGS,
         server_timeout=10,
+        retry_base_seconds=0.1,
     )
     operator = kopf.operator(
         registry=HANDLERS, namespaces=[NAMESPACE], standalone=True, memo=memo, stop_flag=stop, ready_flag=ready
@@ -315,3 +356,104 @@ async def test_every_api_call_is_within_the_declared_permissions(harness):
         ("patch", "internvl.dev", "internvlfinetunes/status"),
         ("list", "", "pods"),
     } <= used
+
+
+def rendered(obj: dict, attempt: int = 1) -> list[dict]:
+    """The children the operator renders for an object."""
+    resource = InternVLFinetune.model_validate(obj)
+    return render(render_context(resource, plan(resource.spec), attempt, SETTINGS))
+
+
+async def test_a_refused_job_is_reported_and_not_retried(harness):
+    message = 'PyTorchJob.kubeflow.org "charts-lora-a1" is invalid: spec.pytorchReplicaSpecs.Master: Invalid value'
+    refused = harness.refuse(("kubeflow.org", "v1", "pytorchjobs"), 422, message)
+    await harness.call(harness.user.create, finetune())
+    obj = await harness.condition("charts-lora", "JobCreated", "False", "CreateRefused")
+    [created] = [c for c in obj["status"]["conditions"] if c["type"] == "JobCreated"]
+    assert created["message"].startswith(f"the API server refused PyTorchJob charts-lora-a1 (HTTP 422): {message}")
+    assert obj["status"]["phase"] == "Pending"
+    await harness.event("charts-lora", "Warning", "CreateRefused", created["message"])
+    assert await harness.get("v1", "ConfigMap", "charts-lora-a1-train") is not None, "the children before it exist"
+    assert await harness.get(PYTORCHJOB, "PyTorchJob", "charts-lora-a1") is None
+    assert refused == ["charts-lora-a1"], "a refusal is not retried while the spec stays the same"
+
+    await harness.change_spec("charts-lora", {"maxRestarts": 5})
+    await harness.wait_for(lambda: len(refused) == 2, "a new generation tried again")
+
+
+async def test_a_failed_create_is_retried_with_backoff(harness):
+    refused = harness.refuse(("kubeflow.org", "v1", "pytorchjobs"), 500, "etcdserver: request timed out", times=1)
+    await harness.call(harness.user.create, finetune())
+    await harness.wait_for(lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1"), "job")
+    obj = await harness.condition("charts-lora", "JobCreated")
+    assert refused == ["charts-lora-a1"]
+    assert obj["status"]["job"]["uid"], "the job created on the retry is recorded"
+    await harness.event("charts-lora", "Warning", "CreateFailed")
+
+
+async def test_a_planted_config_map_is_not_adopted(harness):
+    obj = finetune()
+    config_map = rendered(obj)[0]  # owner reference, labels and even the content hash of the real one
+    train = yaml.safe_load(config_map["data"]["train.yaml"])
+    train["output"]["uri"] = "s3://attacker/loot"
+    train["storage"]["endpoint"] = "http://attacker.example:9000"
+    config_map["data"]["train.yaml"] = yaml.safe_dump(train)
+    await harness.call(harness.user.create, config_map)
+    await harness.call(harness.user.create, obj)
+    found = await harness.condition("charts-lora", "JobCreated", "False", "NameConflict")
+    [conflict] = [c for c in found["status"]["conditions"] if c["type"] == "JobCreated"]
+    assert conflict["message"].startswith("ConfigMap charts-lora-a1-train exists with this InternVLFinetune as owner")
+    assert await harness.get(PYTORCHJOB, "PyTorchJob", "charts-lora-a1") is None, "nothing runs with it"
+    kept = await harness.get("v1", "ConfigMap", "charts-lora-a1-train")
+    assert "s3://attacker/loot" in kept["data"]["train.yaml"]
+    await harness.event("charts-lora", "Warning", "NameConflict", conflict["message"])
+
+
+async def test_children_of_an_earlier_run_of_the_operator_are_adopted(harness):
+    obj = finetune()
+    for child in rendered(obj)[:-1]:  # it stopped before creating the job
+        await harness.call(harness.user.create, child)
+    await harness.call(harness.user.create, obj)
+    found = await harness.condition("charts-lora", "JobCreated")
+    record = json.loads(found["metadata"]["annotations"][RECORD_ANNOTATION])
+    assert record["attempt"] == 1 and record["job"]["uid"] == found["status"]["job"]["uid"]
+    config_maps = await harness.call(harness.user.list, "v1", "ConfigMap", NAMESPACE, {})
+    assert [c["metadata"]["name"] for c in config_maps] == ["charts-lora-a1-train"]
+
+
+async def test_a_status_forged_by_the_trainer_is_reverted(harness):
+    await harness.call(harness.user.create, finetune())
+    honest = await harness.condition("charts-lora", "JobCreated")
+    forged = {
+        "conditions": [
+            {
+                "type": "Succeeded",
+                "status": "True",
+                "reason": "JobSucceeded",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+        "phase": "Succeeded",
+        "attempt": 5,
+        "output": {"modelUri": "s3://attacker/model"},
+        "progress": {"step": 3, "totalSteps": 10},
+    }
+    await harness.call(
+        harness.user.patch,
+        FINETUNE,
+        "InternVLFinetune",
+        NAMESPACE,
+        "charts-lora",
+        {"status": forged},
+        subresource="status",
+    )
+
+    def reverted():
+        status = (harness.user.get(FINETUNE, "InternVLFinetune", NAMESPACE, "charts-lora") or {})["status"]
+        types = {c["type"]: c["status"] for c in status["conditions"]}
+        return types.get("Succeeded") == "Unknown" and status.get("attempt") == 1 and "output" not in status and status
+
+    status = await harness.wait_for(reverted, "the forged status reverted")
+    assert status["phase"] == honest["status"]["phase"] and status["progress"]["step"] == 3
+    assert await harness.get(PYTORCHJOB, "PyTorchJob", "charts-lora-a5") is None

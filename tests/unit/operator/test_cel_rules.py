@@ -2,12 +2,16 @@
 
 import copy
 
-import cel
 import pytest
 
-from internvl_operator.api import IMMUTABLE_FIELDS
 from internvl_operator.crd import crd_schema
 from internvl_operator.validation import cel_problems, validate
+from tests.unit.operator.cel_cost import (
+    PER_CALL_LIMIT,
+    RUNTIME_CEL_COST_BUDGET,
+    crd_rule_costs,
+    estimate,
+)
 from tests.unit.operator.test_crd import walk
 
 
@@ -26,11 +30,75 @@ def cel_messages(obj, old=None) -> list[str]:
     return [str(p) for p in validate(obj, old)]
 
 
-def test_every_rule_compiles():
+def test_every_rule_is_costed_and_the_estimate_stays_within_the_runtime_budget():
+    # The API server refuses a CRD over its static limits (test_crd checks those); below them, an
+    # object can still be refused at runtime when one call costs more than PER_CALL_LIMIT or all
+    # rules together more than RUNTIME_CEL_COST_BUDGET. The estimated worst case (which, like
+    # Kubernetes', counts map keys as empty strings) stays under both.
     rules = [r["rule"] for _, node in walk(crd_schema()) for r in node.get("x-kubernetes-validations", [])]
-    assert len(rules) == len(IMMUTABLE_FIELDS) + 3
-    for rule in rules:
-        cel.compile(rule)
+    costs = crd_rule_costs(crd_schema())
+    assert sorted(c.rule for c in costs) == sorted(rules)
+    assert [c for c in costs if c.cost > PER_CALL_LIMIT] == []
+    assert sum(c.total for c in costs) <= RUNTIME_CEL_COST_BUDGET
+
+
+def array(items: dict, max_items: int | None = None) -> dict:
+    return {"type": "array", "items": items} | ({"maxItems": max_items} if max_items is not None else {})
+
+
+def mapping(values: dict, max_properties: int | None = None) -> dict:
+    bound = {"maxProperties": max_properties} if max_properties is not None else {}
+    return {"type": "object", "additionalProperties": values} | bound
+
+
+def string(max_length: int | None = None, **extra) -> dict:
+    return {"type": "string", **extra} | ({"maxLength": max_length} if max_length is not None else {})
+
+
+NUMBER = {"type": "number"}
+OBJECT = {"type": "object", "properties": {"required": string(), "optional": string()}, "required": ["required"]}
+
+
+# Expected costs from Kubernetes' own tests of the estimate (apiextensions-apiserver
+# pkg/apiserver/schema/cel/compilation_test.go, TestCostEstimation).
+@pytest.mark.parametrize(
+    ("node", "rule", "cost"),
+    [
+        (array(NUMBER), "self.all(x, true)", 4718591),
+        (array(NUMBER, 10), "self.all(x, true)", 32),
+        (array(string()), "self.all(x, true)", 3145727),
+        (array(OBJECT), "self.all(x, true)", 555128),
+        (mapping(NUMBER), "self.all(x, true)", 1348169),
+        (mapping(string(), 10), "self.all(x, x.contains(self[x]))", 72),
+        (string(), "self.contains('test')", 314574),
+        (string(10), "self.contains('test')", 5),
+        (string(), "self.startsWith('test')", 2),
+        (string(4), 'size(self + "hello") > size("hello")', 7),
+        (array(string()), "self[1] == self[1]", 314577),
+        (array(NUMBER, 10), "self.all(x, self.all(y, self.all(z, true)))", 3552),
+        (string(), 'self.matches("x")', 314574),
+        (string(50), 'self.matches("x")', 22),
+        (string(), '"".matches("(((((((((())))))))))[0-9]")', 7),
+        (string(0), 'self == "x"', 1),
+        (array(NUMBER, 3 * 1024 * 2048), "self.all(x, x == 0.0)", 25165826),
+        (array(mapping(OBJECT)), 'self.all(x, x["y"].required == "z")', 7340027),
+        (array({"x-kubernetes-int-or-string": True}), "self[0] == 5", 3),
+        (array(mapping(NUMBER), 12), "self.all(x, x.y == 25.2)", 74),
+        (array(string(format="date-time")), "self.all(x, true)", 428963),
+        (mapping(string(format="duration")), "self.all(x, true)", 1048577),
+        (mapping({"type": "integer"}), "oldSelf.size() == self.size()", 5),
+        (mapping(string(format="date-time"), 7), 'self["a"] == self["b"]', 8),
+        (string(enum=["A", "B", "C", "LongValue"]), "self.contains('A')", 2),
+        (string(10), "self.lowerAscii() == 'lower!'", 6),
+    ],
+)
+def test_the_estimate_is_kubernetes_estimate(node, rule, cost):
+    assert estimate(rule, node) == (cost, "bool")
+
+
+def test_a_function_without_a_cost_model_is_an_error_not_a_guess():
+    with pytest.raises(NotImplementedError, match="no cost model for the CEL function 'reverse'"):
+        estimate("self.reverse() == self", string(8))
 
 
 @pytest.mark.parametrize(

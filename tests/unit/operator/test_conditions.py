@@ -60,3 +60,10 @@ def test_the_phase_summarises_the_conditions_terminal_first():
     assert conditions.phase(with_true("Valid", "JobCreated", "Running", "Failed")) == "Failed"
     refused = conditions.set_condition(with_true(), "Valid", "False", "InvalidSpec", "", generation=1, now=T0)
     assert conditions.phase(refused) == "Invalid"
+
+
+def test_a_condition_found_without_a_transition_time_gets_one():
+    # The status subresource takes what a trainer writes; the operator never trusts its shape.
+    found = [{"type": "Running", "status": "True", "reason": "X", "message": ""}]
+    [condition] = conditions.set_condition(found, "Running", "True", "JobRunning", "", generation=1, now=T1)
+    assert condition["lastTransitionTime"] == "2026-11-23T11:30:00Z"

@@ -4,14 +4,26 @@ winning, and "nothing fits" explained with numbers."""
 import copy
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from internvl_operator.api import InternVLFinetune, InternVLFinetuneSpec, PlanStatus
 from internvl_operator.catalog import model_spec
 from internvl_operator.deepspeed import deepspeed_config
 from internvl_operator.memory import GIB
-from internvl_operator.planner import parse_quantity, plan, tiles_per_sequence, trainable_of
-from internvl_trainer.config import MODEL_NAMES, DataConfig, MethodConfig, TrainConfig
+from internvl_operator.planner import (
+    MAX_ACCUMULATION,
+    MAX_PER_DEVICE_BATCH,
+    host_memory_gib,
+    plan,
+    tiles_per_sequence,
+    trainable_of,
+)
+from internvl_operator.render import render
+from internvl_operator.resolve import render_context
+from internvl_operator.settings import OperatorSettings
+from internvl_trainer.config import MODEL_NAMES, BatchLayout, DataConfig, MethodConfig, TrainConfig
 from internvl_trainer.problems import BadInput
+from tests.unit.operator.strategies import VALID_SPECS
 
 Z1, Z3 = "zero_stage1_config", "zero_stage3_config"
 Z3_34B, Z3_100B = "zero_stage3_config_34b", "zero_stage3_config_100b"
@@ -361,11 +373,49 @@ def test_a_trained_vision_tower_is_planned_for_a_full_packed_sequence():
     assert result.memory.gib("vision activations") == round(kept / GIB, 2) == 10.01
 
 
-def test_quantities():
-    assert parse_quantity("1600Gi") == 1600 * 2**30
-    assert parse_quantity("2T") == 2e12
-    assert parse_quantity("500m") == 0.5
-    assert parse_quantity("8") == 8
+QUANTITIES = [
+    ("8", 8),
+    ("1056439880Ki", 1056439880 * 2**10),
+    ("1600Mi", 1600 * 2**20),
+    ("1600Gi", 1600 * 2**30),
+    ("2Ti", 2 * 2**40),
+    ("1Pi", 2**50),
+    ("1Ei", 2**60),
+    ("1500n", 1500e-9),
+    ("1500u", 1500e-6),
+    ("1500m", 1.5),
+    ("1500k", 1.5e6),
+    ("1500M", 1.5e9),
+    ("1500G", 1.5e12),
+    ("2T", 2e12),
+    ("2P", 2e15),
+    ("2E", 2e18),
+    ("1.5Gi", 1.5 * 2**30),
+    ("0.5", 0.5),
+    ("129e9", 129e9),
+    ("1.5E12", 1.5e12),
+    ("12e-3", 0.012),
+]
+
+
+@pytest.mark.parametrize(("quantity", "value"), QUANTITIES, ids=[q for q, _ in QUANTITIES])
+def test_memory_is_read_as_kubernetes_reads_quantities(quantity, value):
+    # Every suffix and exponent Kubernetes accepts, set on a validated spec as the API server
+    # stores it (the CRD's pattern decides which ones reach the planner).
+    spec = spec_of()
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"memory": quantity})})
+    assert host_memory_gib(spec) == pytest.approx(value / GIB, rel=1e-12)
+
+
+def test_a_binary_memory_request_plans_and_limits_offload():
+    # 1056439880Ki was stored by the API server, then made the planner raise. CPU offload of an 8B
+    # model's full fine-tune needs 130.84 GiB of host memory per node: 137199590 Ki exactly.
+    assert plan(spec_of(resources={"memory": "1056439880Ki"})).verdict == "fits"
+    offload = {"deepspeed": {"offload": "cpu"}}
+    assert plan(spec_of(resources={"memory": "137199590Ki"}, **offload)).verdict == "fits"
+    short = plan(spec_of(resources={"memory": "137199589Ki"}, **offload))
+    assert short.verdict == "exceeds"
+    assert any(note.endswith("more than the 130.844 GiB spec.resources.memory sets") for note in short.notes)
 
 
 def test_plan_is_pure():
@@ -373,3 +423,63 @@ def test_plan_is_pure():
     before = copy.deepcopy(spec)
     assert plan(spec) == plan(spec)
     assert spec == before
+
+
+# Plan and render agree -------------------------------------------------------------------------
+
+
+def rendered_job(spec, policy_result):
+    resource = InternVLFinetune.model_validate(
+        {
+            "apiVersion": "internvl.dev/v1alpha1",
+            "kind": "InternVLFinetune",
+            "metadata": {"name": "bounds", "namespace": "ml", "uid": "0b6d2c1e-8a7f-4e54-9d1a-3f2c5b7e9a10"},
+            "spec": spec.to_wire(),
+        }
+    )
+    return render(render_context(resource, policy_result, 1, OperatorSettings()))[-1]
+
+
+@pytest.mark.parametrize("policy", ["recipe", "minimal"])
+def test_a_huge_global_batch_on_one_gpu_stays_within_the_accumulation_bound(policy):
+    spec = spec_of("InternVL2_5-1B", "lora", policy, resources={"gpus": 1}, training={"globalBatchSize": 1048576})
+    result = plan(spec)
+    assert result.verdict != "nothing-fits"
+    assert result.per_device_batch_size * result.gradient_accumulation_steps == 1048576
+    assert result.gradient_accumulation_steps <= MAX_ACCUMULATION
+    assert result.per_device_batch_size <= MAX_PER_DEVICE_BATCH
+    assert rendered_job(spec, result)["kind"] == "PyTorchJob"
+
+
+def test_the_bounds_are_train_yamls():
+    assert (MAX_PER_DEVICE_BATCH, MAX_ACCUMULATION) == (
+        BatchLayout.model_json_schema()["properties"]["perDeviceBatchSize"]["maximum"],
+        BatchLayout.model_json_schema()["properties"]["gradientAccumulationSteps"]["maximum"],
+    )
+
+
+@pytest.mark.parametrize(("policy", "gpus"), [("recipe", 1), ("minimal", 1), ("minimal", None)])
+def test_a_global_batch_that_cannot_be_laid_out_is_refused_with_a_sentence(policy, gpus):
+    # A prime above the accumulation bound: on one GPU it is neither a per-device batch nor an
+    # accumulation, and no other GPU count divides it.
+    resources = {"gpus": gpus, "gpusPerNode": 1} if gpus else {"gpusPerNode": 1}
+    spec = spec_of("InternVL2_5-1B", "lora", policy, resources=resources, training={"globalBatchSize": 1048573})
+    with pytest.raises(BadInput) as error:
+        plan(spec)
+    [problem] = error.value.problems
+    assert problem.path == "spec.training.globalBatchSize"
+    assert "cannot be laid out" in problem.message and f"at most {MAX_ACCUMULATION} accumulation" in problem.message
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(VALID_SPECS)
+def test_whatever_the_planner_lays_out_renders(document):
+    """For any spec the CRD admits, a plan the operator would run (fits or exceeds) renders."""
+    spec = InternVLFinetuneSpec.model_validate(document)
+    try:
+        result = plan(spec)
+    except BadInput as error:
+        assert all(problem.path.startswith("spec.") for problem in error.problems)
+        return
+    if result.verdict != "nothing-fits":
+        rendered_job(spec, result)

@@ -18,6 +18,7 @@ from internvl_operator.permissions import OPERATOR_PERMISSIONS
 from internvl_operator.settings import OperatorSettings
 from tests.conftest import REPO
 from tests.unit.packaging.conftest import CHART, KUBERNETES_VERSION, by_kind, one, render, run_helm
+from tests.unit.pod_security import restricted_violations
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
@@ -35,6 +36,7 @@ NON_DEFAULT_SETTINGS = {
     "sshAuthMountPath": "/home/mpiuser/.ssh",
     "launcherCpu": "500m",
     "launcherMemory": "1Gi",
+    "allowHostNetwork": True,
 }
 
 # Every value set to something other than its default.
@@ -269,7 +271,9 @@ def test_arguments_are_those_the_operator_accepts(default, everything):
 
 @pytest.mark.parametrize("rendering", ["default", "everything"])
 def test_pod_meets_the_restricted_security_profile(rendering, request):
-    pod = one(request.getfixturevalue(rendering), "Deployment")["spec"]["template"]["spec"]
+    template = one(request.getfixturevalue(rendering), "Deployment")["spec"]["template"]
+    assert restricted_violations(template) == []
+    pod = template["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -360,6 +364,7 @@ def test_every_setting_reaches_the_operator_as_its_env_variable(everything, monk
         "settings.shmSizeLimit=lots",
         "settings.defaultCredentialsSecret=Not_A_Name",
         "settings.unknownSetting=1",
+        "settings.allowHostNetwork=sometimes",
         "watchNamespaces={Team_A}",
         "logFormat=xml",
     ],

@@ -153,3 +153,30 @@ def test_config_fields_all_have_descriptions():
         if not field.description
     ]
     assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path"),
+    [
+        ("  workers: 2\n", "  workers: 2\n  packing: 'yes'\n", "data.packing"),
+        ("  learningRate: 4.0e-5\n", "  learningRate: '1e-5'\n", "training.learningRate"),
+        ("  maxSteps: 100\n", "  maxSteps: '100'\n", "training.maxSteps"),
+        ("  maxSteps: 100\n", "  maxSteps: true\n", "training.maxSteps"),
+        ("  maxSteps: 100\n", "  maxSteps: 100.5\n", "training.maxSteps"),
+    ],
+)
+def test_values_of_the_wrong_json_type_are_refused(train_yaml, old, new, path):
+    [problem] = problems(train_yaml.replace(old, new))
+    assert problem.startswith(f"{path}: ")
+
+
+def test_json_numbers_are_read_as_numbers(train_yaml):
+    config = load_train_config(train_yaml.replace("  maxSteps: 100\n", "  maxSteps: 100.0\n").replace("0.05", "0"))
+    assert config.training.max_steps == 100 and isinstance(config.training.max_steps, int)
+    assert config.training.weight_decay == 0.0 and isinstance(config.training.weight_decay, float)
+
+
+def test_an_endpoint_with_credentials_is_refused(train_yaml):
+    text = train_yaml.replace("output:\n", "storage:\n  endpoint: http://admin:secret@minio:9000\noutput:\n")
+    [problem] = problems(text)
+    assert problem.startswith("storage.endpoint: must be an http:// or https:// URL without credentials")

@@ -159,12 +159,14 @@ def test_meta_only_checks_the_meta_file_alone(dataset, run):
         ('{"a": {"root": "/d", "annotation": "t.jsonl", "repeat_time": 0, "weight_decay": 1}}', "a.repeat_time: "),
         ('{"a": {"annotation": "gone.jsonl"}}', "a.annotation: cannot read {folder}/gone.jsonl"),
         ('{"a": {"annotation": "broken.json"}}', "a.annotation: {folder}/broken.json:1: the JSON array is not closed"),
+        ("[" * 100_000 + "]" * 100_000, "{meta}: invalid JSON: maximum recursion depth exceeded"),
+        ('{"a":\n {"root": "caf\xe9"}}', "{meta}:2: not UTF-8 text (byte 0xe9)"),
     ],
 )
 def test_unusable_input_exits_2(run, tmp_path, meta, problem):
     path = tmp_path / "meta.json"
     if meta is not None:
-        path.write_text(meta)
+        path.write_text(meta, encoding="latin-1")
     (tmp_path / "broken.json").write_text('[{"a": 1}')
     code, out, err = run("validate", str(path))
     assert code == 2 and out == ""

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
-from internvl_trainer.problems import BadInput, Problem, parse_yaml_documents, problems_from, read_text
+from internvl_trainer.problems import BadInput, Problem, decode_text, parse_yaml_documents, problems_from, read_text
 
 GUIDE_KEYS = {"train": "annotation", "image_folder": "root"}
 """Keys of the InternVL3 fine-tuning guide's meta files and the InternVL keys they stand for."""
@@ -122,6 +122,8 @@ def parse_meta(text: str, source: str) -> MetaFile:
         except json.JSONDecodeError as error:
             where = f"{source}:{error.lineno}:{error.colno}"
             raise BadInput([Problem(where, f"invalid JSON: {error.msg}")]) from error
+        except (RecursionError, ValueError) as error:  # nested too deeply; a number too long to read
+            raise BadInput([Problem(source, f"invalid JSON: {error}")]) from None
     try:
         return MetaFile.model_validate(document)
     except ValidationError as error:
@@ -139,12 +141,10 @@ def load_meta(uri: str, storage: Any) -> MetaFile:
     from internvl_trainer.storage import StorageError
 
     try:
-        text = storage.read_bytes(uri).decode("utf-8-sig")
+        data = storage.read_bytes(uri)
     except (StorageError, OSError) as error:
         raise BadInput([Problem(uri, f"cannot read the meta file: {error}")]) from error
-    except UnicodeDecodeError as error:
-        raise BadInput([Problem(uri, f"the meta file is not UTF-8 text: {error}")]) from error
-    return parse_meta(text, uri).resolved(_base_of(uri))
+    return parse_meta(decode_text(data, uri), uri).resolved(_base_of(uri))
 
 
 def _base_of(uri: str) -> str:

@@ -158,6 +158,8 @@ def parse_record(raw: bytes | str) -> Record:
         data = json.loads(raw)
     except json.JSONDecodeError as error:
         raise RecordJsonError(f"invalid JSON: {error.msg} (column {error.colno})") from None
+    except (RecursionError, ValueError) as error:  # nested too deeply; a number too long to read
+        raise RecordJsonError(f"invalid JSON: {error}") from None
     if not isinstance(data, dict):
         raise RecordJsonError(f"a sample must be a JSON object, not {_json_type(data)}")
     return record_from(data)

@@ -3,8 +3,9 @@
 ``parse`` turns a URI or path into a ``Location``. ``DatasetRoot.resolve`` joins a key taken from
 data (an annotation's image path, a manifest entry) to its root, and refuses, counts and logs any
 key that could reach outside the root: ``..`` segments (also percent-encoded or written with
-full-width dots), absolute paths, URLs of any scheme, backslashes and control characters. A
-refused key is never read.
+full-width dots), absolute paths, URLs of any scheme, backslashes and control characters, and,
+below a local root, a path that a symlink inside the root leads outside it. A refused key is
+never read.
 """
 
 from __future__ import annotations
@@ -162,6 +163,14 @@ def _escape_reason(form: str) -> str | None:
     return None
 
 
+def _check_no_symlink_escape(root: str, path: str, key: str) -> None:
+    """Raise UnsafeKeyError when symlinks take ``path`` (below the local folder ``root``) outside
+    ``root``. Links within the root, and a root that is itself a link, are followed freely."""
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise UnsafeKeyError(f"key {key[:200]!r} escapes the dataset root: a symlink leads outside it")
+
+
 class DatasetRoot:
     """A dataset's root (S3 prefix or local folder) and the keys below it.
 
@@ -180,13 +189,15 @@ class DatasetRoot:
 
     def resolve(self, key: str) -> Location:
         try:
-            checked = check_key(key)
+            location = self.location.child(check_key(key))
+            if not location.is_s3:
+                _check_no_symlink_escape(self.location.key, location.key, key)
         except UnsafeKeyError as error:
             with self._lock:
                 self._refused += 1
             log.warning("refused key under %s: %s", self.location, error)
             raise UnsafeKeyError(f"{error} (root {self.location})") from None
-        return self.location.child(checked)
+        return location
 
     def uri(self, key: str) -> str:
         """``resolve(key)`` as a URI string."""

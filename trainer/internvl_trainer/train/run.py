@@ -133,7 +133,7 @@ def training_arguments(
 class CheckpointCallback(TrainerCallback):
     """After the Trainer saved a checkpoint locally: add the data position, publish it to
     runs/<uid>/checkpoints/ with its manifest last, upload metrics and TensorBoard, keep the newest
-    K, report status.output. Also makes the last step a checkpoint."""
+    K, report it in status.progress. Also makes the last step a checkpoint."""
 
     def __init__(
         self,
@@ -180,10 +180,7 @@ class CheckpointCallback(TrainerCallback):
             checkpoints.prune(self.storage, self.config.layout, self.config.training.checkpoints_kept)
             if self.reporter is not None:
                 eval_loss = self.progress.eval_loss if self.progress is not None else None
-                fields = {"latestCheckpointUri": uri}
-                if eval_loss is not None:
-                    fields["evalLoss"] = eval_loss
-                self.reporter.output(**fields)
+                self.reporter.results(latest_checkpoint_uri=uri, eval_loss=eval_loss)
         if environment.local_rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -400,11 +397,9 @@ def run(
     published = publish(
         config, final_dir, storage=storage, scratch=run_dir, cache_dir=root / "models", data=data, dtype=dtype
     )
-    if reporter is not None:
-        fields: dict[str, Any] = {"modelUri": published.model_uri, "manifestUri": published.manifest_uri}
-        if eval_loss is not None:
-            fields["evalLoss"] = eval_loss
-        reporter.output(**fields)
+    if reporter is not None and eval_loss is not None:
+        # Where the model is, status.output, the operator derives from the spec once the job succeeded.
+        reporter.results(eval_loss=eval_loss)
     result.model_uri, result.manifest_uri, result.validation = (
         published.model_uri,
         published.manifest_uri,

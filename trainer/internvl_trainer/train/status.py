@@ -1,10 +1,13 @@
-"""Live progress on the InternVLFinetune: ``status.progress`` and ``status.output``.
+"""Live progress on the InternVLFinetune: ``status.progress``, the one part of the status the
+trainer writes.
 
 In a training pod the operator sets ``INTERNVL_NAME`` and ``INTERNVL_NAMESPACE`` and mounts a
 ServiceAccount token whose Role allows patching this object's status only (docs/contract.md §2,
-§4). The main process sends JSON merge patches to the API server, at most one progress patch per
-interval (the last one is always sent). Anywhere else (a laptop) there is no reporter. A failed
-patch is logged and forgotten: reporting never fails a run.
+§4). The main process sends JSON merge patches of ``status.progress`` to the API server, at most
+one step report per interval (the last one is always sent), and one after each checkpoint. The
+operator owns the rest of the status (conditions, output) and reverts anything written there.
+Anywhere else (a laptop) there is no reporter. A failed patch is logged and forgotten: reporting
+never fails a run.
 """
 
 from __future__ import annotations
@@ -96,9 +99,10 @@ class StatusReporter:
         }
         return self._patch({"progress": {key: value for key, value in progress.items() if value is not None}})
 
-    def output(self, **fields: Any) -> bool:
-        """Report where results are: modelUri, manifestUri, latestCheckpointUri, evalLoss."""
-        return self._patch({"output": fields})
+    def results(self, *, latest_checkpoint_uri: str | None = None, eval_loss: float | None = None) -> bool:
+        """Report the newest complete checkpoint and the latest held-out loss (never rate-limited)."""
+        results = {"latestCheckpointUri": latest_checkpoint_uri, "evalLoss": eval_loss}
+        return self._patch({"progress": {key: value for key, value in results.items() if value is not None}})
 
     def _patch(self, status: dict[str, Any]) -> bool:
         request = urllib.request.Request(

@@ -3,6 +3,8 @@
 import copy
 
 from internvl_operator.render import render
+from internvl_operator.render.mpijob import launcher_command
+from internvl_operator.render.pod import trainer_env
 from tests.unit.operator.render.conftest import context_for, plan_for
 
 
@@ -52,9 +54,9 @@ def test_launcher_runs_mpirun_over_every_gpu(lora_cr):
     ]
     assert container["command"][-4:] == ["internvl-train", "run", "--config", "/etc/internvl/train.yaml"]
     assert forwarded == [
+        *[variable["name"] for variable in container["env"]],
         "MASTER_ADDR=charts-lora-a1-worker-0.charts-lora-a1",
         "MASTER_PORT=29500",
-        *[variable["name"] for variable in container["env"]],
     ]
     assert "AWS_SECRET_ACCESS_KEY" in forwarded
     assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
@@ -67,3 +69,29 @@ def test_workers_hold_the_gpus_and_keep_the_images_sshd(lora_cr):
     assert container["name"] == "trainer" and "command" not in container
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
     assert [v["name"] for v in worker["volumes"]] == ["train-config", "scratch", "dshm"]
+
+
+def openmpi_environment(command, launcher_env):
+    """The environment mpirun gives the processes it starts, as OpenMPI builds it from ``-x``:
+    in order, ``NAME=VALUE`` as given and ``NAME`` with the launcher's value, each overwriting any
+    earlier one (orte/mca/schizo/ompi/schizo_ompi.c, parse_env)."""
+    environment = {}
+    for flag, argument in zip(command, command[1:], strict=False):
+        if flag == "-x":
+            name, equals, value = argument.partition("=")
+            environment[name] = value if equals else launcher_env[name]
+    return environment
+
+
+def test_the_operators_rendezvous_wins_over_any_variable_of_the_same_name(lora_cr):
+    cr = copy.deepcopy(lora_cr)
+    cr["spec"]["launcher"] = "mpijob"
+    context = context_for(cr, plan=plan_for(nodes=2))
+    user = [{"name": "MASTER_ADDR", "value": "attacker.example.com"}, {"name": "MASTER_PORT", "value": "1"}]
+    for env in ([*user, *trainer_env(context)], [*trainer_env(context), *user]):
+        command = launcher_command(context, env)
+        launcher_env = {variable["name"]: variable.get("value") for variable in env}
+        environment = openmpi_environment(command, launcher_env)
+        assert environment["MASTER_ADDR"] == "charts-lora-a1-worker-0.charts-lora-a1"
+        assert environment["MASTER_PORT"] == "29500"
+        assert "MASTER_ADDR" not in command and "MASTER_PORT" not in command, "never forwarded by name"

@@ -92,6 +92,12 @@ def test_the_pod(lora_cr):
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}},
     ]
     assert "nodeSelector" not in pod["spec"] and "hostNetwork" not in pod["spec"]
+    # The "restricted" Pod Security Standard, with the image's own non-root user.
+    assert pod["spec"]["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert trainer_of(job_of(lora_cr))["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def test_spec_resources_placement_and_env(lora_cr):

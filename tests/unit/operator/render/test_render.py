@@ -8,6 +8,7 @@ import pytest
 from internvl_operator.render import render
 from internvl_trainer.config import MODEL_NAMES
 from tests.unit.operator.render.conftest import context_for, plan_for, schema_errors
+from tests.unit.pod_security import restricted_violations
 
 CASES = [
     (model, method, nodes, launcher)
@@ -63,6 +64,37 @@ def test_every_placement_field_renders_valid(full_cr):
         cr["spec"]["launcher"] = launcher
         for child in render(context_for(cr, plan_for(nodes=2))):
             assert schema_errors(child) == [], child["kind"]
+
+
+def pod_templates(job):
+    """Every pod template of a Kubeflow job, by replica type."""
+    replicas = job["spec"]["pytorchReplicaSpecs" if job["kind"] == "PyTorchJob" else "mpiReplicaSpecs"]
+    return {replica_type: replica["template"] for replica_type, replica in replicas.items()}
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "mpijob"])
+@pytest.mark.parametrize("nodes", [1, 4])
+@pytest.mark.parametrize("scratch", [{}, {"sizeLimit": "1Ti"}, {"claimName": "shared-scratch"}])
+def test_every_pod_meets_the_restricted_pod_security_standard(lora_cr, launcher, nodes, scratch):
+    cr = copy.deepcopy(lora_cr)
+    cr["spec"]["launcher"] = launcher
+    cr["spec"]["resources"] = {"scratch": scratch}
+    *_, job = render(context_for(cr, plan_for(nodes=nodes)))
+    templates = pod_templates(job)
+    expected = {"pytorchjob": {"Master", "Worker"}, "mpijob": {"Launcher", "Worker"}}[launcher]
+    assert set(templates) == (expected if nodes > 1 or launcher == "mpijob" else {"Master"})
+    for replica_type, template in templates.items():
+        assert restricted_violations(template) == [], replica_type
+
+
+def test_host_network_where_allowed_is_the_one_departure_from_restricted(full_cr):
+    cr = copy.deepcopy(full_cr)
+    cr["spec"]["pod"] = {"hostNetwork": True}
+    for launcher in ("pytorchjob", "mpijob"):
+        cr["spec"]["launcher"] = launcher
+        *_, job = render(context_for(cr, plan_for(nodes=2), allow_host_network=True))
+        for template in pod_templates(job).values():
+            assert restricted_violations(template) == ["host namespaces: hostNetwork=true"]
 
 
 def test_the_schema_check_catches_misspelt_fields(lora_cr):

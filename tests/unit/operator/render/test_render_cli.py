@@ -42,3 +42,23 @@ def test_nothing_fits_is_bad_input(tmp_path, capsys, lora_cr):
     source.write_text(yaml.safe_dump(lora_cr))
     assert main(["render", str(source)]) == 2
     assert capsys.readouterr().err.startswith(f"{source}: InternVLFinetune/charts-lora: ")
+
+
+def test_render_refuses_what_the_installation_refuses(tmp_path, capsys, monkeypatch, lora_cr):
+    lora_cr["spec"]["pod"] = {"hostNetwork": True}
+    source = tmp_path / "host.yaml"
+    source.write_text(yaml.safe_dump(lora_cr))
+    assert main(["render", str(source)]) == 2
+    refusal = capsys.readouterr().err
+    assert refusal.startswith(f"{source}: InternVLFinetune/charts-lora: spec.pod.hostNetwork: this installation")
+
+    assert main(["render", "--allow-host-network", "true", str(source)]) == 0
+    *_, job = yaml.safe_load_all(capsys.readouterr().out)
+    assert {spec["template"]["spec"]["hostNetwork"] for spec in job["spec"]["pytorchReplicaSpecs"].values()} == {True}
+
+    monkeypatch.setenv("INTERNVL_OPERATOR_TRAINER_IMAGE", "registry.example/trainer:1")
+    assert main(["render", "--allow-host-network", "true", str(source)]) == 0
+    *_, job = yaml.safe_load_all(capsys.readouterr().out)
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/trainer:1"
+    )

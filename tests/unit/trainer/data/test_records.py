@@ -84,6 +84,8 @@ def test_a_record_keeps_its_length():
         (b'{"conversations": [', "json", "invalid JSON: Expecting value (column 20)"),
         (b"[1, 2]", "json", "a sample must be a JSON object, not a list"),
         (b'{"a": "\xff"}', "json", "not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "json", "invalid JSON: maximum recursion depth exceeded"),
+        (b'{"length": ' + b"1" * 5000 + b"}", "json", "invalid JSON: Exceeds the limit (4300 digits)"),
         ({"conversations": []}, "conversation", "empty conversation: no conversations"),
         ({"image": "a.jpg"}, "conversation", "empty conversation: no conversations"),
         ({"conversations": [{"from": "system", "value": "Be brief."}]}, "conversation", "empty conversation"),

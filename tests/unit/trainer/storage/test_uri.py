@@ -167,3 +167,24 @@ def test_an_accepted_key_never_leaves_the_root(key):
     s3_key = remote.resolve(key).key
     assert s3_key.startswith("root/")
     assert ".." not in s3_key.split("/")
+
+
+def test_a_symlink_out_of_a_local_root_is_refused_like_dotdot(tmp_path):
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "key.jpg").write_bytes(b"secret")
+    root_folder = tmp_path / "data"
+    (root_folder / "img").mkdir(parents=True)
+    (root_folder / "img" / "ok.jpg").write_bytes(b"image")
+    (root_folder / "img" / "leak.jpg").symlink_to(outside / "key.jpg")
+    (root_folder / "elsewhere").symlink_to(outside)
+    (root_folder / "same.jpg").symlink_to(root_folder / "img" / "ok.jpg")  # a link that stays inside
+    linked_root = tmp_path / "linked-data"
+    linked_root.symlink_to(root_folder)  # the root may itself be a link
+    for root in (DatasetRoot(str(root_folder)), DatasetRoot(str(linked_root))):
+        assert root.resolve("img/ok.jpg").path.read_bytes() == b"image"
+        assert root.resolve("same.jpg").path.read_bytes() == b"image"
+        for key in ("img/leak.jpg", "elsewhere/key.jpg", "elsewhere"):
+            with pytest.raises(UnsafeKeyError, match="escapes the dataset root: a symlink leads outside it"):
+                root.resolve(key)
+        assert root.refused == 3

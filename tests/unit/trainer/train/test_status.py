@@ -69,12 +69,19 @@ def test_progress_is_rate_limited_but_the_final_report_always_goes(api_server):
     assert [body["status"]["progress"]["step"] for _, _, body in Recorder.requests] == [1, 3, 10]
 
 
-def test_output(api_server):
-    reporter = StatusReporter(api_server + PATH, "t", None)
-    reporter.output(modelUri="s3://m/out/model", manifestUri="s3://m/out/manifest.json")
-    assert Recorder.requests[0][2] == {
-        "status": {"output": {"modelUri": "s3://m/out/model", "manifestUri": "s3://m/out/manifest.json"}}
-    }
+def test_checkpoints_and_the_held_out_loss_go_into_progress_only(api_server):
+    # The rest of the status is the operator's: it derives status.output and reverts anything else.
+    now = [0.0]
+    reporter = StatusReporter(api_server + PATH, "t", None, interval=30, clock=lambda: now[0])
+    assert reporter.progress(step=1, total_steps=10)
+    uri = "s3://m/out/runs/u/checkpoints/checkpoint-100"
+    assert reporter.results(latest_checkpoint_uri=uri, eval_loss=0.75), "never held back by the interval"
+    assert reporter.results(eval_loss=0.5)
+    assert [body for _, _, body in Recorder.requests[1:]] == [
+        {"status": {"progress": {"latestCheckpointUri": uri, "evalLoss": 0.75}}},
+        {"status": {"progress": {"evalLoss": 0.5}}},
+    ]
+    assert all(set(body["status"]) == {"progress"} for _, _, body in Recorder.requests)
 
 
 def test_an_unreachable_api_server_never_fails_the_run():
