@@ -54,6 +54,9 @@ PRINTER_COLUMNS = [
 
 # JSON Schema keywords a structural schema has no use for.
 _DROPPED = {"title", "propertyNames", "$defs"}
+# Pydantic writes a constraint it cannot place on a JSON Schema keyword (one on a type with a
+# validator of its own) under the constraint's own name.
+_CONSTRAINTS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
 
 
 class _DefaultsFromFactories(GenerateJsonSchema):
@@ -99,6 +102,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         del node["default"]
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    for constraint, keyword in _CONSTRAINTS.items():
+        if constraint in node:
+            node[keyword] = node.pop(constraint)
     for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
         if exclusive in node:  # JSON Schema 2020-12 gives the number; OpenAPI v3.0 a flag beside it
             node[bound] = node.pop(exclusive)

@@ -27,7 +27,15 @@ from internvl_operator import naming
 from internvl_operator.api import InternVLFinetune
 from internvl_operator.job_status import job_state
 from internvl_operator.planner import Plan, plan
-from internvl_operator.record import RECORDED_MESSAGE_MAX, JobRecord, Record, Refusal, Result, read_record
+from internvl_operator.record import (
+    RECORDED_MESSAGE_MAX,
+    JobRecord,
+    Record,
+    Refusal,
+    Result,
+    no_room_for_record,
+    read_record,
+)
 from internvl_operator.render import render, spec_hash
 from internvl_operator.render.content import difference
 from internvl_operator.render.context import SPEC_HASH_ANNOTATION, SUSPEND_ANNOTATION
@@ -273,6 +281,10 @@ def _plan(
     refusal = None if finished else settings.privilege_refusal(resource.spec)
     if refusal is not None:
         status.set(cond.VALID, "False", *refusal, "Warning")
+        return None, None
+    crowded = None if finished else no_room_for_record(observed.body)
+    if crowded is not None:
+        status.set(cond.VALID, "False", "AnnotationsTooLarge", crowded, "Warning")
         return None, None
     try:
         result = plan(resource.spec)

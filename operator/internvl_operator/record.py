@@ -14,14 +14,22 @@ for a spec change, and the run's result once it ended (its job may be gone by th
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+
+from internvl_operator.kubeformats import TOTAL_ANNOTATION_SIZE
 
 RECORD_ANNOTATION = "internvl.dev/record"
 # Messages kept in the record are cut to this (lastFailureReason's bound in the status schema).
 RECORDED_MESSAGE_MAX = 1024
+RECORD_MAX_BYTES = 20 * 1024
+"""The most the record's annotation takes, key and value: four messages of RECORDED_MESSAGE_MAX
+characters of up to 4 bytes each in UTF-8, and the rest."""
+
+Message = Annotated[str, BeforeValidator(lambda text: text[:RECORDED_MESSAGE_MAX] if isinstance(text, str) else text)]
+"""A message or reason kept in the record, cut to RECORDED_MESSAGE_MAX characters."""
 
 
 class _Entry(BaseModel):
@@ -42,15 +50,15 @@ class Refusal(_Entry):
     again until the spec changes."""
 
     generation: int | None
-    message: str
+    message: Message
 
 
 class Result(_Entry):
     """How the run ended."""
 
     type: Literal["Succeeded", "Failed"]
-    reason: str
-    message: str
+    reason: Message
+    message: Message
     time: str
 
 
@@ -61,12 +69,14 @@ class Record(_Entry):
     """The current attempt; unset until the operator first creates children."""
     job: JobRecord | None = None
     start_time: str | None = None
-    last_failure_reason: str | None = None
+    last_failure_reason: Message | None = None
     refusal: Refusal | None = None
     result: Result | None = None
 
     def to_annotation(self) -> str:
-        return json.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+        return json.dumps(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True, ensure_ascii=False
+        )
 
 
 def read_record(body: dict[str, Any]) -> Record:
@@ -79,6 +89,24 @@ def read_record(body: dict[str, Any]) -> Record:
         return Record.model_validate_json(text)
     except ValidationError:
         return Record()
+
+
+def no_room_for_record(body: dict[str, Any]) -> str | None:
+    """Why the record cannot be written on this object (its other annotations leave less than
+    RECORD_MAX_BYTES of the API server's limit on all annotations); None when it can."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    taken = sum(
+        len(str(key).encode()) + len(str(value).encode())
+        for key, value in annotations.items()
+        if key != RECORD_ANNOTATION
+    )
+    if taken + RECORD_MAX_BYTES <= TOTAL_ANNOTATION_SIZE:
+        return None
+    return (
+        f"metadata.annotations take {taken} bytes; the operator keeps its record of the run in the annotation "
+        f"{RECORD_ANNOTATION} and needs up to {RECORD_MAX_BYTES} of the {TOTAL_ANNOTATION_SIZE} bytes the API server "
+        f"allows for all annotations: remove at least {taken + RECORD_MAX_BYTES - TOTAL_ANNOTATION_SIZE} bytes"
+    )
 
 
 def record_patch(record: Record) -> dict[str, Any]:

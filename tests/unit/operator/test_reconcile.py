@@ -479,3 +479,35 @@ def test_a_spec_change_under_a_job_is_reported_as_ignored(body):
     actions = observe(body, job)
     assert condition(actions.status, "Valid") == ("True", "SpecChangeIgnored")
     assert actions.create == []
+
+
+def test_annotations_that_leave_no_room_for_the_record_are_refused_before_anything_is_created(body):
+    # The API server allows 256 KiB of annotations in all; the record needs up to 20 KiB of them.
+    room = 256 * 1024 - 20 * 1024 - len("example.com/notes")
+    body["metadata"]["annotations"] = {"example.com/notes": "x" * (room + 15)}
+    actions = observe(body)
+    assert condition(actions.status, cond.VALID) == ("False", "AnnotationsTooLarge")
+    message = cond.find(actions.status["conditions"], cond.VALID)["message"]
+    assert message.startswith("metadata.annotations take 241679 bytes; the operator keeps its record")
+    assert message.endswith("remove at least 15 bytes")
+    assert actions.create == [] and actions.record is None
+    assert ("Warning", "AnnotationsTooLarge") in [event[:2] for event in actions.events]
+
+    body["metadata"]["annotations"]["example.com/notes"] = "x" * room
+    assert condition(observe(body).status, cond.VALID) == ("True", "Planned")
+
+
+def test_the_largest_record_fits_the_room_kept_for_it():
+    from internvl_operator.record import RECORD_MAX_BYTES, Record, Refusal, Result
+
+    worst = "\U0001f600" * 5000  # 4 bytes in UTF-8, cut to 1024 characters
+    record = Record(
+        attempt=2**31 - 1,
+        job={"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "n" * 253, "uid": "u" * 36},
+        start_time="2026-11-23T12:00:00Z",
+        last_failure_reason=worst,
+        refusal=Refusal(generation=2**63 - 1, message=worst),
+        result=Result(type="Failed", reason=worst, message=worst, time="2026-11-23T12:00:00Z"),
+    )
+    assert record.result.message == "\U0001f600" * 1024
+    assert len(RECORD_ANNOTATION.encode()) + len(record.to_annotation().encode()) <= RECORD_MAX_BYTES
