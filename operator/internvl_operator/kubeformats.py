@@ -162,14 +162,15 @@ Quantity = Annotated[
     StringConstraints(
         max_length=64,
         pattern=described_pattern(
-            r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$",
+            r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3}|[numkMGTPE]|[KMGTPE]i)?$",
             "a non-negative quantity such as 8, 500m, 1.5, 1e3 or 64Gi",
         ),
     ),
 ]
 """A Kubernetes resource quantity (resource.Quantity) that is not negative, as pod requests must
 be: digits with an optional fraction, then a decimal exponent (e3), an SI suffix (n, u, m, k, M,
-G, T, P, E) or a binary one (Ki, Mi, Gi, Ti, Pi, Ei)."""
+G, T, P, E) or a binary one (Ki, Mi, Gi, Ti, Pi, Ei). The exponent has at most three digits:
+Kubernetes reads it into an int32 (a longer one wraps around), and no resource needs more."""
 
 ExtendedResourceName = Annotated[
     str,

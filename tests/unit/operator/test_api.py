@@ -5,7 +5,7 @@ import copy
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from kubernetes.utils.quantity import parse_quantity
 from pydantic import TypeAdapter, ValidationError
@@ -247,12 +247,16 @@ def test_kubernetes_quantities_are_accepted_and_parse(quantity):
     assert parse_quantity(quantity) >= 0
 
 
-@pytest.mark.parametrize("quantity", ["-1", "-500m", "1K", "1e", "1.5.5", "Gi", "1 Gi", "1KiB", "0x10", "1e3Gi", "inf"])
+@pytest.mark.parametrize(
+    "quantity",
+    ["-1", "-500m", "1K", "1e", "1.5.5", "Gi", "1 Gi", "1KiB", "0x10", "1e3Gi", "inf", ".0E2000000000000000000"],
+)
 def test_other_strings_and_negative_quantities_are_refused(quantity):
     with pytest.raises(ValidationError):
         TypeAdapter(Quantity).validate_python(quantity)
 
 
+@example(".0E999")
 @given(st.from_regex(QUANTITY_PATTERN, fullmatch=True).filter(lambda q: len(q) <= 64))
 def test_every_quantity_the_pattern_admits_parses_as_a_quantity(quantity):
     assert parse_quantity(quantity) >= 0
