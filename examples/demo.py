@@ -4,7 +4,7 @@
 2. A local S3 server (SeaweedFS) on loopback; the sample dataset and a tiny random InternVL are
    generated and uploaded to it.
 3. ``examples/demo.yaml`` is planned and rendered like the operator does into ``demo-out/manifests``.
-4. The trainer runs exactly as the pod would: the same entrypoint (torchrun, one process), the
+4. The trainer runs exactly as the pod would: the same entrypoint (internvl-train launch: torchrun, one process), the
    rendered train.yaml, the pod's environment. It LoRA fine-tunes, evaluates, merges and uploads.
 5. A summary; the S3 server stops, also on Ctrl-C.
 """
@@ -140,7 +140,7 @@ def main() -> int:
         operator_environment = {**os.environ, "INTERNVL_OPERATOR_DEFAULT_STORAGE_ENDPOINT": server.endpoint}
         train_yaml = render(operator_environment)
 
-        step("Train as the pod would: torchrun → internvl-train run --config train.yaml")
+        step("Train as the pod would: internvl-train launch (torchrun) → internvl-train run --config train.yaml")
         pod_environment = {
             **os.environ,
             **credentials,
@@ -155,7 +155,7 @@ def main() -> int:
             "PET_MASTER_PORT": "29511",
             "OMP_NUM_THREADS": "2",
         }
-        command = ["torchrun", "--no-python", "internvl-train", "run", "--config", str(train_yaml)]
+        command = ["internvl-train", "launch", "--config", str(train_yaml)]
         print("$ " + " ".join(command), flush=True)
         bin_folder = Path(sys.executable).parent
         pod_environment["PATH"] = f"{bin_folder}{os.pathsep}{pod_environment.get('PATH', '')}"

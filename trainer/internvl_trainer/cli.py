@@ -2,6 +2,8 @@
 
     internvl-train validate --config train.yaml    check a train.yaml and print what the run uses
     internvl-train run --config train.yaml         train, checkpoint, merge, export and publish
+    internvl-train launch --config train.yaml      torchrun over this node's GPUs (PET_* variables),
+                                                   each process running ``run``; exits as they did
     internvl-train evaluate --model DIR --data META [--output FILE]
                                                    predictions beside references: exact match, token F1, loss
     internvl-train merge --checkpoint DIR [--base DIR] --hf DIR [--original DIR]
@@ -29,9 +31,11 @@ from internvl_trainer.problems import (
     BadInput,
     Problem,
     dumps_json,
+    one_line,
     problems_from,
     read_text,
     run_command,
+    tell_launcher,
 )
 
 
@@ -95,6 +99,7 @@ def _model_command(args: argparse.Namespace) -> int:
     from internvl_trainer.model.layouts import LayoutError
     from internvl_trainer.model.load import ModelFolderError
     from internvl_trainer.storage import Storage, StorageError
+    from internvl_trainer.train.checkpoints import check_complete
 
     storage = Storage(config.storage) if config is not None else Storage()
     options = {
@@ -104,6 +109,7 @@ def _model_command(args: argparse.Namespace) -> int:
         "producer": config.to_wire() if config is not None else None,
     }
     try:
+        check_complete(storage, args.checkpoint)
         if args.command == "merge":
             fallback = config.model.weights if config is not None else None
             written = merge_checkpoint(
@@ -135,12 +141,24 @@ def _run(args: argparse.Namespace) -> int:
         result = run(config)
     except BadInput:
         raise
-    except Exception:  # exit 1: the operator retries from the latest checkpoint
+    except Exception as error:  # exit 1: the operator retries from the latest checkpoint
         logging.getLogger("internvl_trainer").exception("the run failed")
+        tell_launcher(one_line(error))
         return EXIT_FAILED
     if result.manifest_uri:
         print(f"trained {result.steps} steps; model {result.model_uri}; manifest {result.manifest_uri}")
     return EXIT_OK
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """launch: train.yaml is checked before any process starts."""
+    read_config(args.config)
+    from internvl_trainer.train.launch import launch
+
+    outcome = launch(args.config)
+    if outcome.message:
+        sys.stderr.write(outcome.message.rstrip("\n") + "\n")
+    return outcome.exit_code
 
 
 def _absolute(uri: str) -> str:
@@ -208,6 +226,9 @@ def parser() -> argparse.ArgumentParser:
     train = commands.add_parser("run", help="train, checkpoint, merge, export and publish a model")
     train.add_argument("--config", required=True, metavar="FILE", help="train.yaml")
     train.set_defaults(handler=_run)
+    launcher = commands.add_parser("launch", help="run torchrun over this node's GPUs, keeping the exit codes")
+    launcher.add_argument("--config", required=True, metavar="FILE", help="train.yaml")
+    launcher.set_defaults(handler=_launch)
     evaluate = commands.add_parser("evaluate", help="score a model on a meta file's samples")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="model folder or s3:// prefix (either layout)")
     evaluate.add_argument("--data", required=True, metavar="META", help="InternVL meta file (local or s3://)")

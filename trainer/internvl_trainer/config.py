@@ -279,6 +279,11 @@ class VideoConfig(Section):
         return self
 
 
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+"""Pillow's default decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``: a quarter GiB of
+24-bit pixels), the default of ``data.maxImagePixels``."""
+
+
 class DataConfig(Section):
     """The training data: an InternVL meta.json and how samples become sequences."""
 
@@ -309,8 +314,16 @@ class DataConfig(Section):
     video: VideoConfig = Field(default_factory=VideoConfig)
     """Video frame sampling."""
 
+    max_image_pixels: Int = Field(MAX_IMAGE_PIXELS, ge=1048576, le=2 * MAX_IMAGE_PIXELS)
+    """Most pixels (width × height) an image may have; a larger one is a bad sample of kind
+    image, refused from its header before any pixel is decoded (a decompression bomb: a 20000 ×
+    20000 PNG of one colour takes under 100 KB on disk and 1.2 GB as RGB pixels). Default:
+    Pillow's own limit. At most twice that, past which Pillow refuses to open an image whatever
+    this setting says."""
+
     strict: bool = False
-    """Fail on the first bad sample instead of skipping and counting it."""
+    """Fail on the first bad sample instead of skipping and counting it (an over-long sample the
+    overlong policy drops included)."""
 
     eval_split: float = Field(0.0, ge=0.0, le=0.5)
     """Fraction of samples held out for evaluation (chosen with the seed)."""

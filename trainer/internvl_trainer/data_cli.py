@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from internvl_trainer.config import MODEL_NAMES, StorageConfig, TrainConfig, VideoConfig
+from internvl_trainer.config import MAX_IMAGE_PIXELS, MODEL_NAMES, StorageConfig, TrainConfig, VideoConfig
 from internvl_trainer.data.meta import DatasetMeta, load_meta
 from internvl_trainer.problems import EXIT_FAILED, EXIT_OK, BadInput, Problem, dumps_json, run_command
 
@@ -60,6 +60,7 @@ class Limits:
     min_tiles: int
     max_tiles: int
     video: VideoConfig
+    max_image_pixels: int
 
 
 def _config(args: argparse.Namespace) -> TrainConfig | None:
@@ -80,6 +81,7 @@ def _limits(args: argparse.Namespace, config: TrainConfig | None) -> Limits:
         min_tiles=args.min_tiles or (data.min_tiles if data else 1),
         max_tiles=args.max_tiles or (data.max_tiles if data else None) or recipe_tiles,
         video=data.video if data else VideoConfig(),
+        max_image_pixels=data.max_image_pixels if data else MAX_IMAGE_PIXELS,
     )
 
 
@@ -132,10 +134,7 @@ def _builder_factory(args: argparse.Namespace, limits: Limits) -> Callable[[], A
 
     folder = Path(args.tokenizer)
     try:
-        try:
-            tokenizer = load_tokenizer(folder)
-        except (ValueError, KeyError):  # the original layout's config.json is unknown to transformers
-            tokenizer = load_tokenizer(folder, original_layout=True)
+        tokenizer = load_tokenizer(folder)
     except (OSError, ValueError, KeyError) as error:
         raise BadInput([Problem("--tokenizer", f"cannot load a tokenizer from {folder}: {error}")]) from error
     tile, patch, ratio = _geometry(folder)
@@ -151,6 +150,7 @@ def _builder_factory(args: argparse.Namespace, limits: Limits) -> Callable[[], A
             video=measuring_video(limits.video),
             patch_size=patch,
             downsample_ratio=ratio,
+            max_image_pixels=limits.max_image_pixels,
         )
 
     try:
@@ -171,6 +171,7 @@ def _checker(args: argparse.Namespace, limits: Limits, *, decode: bool) -> Any:
         builder=builder,
         max_length=limits.max_length if builder is not None else None,
         decode=decode,
+        max_image_pixels=limits.max_image_pixels,
     )
 
 

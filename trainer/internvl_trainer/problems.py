@@ -4,8 +4,9 @@ A problem names where it is (a dotted field path such as ``spec.method.lora.rank
 and line) and why. Every CLI of the project prints problems one per line as ``where: why`` (or
 as JSON with ``--output json``) and exits with ``EXIT_BAD_INPUT``; a run that fails for any
 other reason exits with ``EXIT_FAILED``, saying why in one line (``INTERNVL_DEBUG=1`` shows the
-traceback). Every YAML file is read here, as Kubernetes reads YAML (``kube_yaml``). This module
-imports no torch.
+traceback). Under torchrun the same text also goes to the process's error file, where the
+launcher (``internvl_trainer.train.launch``) reads why a process failed. Every YAML file is read
+here, as Kubernetes reads YAML (``kube_yaml``). This module imports no torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import reprlib
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +32,9 @@ EXIT_BAD_INPUT = 2
 
 DEBUG_ENV = "INTERNVL_DEBUG"
 """Set (to anything) in the environment, a CLI lets an unexpected error through with its traceback."""
+
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+"""Where torchrun asks each process it starts to write why it failed (torch.distributed.elastic)."""
 
 
 _PATTERN_MEANINGS: dict[str, str] = {}
@@ -147,6 +152,20 @@ def dumps_json(document: Any) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def one_line(error: BaseException) -> str:
+    """``<type>: <message>`` on one line, however long or multi-line the message."""
+    what = " ".join(f"{type(error).__name__}: {error}".split())
+    return what[:500] + "..." if len(what) > 500 else what
+
+
+def tell_launcher(text: str) -> None:
+    """Leave why this process failed in the error file torchrun gave it, if any: torchrun reads
+    it back (``ProcessFailure.message``) when the process has exited."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        Path(path).write_text(json.dumps({"message": text.rstrip("\n"), "timestamp": int(time.time())}))
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Run the subcommand that ``argv`` names (its ``handler`` default) and report bad input the
     way every CLI of the project does: on standard error, or as JSON with ``--output json``. Any
@@ -156,16 +175,16 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     try:
         return args.handler(args)
     except BadInput as error:
+        text = render_text(error.problems)
         if getattr(args, "output", None) == "json":
             sys.stdout.write(dumps_json({"valid": False, "problems": as_json(error.problems)}))
         else:
-            sys.stderr.write(render_text(error.problems))
+            sys.stderr.write(text)
+        tell_launcher(text)
         return EXIT_BAD_INPUT
     except Exception as error:
         if os.environ.get(DEBUG_ENV):
             raise
-        what = " ".join(f"{type(error).__name__}: {error}".split())  # one line, however long the message
-        if len(what) > 500:
-            what = what[:500] + "..."
-        sys.stderr.write(f"error: {what} ({DEBUG_ENV}=1 shows the traceback)\n")
+        tell_launcher(one_line(error))
+        sys.stderr.write(f"error: {one_line(error)} ({DEBUG_ENV}=1 shows the traceback)\n")
         return EXIT_FAILED

@@ -1,5 +1,5 @@
 """The PyTorchJob (kubeflow.org/v1) of an attempt: one Master and a Worker per further node, each
-running torchrun over the node's GPUs (docs/contract.md §2)."""
+running torchrun over the node's GPUs through the trainer's launcher (docs/contract.md §2)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ PORT_NAME = "pytorchjob-port"
 
 
 def trainer_command() -> list[str]:
-    """torchrun reads nodes, node rank, processes per node and the master's address from the
-    PET_* variables the training operator sets, and starts one trainer per GPU."""
-    return ["torchrun", "--no-python", "internvl-train", "run", "--config", TRAIN_CONFIG_PATH]
+    """``internvl-train launch`` runs torchrun, which reads nodes, node rank, processes per node
+    and the master's address from the PET_* variables the training operator sets and starts one
+    trainer per GPU. Plain torchrun would exit 1 whatever its processes exited with; the launcher
+    exits 2 when one refused its input, so the operator does not retry bad input."""
+    return ["internvl-train", "launch", "--config", TRAIN_CONFIG_PATH]
 
 
 def replica(context: RenderContext, replicas: int) -> dict[str, Any]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -15,7 +18,8 @@ from internvl_trainer.data.template import ConversationEncoder
 from internvl_trainer.data.video import FrameList
 from internvl_trainer.data_cli import main
 from tests.unit.trainer.data.annotation_data import BAD_MESSAGES, FRAMES, GOOD, GUIDE, write_dataset
-from tests.unit.trainer.data.conftest import train_tokenizer
+from tests.unit.trainer.data.conftest import bomb_png, train_tokenizer
+from tests.unit.trainer.model.conftest import original_folder
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +182,21 @@ def test_a_tokenizer_that_cannot_be_loaded_is_bad_input(dataset, run, tmp_path):
     assert code == 2 and err.startswith(f"--tokenizer: cannot load a tokenizer from {tmp_path / 'none'}")
 
 
+def test_an_original_layout_tokenizer_loads_without_a_prompt_or_its_code(dataset, run, tmp_path):
+    """InternVL's releases name their classes in config.json's auto_map: transformers must neither
+    ask on a terminal whether to run that code nor run it, here with stdin closed as in a pod."""
+    folder = original_folder(tmp_path / "original", train_tokenizer(), tokenizer_code=False)
+    command = [str(Path(sys.executable).parent / "internvl-data"), "validate", str(dataset / "meta.json")]
+    done = subprocess.run(
+        [*command, "--tokenizer", str(folder)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+    )
+    assert "custom code" not in done.stdout + done.stderr
+    assert not list(folder.glob("*.ran"))
+    assert (done.returncode, done.stdout) == run(
+        "validate", "--tokenizer", str(dataset / "tokenizer"), str(dataset / "meta.json")
+    )[:2]
+
+
 def test_convert_a_json_array_to_json_lines_with_lengths(dataset, run, tmp_path):
     output = tmp_path / "out" / "guide.jsonl"
     code, out, _ = run("convert", str(dataset / "guide.json"), str(output), "--tokenizer", str(dataset / "tokenizer"))
@@ -229,4 +248,32 @@ def test_stats_draws_its_png(dataset, run, tmp_path):
         "  mixed: bad 7, frames 2, image 1, multi-image 1, text 1, video 1",
         "  guide: image 1, text 1",
         "  tiles per sample: min 0, median 8, max 32",
+    ]
+
+
+@pytest.mark.parametrize("measured", [False, True], ids=["decoded", "tokenized"])
+def test_decompression_bombs_are_bad_images(dataset, run, tmp_path, measured):
+    """Past twice Pillow's limit Pillow refuses the image; below, the pixel limit does (Pillow's own
+    by default, where Pillow would only warn)."""
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(bomb_png(20000, 20000))
+    (folder / "large.png").write_bytes(bomb_png(10000, 9000))
+    Image.new("RGB", (64, 48), "red").save(folder / "red.png")
+    lines = [
+        {"image": name, "conversations": GOOD[0][1]["conversations"]} for name in ("red.png", "huge.png", "large.png")
+    ]
+    (folder / "bombs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / "meta.json").write_text(json.dumps({"bombs": {"root": ".", "annotation": "bombs.jsonl"}}))
+    tokenizer = ["--tokenizer", str(dataset / "tokenizer")] if measured else []
+    code, out, err = run("validate", *tokenizer, str(folder / "meta.json"))
+    assert (code, err) == (0, "")
+    assert [line for line in out.splitlines()[1:] if not line.startswith("    tokens:")] == [
+        f"  bombs: 3 samples in {folder}/bombs.jsonl; image 1; bad 2 (image 2)",
+        "bad samples by kind:",
+        "  image: 2",
+        f"    {folder}/bombs.jsonl:2: cannot open image: Image size (400000000 pixels) exceeds limit of 178956970 "
+        "pixels, could be decompression bomb DOS attack.",
+        f"    {folder}/bombs.jsonl:3: 10000x9000 image: 90,000,000 pixels, more than the limit of 89,478,485 "
+        "(data.maxImagePixels; a decompression bomb?)",
     ]

@@ -1,12 +1,15 @@
 """How problems with user input are located and printed, and how every CLI reports them."""
 
 import argparse
+import json
 import re
 
 import pytest
 
 from internvl_trainer.problems import (
     DEBUG_ENV,
+    ERROR_FILE_ENV,
+    EXIT_BAD_INPUT,
     EXIT_FAILED,
     BadInput,
     Problem,
@@ -151,3 +154,16 @@ def test_the_debug_variable_lets_the_error_through(monkeypatch):
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(RecursionError):
         run_command(_failing_parser(RecursionError("too deep")), [])
+
+
+def test_under_torchrun_the_reason_is_left_in_the_error_file(tmp_path, monkeypatch, capsys):
+    """torchrun names a file per process; the launcher reads back what the process left there."""
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv(ERROR_FILE_ENV, str(error_file))
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    problems = [Problem("data.meta", "no such file"), Problem("batch.worldSize", "must be 2")]
+    assert run_command(_failing_parser(BadInput(problems)), []) == EXIT_BAD_INPUT
+    left = json.loads(error_file.read_text())
+    assert left["message"] == "data.meta: no such file\nbatch.worldSize: must be 2" and left["timestamp"] > 0
+    assert run_command(_failing_parser(RuntimeError("disk\nfull")), []) == EXIT_FAILED
+    assert json.loads(error_file.read_text())["message"] == "RuntimeError: disk full"

@@ -14,7 +14,8 @@ class SampleError(ValueError):
 
 
 class ImageDecodeError(SampleError):
-    """An image could not be read: unknown format, truncated file, or unsupported pixel mode."""
+    """An image could not be read: unknown format, truncated file, unsupported pixel mode, or more
+    pixels than the limit (a decompression bomb)."""
 
     kind = "image"
 
@@ -36,3 +37,10 @@ class ConversationError(SampleError):
     """The conversation has an unknown role, a misplaced system turn, or nothing to learn from."""
 
     kind = "conversation"
+
+
+class OverlongError(SampleError):
+    """Longer than the maximum sequence length with its image tokens, and not made to fit by the
+    over-long policy (the validator reports every sample over the limit)."""
+
+    kind = "overlong"

@@ -19,17 +19,27 @@ Animated files give their first frame. Embedded ICC profiles are not applied (In
 transformers do not apply them either). Sources are encoded bytes, local paths or open binary
 files, so a cache in front of S3 can hand over whichever it holds. Any file Pillow cannot read
 raises ``ImageDecodeError``, which the data pipeline counts as a bad sample.
+
+An image of more than ``max_pixels`` pixels (``data.maxImagePixels``, Pillow's own limit by
+default) is refused from its header, before any pixel is decoded: a decompression bomb (a PNG of
+a few KB that decodes to gigabytes) is a bad sample like any other. This limit replaces Pillow's
+two-step one (a ``DecompressionBombWarning`` between its limit and twice it, an error above): the
+warning is silenced, since an image up to ``max_pixels`` is accepted and one above it refused,
+and Pillow's error (raised past twice its limit, which ``max_pixels`` may not exceed, or by a
+plugin for a frame or tile of such a size) is an ``ImageDecodeError`` too.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from internvl_trainer.config import MAX_IMAGE_PIXELS
 from internvl_trainer.data.errors import ImageDecodeError
 
 __all__ = ["ImageDecodeError", "ImageSource", "decode_image", "decode_rgb_array", "image_size", "open_image", "to_rgb"]
@@ -47,16 +57,36 @@ BACKGROUND = (255, 255, 255)
 """What transparent pixels are composited over."""
 
 
-def open_image(source: ImageSource) -> Image.Image:
-    """The image in ``source``, opened lazily: only its header is read until pixels are needed."""
+def _silence_pillows_bomb_warning() -> None:
+    """Ignore ``DecompressionBombWarning``: open_image's own limit decides. Installed when an image
+    is opened rather than once at import, since whoever imported this module inside
+    ``warnings.catch_warnings`` (pytest, for one) has dropped that filter since."""
+    for action, _, category, _, _ in warnings.filters:
+        if action == "ignore" and category is Image.DecompressionBombWarning:
+            return
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def open_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The image in ``source``, opened lazily: only its header is read until pixels are needed (a
+    PIL image is already open: it is returned as it is). Raises ImageDecodeError, also for an
+    image of more than ``max_pixels`` pixels."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, bytes | bytearray | memoryview):
         source = io.BytesIO(source)
+    _silence_pillows_bomb_warning()
     try:
-        return Image.open(source)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        image = Image.open(source)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"cannot open image: {error}") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{width}x{height} image: {width * height:,} pixels, more than the limit of {max_pixels:,} "
+            "(data.maxImagePixels; a decompression bomb?)"
+        )
+    return image
 
 
 def orientation(image: Image.Image) -> int:
@@ -68,10 +98,11 @@ def orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def image_size(source: ImageSource) -> tuple[int, int]:
+def image_size(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """(width, height) of the image as it is displayed (EXIF orientation applied), from the
-    header alone: no pixels are decoded, so this is cheap enough to plan tiles and lengths."""
-    image = open_image(source)
+    header alone: no pixels are decoded, so this is cheap enough to plan tiles and lengths.
+    Raises ImageDecodeError."""
+    image = open_image(source, max_pixels)
     width, height = image.size
     if orientation(image) in TRANSPOSED_ORIENTATIONS:
         return height, width
@@ -122,9 +153,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise ImageDecodeError(f"cannot decode image: {error}") from error
 
 
-def decode_image(source: ImageSource) -> Image.Image:
+def decode_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """The RGB image in ``source`` as it is displayed. Raises ImageDecodeError."""
-    return to_rgb(open_image(source))
+    return to_rgb(open_image(source, max_pixels))
 
 
 def decode_rgb_array(source: ImageSource) -> np.ndarray:

@@ -19,6 +19,10 @@ workers differs from the checkpoint's,
 every shard restarts at the earliest position any old shard had not consumed: no sample is lost,
 some are seen twice.
 
+A ``SampleError`` that ``build`` raises (a bad sample in strict mode) ends the stream and reaches
+the training loop as itself, from a worker as without one: torch would re-raise a worker's error
+as a copy whose message is the worker's traceback, so the worker hands it over as an element.
+
 Each rank checkpoints its own state; to resume on another layout, give ``load_state_dict`` the
 states of every old rank. ``build`` must take its randomness from ``SampleRef.rng(seed)`` (never
 from global generators) so that a rebuilt sample equals the original. Do not let accelerate re-wrap
@@ -34,6 +38,7 @@ from typing import Any
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from internvl_trainer.data.collate import Collator
+from internvl_trainer.data.errors import SampleError
 from internvl_trainer.data.packing import Pack, Packer, PackingBudget
 from internvl_trainer.data.sampling import MixtureSampler, SampleRef
 
@@ -132,7 +137,10 @@ class PackedStream(IterableDataset):
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         logical = (worker + self.rotation) % workers
         shard = self.rank * workers + logical
-        return self.shard_batches(shard, self.world_size * workers, self.resume.get(shard, ShardState()))
+        try:
+            yield from self.shard_batches(shard, self.world_size * workers, self.resume.get(shard, ShardState()))
+        except SampleError as error:
+            yield {"error": error}
 
     def _rebuild(self, keys: list[list[int]]) -> list[Drawn]:
         drawn = []
@@ -251,6 +259,8 @@ class ResumableLoader:
         self.stream.rotation = self.consumed % self.workers
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, **self.options)
         for element in loader:
+            if "error" in element:
+                raise element["error"]
             meta = element["meta"]
             self.shard_states[meta["shard"]] = ShardState.from_dict(meta["state"])
             self.consumed += 1

@@ -13,14 +13,21 @@ chooses one of three explicit policies, decided before any pixel is decoded:
   frame count not below minFrames); a sample that does not fit even with one tile per image is
   dropped.
 
-``OverlongCounters`` counts the outcomes for the run's data report.
+A dropped sample raises ``OverlongError`` (kind ``overlong``), so that it is skipped and
+reported with its ``file:line`` as every bad sample is (strict mode stops at it).
+``OverlongCounters`` counts the outcomes, kept or dropped, for the run's data report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Literal
+
+from internvl_trainer.data.errors import OverlongError
 
 OverlongPolicy = Literal["skip", "truncate", "reduce-tiles"]
 POLICIES: tuple[OverlongPolicy, ...] = ("skip", "truncate", "reduce-tiles")
@@ -51,6 +58,28 @@ class OverlongCounters:
     def merge(self, other: OverlongCounters) -> OverlongCounters:
         """The sum of two counters (for instance from several data-loader workers)."""
         return OverlongCounters(**{key: value + getattr(other, key) for key, value in asdict(self).items()})
+
+    def store(self, path: Path) -> None:
+        """Write the counters to ``path`` (JSON), replacing what a reader may see at once."""
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(self.as_dict()))
+        os.replace(partial, path)
+
+    @classmethod
+    def total(cls, paths: Iterable[Path]) -> OverlongCounters:
+        """The sum of the counters stored in ``paths`` (one file per process)."""
+        names = {item.name for item in fields(cls)}
+        total = cls()
+        for path in paths:
+            stored = json.loads(path.read_text())
+            total = total.merge(cls(**{key: int(value) for key, value in stored.items() if key in names}))
+        return total
+
+
+def overlong_error(tokens: int, tiles: int, max_length: int, why: str = "") -> OverlongError:
+    """The error of a sample of ``tokens`` tokens with ``tiles`` tiles (or frames) over
+    ``max_length``; ``why`` says why the policy could not keep it."""
+    return OverlongError(f"{tokens:,} tokens with {tiles} tiles; the maximum is {max_length:,}{why}")
 
 
 def largest_fitting(length_at: Callable[[int], int], start: int, floor: int, max_length: int) -> int | None:

@@ -26,7 +26,7 @@ object), ``record`` (a field of the wrong type), ``conversation`` (empty, unknow
 order, nothing to learn from), ``placeholder`` (placeholders and media disagree, reserved tokens in
 the text). ``DatasetSource`` adds what needs the media: ``path`` (a media path that escapes the
 dataset's root), ``missing`` (no such file), ``unreadable`` (storage errors), and the decoders'
-``image`` and ``video``; ``overlong`` is the validator's.
+``image`` and ``video``; ``overlong`` is the sample builder's (``errors.OverlongError``).
 """
 
 from __future__ import annotations
@@ -96,12 +96,6 @@ class UnreadableMediaError(SampleError):
     """A media file exists but storage failed to read it."""
 
     kind = "unreadable"
-
-
-class OverlongError(SampleError):
-    """Longer than the maximum sequence length with its image tokens (reported by the validator)."""
-
-    kind = "overlong"
 
 
 @dataclass
@@ -389,8 +383,8 @@ class DatasetSource:
         return options
 
     def build(self, number: int, builder: Any, rng: np.random.Generator) -> Any:
-        """``builder.build`` on sample ``number`` (a BuiltSample, or None when the over-long policy
-        drops it). Raises SampleError."""
+        """``builder.build`` on sample ``number`` (a BuiltSample). Raises SampleError, OverlongError
+        when the over-long policy drops it."""
         record = self.record(number)
         return builder.build(record.conversations, rng=rng, **self.build_inputs(record))
 

@@ -1,11 +1,11 @@
 """Bad samples, counted by kind with their ``file:line``, and the data report.
 
 A bad sample never ends a run: whoever reads samples catches ``SampleError``, hands it to
-``BadSamples.skip`` with the sample's place, and goes on. ``skip`` counts it under its kind
-(``json``, ``record``, ``conversation``, ``placeholder``, ``path``, ``missing``, ``unreadable``,
-``image``, ``video``, ``overlong``), keeps the first few of each kind as examples, and logs it. In
-strict mode it raises ``StrictDataError`` instead, whose message starts with the sample's
-``file:line``.
+``BadSamples.skip`` with the sample's place, and goes on. Every sample a run skips goes this way,
+over-long ones the policy drops included. ``skip`` counts it under its kind (``json``, ``record``,
+``conversation``, ``placeholder``, ``path``, ``missing``, ``unreadable``, ``image``, ``video``,
+``overlong``), keeps the first few of each kind as examples, and logs it. In strict mode it raises
+``StrictDataError`` instead, whose message is the sample's ``file:line: reason``.
 
 Data-loader workers and ranks are separate processes: with a ``folder``, every bad sample is also
 appended to ``folder/bad-<pid>.jsonl``, and ``summary`` adds up every process's file (a sample
@@ -35,9 +35,19 @@ _IN_MEMORY = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 class StrictDataError(SampleError):
-    """A bad sample in strict mode; the message starts with ``file:line``."""
+    """A bad sample in strict mode: ``where`` (``file:line``) and ``reason``; the message is
+    ``file:line: reason``."""
 
     kind = "strict"
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Crosses from a data-loader worker to the training loop as itself.
+        return type(self), (self.where, self.reason)
 
 
 class BadSamples:
@@ -69,7 +79,7 @@ class BadSamples:
         """Count a bad sample at ``where`` (``file:line``); in strict mode raise StrictDataError."""
         message = _IN_MEMORY.sub("", str(error))
         if self.strict:
-            raise StrictDataError(f"{where}: {message}") from error
+            raise StrictDataError(where, message) from error
         self.record(getattr(error, "kind", "sample"), where, message)
 
     def record(self, kind: str, where: str, message: str) -> None:

@@ -13,23 +13,25 @@ trains on (reference: internvl-recipe.md §1.4):
   ``Frame{i}: <image>`` line per sampled frame; one tile per frame.
 
 The length is known from image headers and the text alone, so the over-long policy is applied
-before any pixel is decoded. Broken samples raise ``SampleError`` (the caller skips and counts
-them); samples the over-long policy drops return None and are counted in ``counters``.
+before any pixel is decoded. Broken samples raise ``SampleError``, samples the over-long policy
+drops ``OverlongError`` (the caller skips and reports both with their ``file:line``); ``counters``
+counts what the policy did. Images of more than ``max_image_pixels`` pixels are refused from their
+header (``ImageDecodeError``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
 
-from internvl_trainer.config import TrainConfig, VideoConfig
+from internvl_trainer.config import MAX_IMAGE_PIXELS, TrainConfig, VideoConfig
 from internvl_trainer.data.errors import ImageDecodeError, PlaceholderError, SampleError
 from internvl_trainer.data.images import ImageSource, image_size, open_image, to_rgb
-from internvl_trainer.data.overlong import POLICIES, OverlongCounters, OverlongPolicy, largest_fitting
+from internvl_trainer.data.overlong import POLICIES, OverlongCounters, OverlongPolicy, largest_fitting, overlong_error
 from internvl_trainer.data.template import (
     IMAGE_PLACEHOLDER,
     ConversationEncoder,
@@ -84,6 +86,7 @@ class SampleBuilder:
         overlong: OverlongPolicy = "skip",
         patch_size: int = 14,
         downsample_ratio: float = 0.5,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         if overlong not in POLICIES:
             raise ValueError(f"unknown over-long policy {overlong!r}; known: {', '.join(POLICIES)}")
@@ -92,6 +95,7 @@ class SampleBuilder:
         self.tiler = Tiler(tiling)
         self.video = video or VideoConfig()
         self.overlong = overlong
+        self.max_image_pixels = max_image_pixels
         self.tokens_per_tile = tokens_per_tile(self.tiler.config.tile_size, patch_size, downsample_ratio)
         if encoder.tokens_per_tile != self.tokens_per_tile:
             raise ValueError(
@@ -111,6 +115,7 @@ class SampleBuilder:
             tiling=TilingConfig(min_tiles=data.min_tiles, max_tiles=data.max_tiles, **tiling),
             video=data.video,
             overlong=data.overlong,
+            max_image_pixels=data.max_image_pixels,
         )
 
     # -----------------------------------------------------------------------------------------
@@ -125,10 +130,10 @@ class SampleBuilder:
         augment: bool = False,
         max_tiles: int | None = None,
         rng: np.random.Generator | None = None,
-    ) -> BuiltSample | None:
+    ) -> BuiltSample:
         """The sample of one annotation line. ``max_tiles`` overrides the tile budget (a dataset's
         ``max_dynamic_patch``); ``augment`` turns on InternVL's JPEG augmentation (the dataset's
-        ``data_augment``). Raises SampleError; returns None when the over-long policy drops it."""
+        ``data_augment``). Raises SampleError (OverlongError when the over-long policy drops it)."""
         rng = rng if rng is not None else np.random.default_rng()
         turns = conversation_turns(conversations)
         if video is not None:
@@ -139,11 +144,9 @@ class SampleBuilder:
             return self._images(turns, images, augment, max_tiles, rng)
         return self._text(turns)
 
-    def _text(self, turns: list[Turn]) -> BuiltSample | None:
-        encoded = self._fit(self.encoder.tokenize(turns, 0), 0, lambda budget: [])
-        if encoded is None:
-            return None
-        return self._built(encoded[0], [], [], "text")
+    def _text(self, turns: list[Turn]) -> BuiltSample:
+        encoded, _ = self._fit(self.encoder.tokenize(turns, 0), 0, lambda budget: [])
+        return self._built(encoded, [], [], "text")
 
     def _images(
         self,
@@ -152,10 +155,10 @@ class SampleBuilder:
         augment: bool,
         max_tiles: int | None,
         rng: np.random.Generator,
-    ) -> BuiltSample | None:
+    ) -> BuiltSample:
         if len(sources) == 1:
             turns = insert_placeholder(turns, IMAGE_PLACEHOLDER)
-        opened = [open_image(source) for source in sources]
+        opened = [open_image(source, self.max_image_pixels) for source in sources]
         sizes = [image_size(image) for image in opened]
         budget = per_image_budget(self.tiler.config.max_tiles if max_tiles is None else max_tiles, len(sources))
         tokenized = self.encoder.tokenize(turns, len(sources))
@@ -163,10 +166,7 @@ class SampleBuilder:
         def tiles_at(budget: int) -> list[int]:
             return [self.tiler.count(width, height, budget) for width, height in sizes]
 
-        fitted = self._fit(tokenized, budget, tiles_at)
-        if fitted is None:
-            return None
-        encoded, budget = fitted
+        encoded, budget = self._fit(tokenized, budget, tiles_at)
         parts = []
         for image, expected in zip(opened, tiles_at(budget), strict=True):
             tiles = self.tiler(to_rgb(image), max_tiles=budget, augment=augment, rng=rng)
@@ -183,7 +183,7 @@ class SampleBuilder:
         clip: Sequence[float] | None,
         augment: bool,
         rng: np.random.Generator,
-    ) -> BuiltSample | None:
+    ) -> BuiltSample:
         turns = insert_placeholder(turns, VIDEO_PLACEHOLDER)
         if count_placeholders(turns, VIDEO_PLACEHOLDER) != 1:
             raise PlaceholderError(f"a video sample needs exactly one {VIDEO_PLACEHOLDER} in its user turns")
@@ -204,13 +204,9 @@ class SampleBuilder:
 
         total = len(frames.indices)
         count = self._fit_count(length_at, total, min(self.video.min_frames, total))
-        if count is None:
-            return None
         encoded = tokenized[count].expand([self.tokens_per_tile] * count)
         if count == total and len(encoded) > self.max_length:  # truncate policy
-            encoded = self._truncate(encoded)
-            if encoded is None:
-                return None
+            encoded = self._truncate(encoded, count)
         kept: VideoFrames = subsample(frames, count)
         pixels = self.tiler.frames(kept.frames, augment=augment, rng=rng)
         return self._built(encoded, [pixels], [1] * count, "video")
@@ -218,36 +214,34 @@ class SampleBuilder:
     # -----------------------------------------------------------------------------------------
     # over-long policy
 
-    def _fit(
-        self, tokenized: Tokenized, budget: int, tiles_at: Callable[[int], list[int]]
-    ) -> tuple[Encoded, int] | None:
+    def _fit(self, tokenized: Tokenized, budget: int, tiles_at: Callable[[int], list[int]]) -> tuple[Encoded, int]:
         """The encoded sample with the images' tile budget if it fits, else as the policy says
-        (``budget`` 0 for a text-only sample). Returns (encoded, budget used) or None when dropped."""
+        (``budget`` 0 for a text-only sample): (encoded, budget used). Raises OverlongError."""
 
         def length_at(budget: int) -> int:
             return tokenized.length([tiles * self.tokens_per_tile for tiles in tiles_at(budget)])
 
         self.counters.samples += 1
-        if length_at(budget) <= self.max_length:
+        length = length_at(budget)
+        if length <= self.max_length:
             return tokenized.expand([tiles * self.tokens_per_tile for tiles in tiles_at(budget)]), budget
         self.counters.overlong += 1
         if self.overlong == "reduce-tiles" and budget:
             smaller = largest_fitting(length_at, budget - 1, 1, self.max_length) if budget > 1 else None
             if smaller is None:
-                self.counters.skipped += 1
-                return None
+                self._drop(length, sum(tiles_at(budget)), "; too long even with one tile per image")
             self.counters.reduced += 1
             self.counters.tiles_removed += sum(tiles_at(budget)) - sum(tiles_at(smaller))
             return tokenized.expand([tiles * self.tokens_per_tile for tiles in tiles_at(smaller)]), smaller
+        encoded = tokenized.expand([tiles * self.tokens_per_tile for tiles in tiles_at(budget)])
         if self.overlong == "truncate":
-            encoded = self._truncate(tokenized.expand([tiles * self.tokens_per_tile for tiles in tiles_at(budget)]))
-            return None if encoded is None else (encoded, budget)
-        self.counters.skipped += 1
-        return None
+            return self._truncate(encoded, sum(tiles_at(budget))), budget
+        self._drop(length, sum(tiles_at(budget)))
 
-    def _fit_count(self, length_at: Callable[[int], int], total: int, floor: int) -> int | None:
-        """The frame count to use for a video of ``total`` sampled frames; None when dropped. With
-        the truncate policy an over-long video keeps all its frames and is truncated by the caller."""
+    def _fit_count(self, length_at: Callable[[int], int], total: int, floor: int) -> int:
+        """The frame count to use for a video of ``total`` sampled frames. With the truncate policy
+        an over-long video keeps all its frames and is truncated by the caller. Raises
+        OverlongError."""
         self.counters.samples += 1
         if length_at(total) <= self.max_length:
             return total
@@ -255,24 +249,26 @@ class SampleBuilder:
         if self.overlong == "reduce-tiles":
             smaller = largest_fitting(length_at, total - 1, floor, self.max_length) if total > floor else None
             if smaller is None:
-                self.counters.skipped += 1
-                return None
+                self._drop(length_at(total), total, f"; too long even with {floor} frames (minFrames)")
             self.counters.reduced += 1
             self.counters.tiles_removed += total - smaller
             return smaller
         if self.overlong == "truncate":
             return total
-        self.counters.skipped += 1
-        return None
+        self._drop(length_at(total), total)
 
-    def _truncate(self, encoded: Encoded) -> Encoded | None:
+    def _truncate(self, encoded: Encoded, tiles: int) -> Encoded:
+        """``encoded`` cut at the limit after its last image block. Raises OverlongError."""
         cut = encoded.truncated(self.max_length)
         if cut is None:
-            self.counters.skipped += 1
-            return None
+            self._drop(len(encoded), tiles, "; a cut would go through an image or leave no answer")
         self.counters.truncated += 1
         self.counters.tokens_cut += len(encoded) - len(cut)
         return cut
+
+    def _drop(self, tokens: int, tiles: int, why: str = "") -> NoReturn:
+        self.counters.skipped += 1
+        raise overlong_error(tokens, tiles, self.max_length, why)
 
     def _built(
         self, encoded: Encoded, parts: list[torch.Tensor], tiles_per_image: list[int], kind: SampleKind

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from internvl_trainer.config import VideoConfig
+from internvl_trainer.config import MAX_IMAGE_PIXELS, VideoConfig
 from internvl_trainer.data.errors import SampleError
 from internvl_trainer.data.images import decode_image, image_size
-from internvl_trainer.data.records import DatasetSource, MissingMediaError, OverlongError, RecordKind
+from internvl_trainer.data.overlong import overlong_error
+from internvl_trainer.data.records import DatasetSource, MissingMediaError, RecordKind
 from internvl_trainer.data.report import BadSamples
 from internvl_trainer.data.tiling import Tiler, TilingConfig, per_image_budget
 from internvl_trainer.data.video import frame_indices, read_frames
@@ -58,7 +59,8 @@ class Checked:
 class SampleChecker:
     """Checks samples (see the module docstring). ``builder`` makes a SampleBuilder (one per thread;
     tokenizers must not be shared between threads); it must not drop over-long samples
-    (``max_length=UNLIMITED``). ``decode=False`` reads image headers only (statistics)."""
+    (``max_length=UNLIMITED``) and refuses images over its own pixel limit; without one, images
+    over ``max_image_pixels`` are refused. ``decode=False`` reads image headers only (statistics)."""
 
     def __init__(
         self,
@@ -68,12 +70,14 @@ class SampleChecker:
         builder: Callable[[], Any] | None = None,
         max_length: int | None = None,
         decode: bool = True,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         self.tiler = Tiler(tiling or TilingConfig())
         self.video = measuring_video(video or VideoConfig())
         self.make_builder = builder
         self.max_length = max_length
         self.decode = decode
+        self.max_image_pixels = max_image_pixels
         self._local = threading.local()
 
     def builder(self) -> Any:
@@ -109,7 +113,8 @@ class SampleChecker:
             tiles = 0
             for key in record.images:
                 data = source.read_media(key)
-                width, height = decode_image(data).size if self.decode else image_size(data)
+                limit = self.max_image_pixels
+                width, height = decode_image(data, limit).size if self.decode else image_size(data, limit)
                 tiles += self.tiler.count(width, height, budget)
             return Checked(record.kind, tiles)
         rng = np.random.default_rng([number])
@@ -118,7 +123,7 @@ class SampleChecker:
             length, fps = len(frames), frames.get_avg_fps()
             if self.decode:
                 for frame in frames.frames:
-                    decode_image(frame())  # type: ignore[operator]
+                    decode_image(frame(), self.max_image_pixels)  # type: ignore[operator]
         else:
             assert record.video is not None
             one = VideoConfig(sampling="middle", min_frames=1, max_frames=1)
@@ -240,9 +245,7 @@ def validate_sources(
         if outcome.tokens is not None:
             check.tokens.append(outcome.tokens)
             if checker.max_length is not None and outcome.tokens > checker.max_length:
-                error = OverlongError(
-                    f"{outcome.tokens:,} tokens with {outcome.tiles} tiles; the maximum is {checker.max_length:,}"
-                )
+                error = overlong_error(outcome.tokens, outcome.tiles, checker.max_length)
                 check.bad[error.kind] += 1
                 bad.skip(error, sources[dataset].where(number))
 

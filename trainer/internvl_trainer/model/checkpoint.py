@@ -25,7 +25,6 @@ from typing import Any
 
 from peft import PeftModel
 
-from internvl_trainer.model import original_config as oc
 from internvl_trainer.model.export import ExportLayout, export
 from internvl_trainer.model.load import (
     ADAPTER_CONFIG,
@@ -90,8 +89,7 @@ def _processing_from(folder: Path, loaded: Loaded) -> Loaded:
     """``loaded`` with the tokenizer and processor of ``folder`` when it has a tokenizer."""
     if not has_tokenizer(folder):
         return loaded
-    original = (folder / "config.json").is_file() and oc.is_original(json.loads((folder / "config.json").read_text()))
-    tokenizer = load_tokenizer(folder, original_layout=original)
+    tokenizer = load_tokenizer(folder)
     config = loaded.model.config
     processor = load_processor(
         folder,
@@ -109,11 +107,11 @@ def _write(
     llm_architecture: str | None,
     storage: Any,
     producer: Mapping[str, Any] | None,
-    code_from: Path | None = None,
+    base_folder: Path | None,
 ) -> list[str]:
+    """Export ``loaded`` to every destination; InternVL's ``.py`` files and the tokenizer's
+    vocabulary files come from ``base_folder``."""
     written = []
-    if loaded.layout == "original":
-        code_from = loaded.folder
     for layout, uri in destinations.items():
         written.append(
             export(
@@ -123,7 +121,7 @@ def _write(
                 tokenizer=loaded.tokenizer,
                 processor=loaded.processor,
                 llm_architecture=llm_architecture,
-                code_from=code_from,
+                base_folder=base_folder,
                 storage=storage,
                 producer=dict(producer) if producer else None,
             )
@@ -159,7 +157,14 @@ def merge_checkpoint(
     merged = adapted.merge_and_unload()
     log.info("merged the adapter of %s into %s", folder, loaded.folder)
     result = _processing_from(folder, Loaded(merged, loaded.tokenizer, loaded.processor, loaded.layout, loaded.folder))
-    return _write(result, destinations, llm_architecture=llm_architecture, storage=storage, producer=producer)
+    return _write(
+        result,
+        destinations,
+        llm_architecture=llm_architecture,
+        storage=storage,
+        producer=producer,
+        base_folder=loaded.folder,
+    )
 
 
 def export_checkpoint(
@@ -176,15 +181,20 @@ def export_checkpoint(
     """Write a full model checkpoint (either layout) to every destination. Returns them. An
     original-layout destination gets InternVL's ``.py`` files from the checkpoint when it is in
     that layout, else from ``code_from`` (a folder or S3 prefix: the base a fine-tune started from,
-    already in the cache when it was loaded from there)."""
+    already in the cache when it was loaded from there), and so do the tokenizer's vocabulary files."""
     check_destinations(destinations)
     folder = fetch_folder(checkpoint, storage=storage, cache_dir=cache_dir)
     if folder.is_dir() and is_adapter(folder):
         raise ModelFolderError(f"{folder}: holds a LoRA adapter; merge it into its base with internvl-train merge")
     loaded = load(folder, dtype=dtype)
-    code = None
-    if code_from is not None and destinations.original:
-        code = fetch_folder(code_from, storage=storage, cache_dir=cache_dir)
+    base_folder = loaded.folder
+    if loaded.layout != "original" and code_from is not None and destinations.original:
+        base_folder = fetch_folder(code_from, storage=storage, cache_dir=cache_dir)
     return _write(
-        loaded, destinations, llm_architecture=llm_architecture, storage=storage, producer=producer, code_from=code
+        loaded,
+        destinations,
+        llm_architecture=llm_architecture,
+        storage=storage,
+        producer=producer,
+        base_folder=base_folder,
     )

@@ -8,8 +8,11 @@ processor the folder holds:
 - ``hf`` (``model_type: internvl``): transformers' own ``from_pretrained``.
 - ``original`` (``InternVLChatModel``): the config is converted (``original_config``), the
   safetensors (or ``.bin``) shards are read, renamed and split (``layouts``), and the model is
-  built from the converted state dict. No remote code is run, and checkpoints InternVL saved with
-  LoRA wrapped in are folded into plain weights first.
+  built from the converted state dict. Checkpoints InternVL saved with LoRA wrapped in are folded
+  into plain weights first.
+
+No code of the folder is run, nor asked about: every transformers load has
+``trust_remote_code=False``.
 
 Both paths are strict: a missing or unexpected weight is an error, never a random initialisation.
 The attention is flash-attention 2 when it can be used (package installed, CUDA present), sdpa
@@ -185,6 +188,7 @@ def load_hf_model(
         dtype=dtype if dtype is not None else "auto",
         attn_implementation=attention_implementation(attn_implementation),
         output_loading_info=True,
+        trust_remote_code=False,
     )
     _check_loading(info, folder)
     return model
@@ -218,6 +222,7 @@ def load_original_model(
         dtype=resolved,
         attn_implementation=attention_implementation(attn_implementation),
         output_loading_info=True,
+        trust_remote_code=False,
     )
     _check_loading(info, folder)
     return model

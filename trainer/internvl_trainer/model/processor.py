@@ -3,9 +3,16 @@
 
 - Special tokens: the nine InternVL adds (``<img>``, ``</img>``, ``<IMG_CONTEXT>``, ``<quad>``,
   ``</quad>``, ``<ref>``, ``</ref>``, ``<box>``, ``</box>``), and the named ones transformers'
-  InternVL processor reads (``start_image_token``, ``end_image_token``, ``context_image_token``,
-  ``video_token``), which survive ``save_pretrained``. ``<video>`` is only named, never added to
-  the vocabulary: the processor reads its text, and videos reach the model as image tiles.
+  InternVL processor reads (``start_image_token``, ``end_image_token``, ``context_image_token``),
+  which survive ``save_pretrained``. ``<video>`` is never added to the vocabulary: InternVL replaces
+  it in the text by one ``<image>`` line per frame before tokenizing, so a vocabulary has it only
+  when the base had it (the ``-hf`` releases). It is named ``video_token`` only then, because
+  transformers adds every named token to the vocabulary when it loads a tokenizer; otherwise the
+  processor knows ``<video>`` as text alone (``InternVLCpuProcessor``).
+- Loading never runs, nor asks to run, a folder's own code (``trust_remote_code=False``):
+  original-layout folders name InternVL's classes in ``auto_map``, and a tokenizer class that
+  exists only as remote code (InternLM2's) is read by transformers' generic class from its
+  ``tokenizer.json``.
 - Chat template: the fine-tuning template (reference: internvl-recipe.md §4.1, §10.2), with
   InternVL's default system message when a conversation has none, so that inference sees what
   training saw. An image item becomes ``<IMG_CONTEXT>\\n`` and a video ``<video>\\n``; the processor
@@ -28,7 +35,9 @@ from transformers import (
     InternVLProcessor,
     PreTrainedConfig,
     PreTrainedTokenizerBase,
+    TokenizersBackend,
 )
+from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE, INTERNVL2_5
 
@@ -38,14 +47,15 @@ INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<re
 """The special tokens InternVL's fine-tuning adds (reference: internvl-recipe.md §1.7)."""
 
 VIDEO_TOKEN = "<video>"
+"""The video placeholder in text: named ``video_token`` only in vocabularies that hold it."""
 
 NAMED_TOKENS = {
     "start_image_token": "<img>",
     "end_image_token": "</img>",
     "context_image_token": "<IMG_CONTEXT>",
-    "video_token": VIDEO_TOKEN,
 }
-"""The named special tokens transformers' InternVL processor reads from the tokenizer."""
+"""The named special tokens transformers' InternVL processor reads from the tokenizer (besides
+``video_token``, see ``named_tokens``)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,6 +96,14 @@ def missing_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return [token for token in INTERNVL_TOKENS if token not in vocabulary]
 
 
+def named_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """The named tokens for ``tokenizer``: ``NAMED_TOKENS``, and ``video_token`` when its vocabulary
+    holds ``<video>`` (naming it otherwise would add it the next time the tokenizer is loaded)."""
+    if VIDEO_TOKEN in tokenizer.get_vocab():
+        return {**NAMED_TOKENS, "video_token": VIDEO_TOKEN}
+    return dict(NAMED_TOKENS)
+
+
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """Give a tokenizer InternVL's special tokens (added when missing), the named ones the processor
     reads, and the chat template. Returns the tokens added: the model's embeddings must then grow
@@ -94,7 +112,9 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     if added:
         tokenizer.add_tokens(added, special_tokens=True)
         log.info("added %d special tokens to the tokenizer: %s", len(added), ", ".join(added))
-    missing_names = {name: token for name, token in NAMED_TOKENS.items() if getattr(tokenizer, name, None) != token}
+    missing_names = {
+        name: token for name, token in named_tokens(tokenizer).items() if getattr(tokenizer, name, None) != token
+    }
     if missing_names:
         # The public route is the ``extra_special_tokens`` argument of the constructor; a loaded
         # tokenizer gets the same registration through the method the constructor calls.
@@ -103,15 +123,53 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return added
 
 
-def load_tokenizer(folder: str | Path, *, original_layout: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model folder (no remote code), prepared with ``prepare_tokenizer``. In
-    the original layout, config.json (``internvl_chat``, unknown to transformers) is not read."""
-    options: dict[str, Any] = {"extra_special_tokens": dict(NAMED_TOKENS)}
-    if original_layout:
-        options["config"] = PreTrainedConfig()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), **options)
+def load_tokenizer(folder: str | Path, *, original_layout: bool | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder, prepared with ``prepare_tokenizer``, its vocabulary as saved.
+    The folder's own code is never run nor asked about. In the original layout (told from
+    config.json when ``original_layout`` is None), config.json (``internvl_chat``, unknown to
+    transformers) is not read."""
+    folder = Path(folder)
+    if original_layout is None:
+        original_layout = _describes_original_layout(folder)
+    config = PreTrainedConfig() if original_layout else None
+    code_only = _code_only_tokenizer_class(folder)
+    if code_only is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config, trust_remote_code=False)
+    elif (folder / "tokenizer.json").is_file():
+        tokenizer = TokenizersBackend.from_pretrained(str(folder))
+    else:
+        raise ValueError(
+            f"{folder}: tokenizer_config.json names {code_only}, which exists only as the folder's own code"
+            " and is never run; without it the tokenizer is read from tokenizer.json, which the folder lacks"
+        )
     prepare_tokenizer(tokenizer)
     return tokenizer
+
+
+def _describes_original_layout(folder: Path) -> bool:
+    from internvl_trainer.model.original_config import is_original
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and is_original(config)
+
+
+def _code_only_tokenizer_class(folder: Path) -> str | None:
+    """The tokenizer class a folder's tokenizer_config.json names when transformers lacks it and
+    only the folder's code (``auto_map``) has it, as InternLM2's ``InternLM2Tokenizer``."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not (isinstance(auto_map, (list, tuple)) or (isinstance(auto_map, dict) and "AutoTokenizer" in auto_map)):
+        return None
+    name = str(config.get("tokenizer_class") or "")
+    if name and any(tokenizer_class_from_name(n) is not None for n in (name, name.removesuffix("Fast"))):
+        return None
+    return name or "a tokenizer class in auto_map"
 
 
 def has_tokenizer(folder: str | Path) -> bool:
@@ -123,7 +181,10 @@ class InternVLCpuProcessor(InternVLProcessor):
     """InternVLProcessor without the video-processor slot, whose classes all need torchvision.
 
     Its attributes are the image processor and the tokenizer (transformers reads them from this
-    signature), so ``save_pretrained`` and ``from_pretrained`` round-trip without torchvision."""
+    signature), so ``save_pretrained`` and ``from_pretrained`` round-trip without torchvision. A
+    tokenizer that does not name a ``video_token`` (its vocabulary lacks ``<video>``) gets
+    ``<video>`` as a plain attribute, which is never saved nor added to the vocabulary: the parent
+    class reads the placeholder's text from the tokenizer."""
 
     def __init__(
         self,
@@ -133,6 +194,8 @@ class InternVLCpuProcessor(InternVLProcessor):
         chat_template: str | None = None,
         **kwargs: Any,
     ):
+        if tokenizer is not None and getattr(tokenizer, "video_token", None) is None:
+            tokenizer.video_token = VIDEO_TOKEN
         super().__init__(
             image_processor=image_processor,
             tokenizer=tokenizer,
@@ -141,6 +204,13 @@ class InternVLCpuProcessor(InternVLProcessor):
             chat_template=chat_template,
             **kwargs,
         )
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> InternVLCpuProcessor:
+        """transformers' loading, with the folder's own code never run nor asked about (an
+        original-layout folder names InternVL's classes in config.json's ``auto_map``)."""
+        kwargs["trust_remote_code"] = False
+        return super().from_pretrained(*args, **kwargs)
 
 
 def image_processor(image_size: int = 448, min_tiles: int = 1, max_tiles: int = 12) -> GotOcr2ImageProcessorPil:
@@ -193,7 +263,7 @@ def load_processor(
     images = None
     if (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file():
         try:
-            images = GotOcr2ImageProcessorPil.from_pretrained(str(folder))
+            images = GotOcr2ImageProcessorPil.from_pretrained(str(folder), trust_remote_code=False)
         except (OSError, ValueError, TypeError) as error:
             log.warning(
                 "%s: its image processor settings cannot be read (%s); using InternVL's defaults", folder, error

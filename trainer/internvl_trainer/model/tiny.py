@@ -5,7 +5,8 @@ The model is a real ``InternVLForConditionalGeneration`` (vision tower, projecto
 LLM) of a few layers and hidden sizes of 32 to 64. Every weight is perturbed away from its
 initial value, so no two tensors (a layer's two norms, ``lambda_1`` and ``lambda_2``, …) are
 equal: a mapping that swaps two keys changes the model's output. The tokenizer is a byte-level BPE
-over a small corpus with InternVL's special tokens and the ChatML control tokens.
+over a small corpus with InternVL's special tokens and the ChatML control tokens, and, as the
+original releases' vocabularies, no ``<video>``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from transformers import (
 )
 
 from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE
-from internvl_trainer.model.processor import INTERNVL_TOKENS, NAMED_TOKENS, prepare_tokenizer
+from internvl_trainer.model.processor import INTERNVL_TOKENS, VIDEO_TOKEN, prepare_tokenizer
 
 CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CORPUS = (
@@ -34,14 +35,15 @@ CORPUS = (
 )
 
 
-def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained now, with InternVL's tokens, ``<video>`` and ``<pad>``."""
+def tiny_tokenizer(vocab_size: int = 320, *, video_token: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained now, with InternVL's tokens and ``<pad>``; with
+    ``<video>`` too when ``video_token`` (as the ``-hf`` releases' vocabularies)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    special = [*CONTROL_TOKENS, *INTERNVL_TOKENS, NAMED_TOKENS["video_token"], "<pad>"]
+    special = [*CONTROL_TOKENS, *INTERNVL_TOKENS, *([VIDEO_TOKEN] if video_token else []), "<pad>"]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=special,
@@ -53,7 +55,6 @@ def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<pad>",
-        extra_special_tokens=dict(NAMED_TOKENS),
     )
     prepare_tokenizer(tokenizer)
     return tokenizer

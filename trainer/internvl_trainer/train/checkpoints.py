@@ -2,8 +2,11 @@
 
 A checkpoint is the HF Trainer's checkpoint folder (the model, or only the adapters and the parts
 trained in full with LoRA; the optimizer, scheduler and RNG states; DeepSpeed's shards under
-DeepSpeed) plus ``data-state-rank<r>.json``, each rank's data-loader position. It is complete when
-its own ``manifest.json`` exists, which is written last.
+DeepSpeed) plus ``data-state-rank<r>.json``, each rank's data-loader position, and
+``metrics.jsonl`` as it was at that step (a resumed attempt continues it, so nothing a dead attempt
+logged after the checkpoint is kept twice). It is complete when its own ``manifest.json`` exists,
+which is written last; one without it (a partial upload) is never resumed from, nor merged or
+exported from S3.
 
 Publishing works for any number of nodes: every node's first process uploads the files its node
 wrote (a file already there with the same sha256 is not sent again), the entries are gathered,
@@ -27,6 +30,7 @@ from typing import Any
 import torch
 
 from internvl_trainer.config import OutputLayout
+from internvl_trainer.problems import BadInput, Problem
 from internvl_trainer.storage import MANIFEST_NAME, FileEntry, Manifest, Storage, parse
 from internvl_trainer.storage.upload import local_files, upload_file
 
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)/(.*)$")
 DATA_STATE = "data-state-rank{rank}.json"
+METRICS = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,16 @@ def latest(storage: Storage, layout: OutputLayout) -> Checkpoint | None:
     return complete[-1] if complete else None
 
 
+def check_complete(storage: Storage, uri: str) -> None:
+    """Refuse an S3 checkpoint without its manifest.json: every folder the trainer uploads (a
+    checkpoint, a published model) gets it last, so one without it is a partial upload. A local
+    folder is taken as it is (a PEFT or Trainer save has no manifest). Raises BadInput."""
+    root = parse(uri)
+    if root.is_s3 and not storage.exists(root.child(MANIFEST_NAME)):
+        reason = f"{uri}: incomplete, no {MANIFEST_NAME} (written last by every upload: this one did not finish)"
+        raise BadInput([Problem("--checkpoint", reason)])
+
+
 def download(storage: Storage, checkpoint: Checkpoint, folder: Path) -> Path:
     """A verified local copy of a checkpoint (files checked against its manifest)."""
     destination = folder / f"checkpoint-{checkpoint.step}"
@@ -84,6 +99,19 @@ def read_data_states(folder: Path, rank: int) -> dict[str, Any] | list[dict[str,
         return state
     states = [json.loads(path.read_text()) for path in sorted(folder.glob("data-state-rank*.json"))]
     return states or None
+
+
+def write_metrics(folder: Path, metrics: Path) -> None:
+    """The run's metrics.jsonl so far, into the checkpoint (main process)."""
+    if metrics.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(metrics, folder / METRICS)
+
+
+def read_metrics(folder: Path, metrics: Path) -> None:
+    """The metrics.jsonl of a downloaded checkpoint, as the resumed attempt's to continue."""
+    if (folder / METRICS).is_file():
+        shutil.copyfile(folder / METRICS, metrics)
 
 
 def _gather(entries: list[FileEntry]) -> list[FileEntry]:

@@ -5,7 +5,10 @@ This is the trainer's thin layer over the data modules: ``load_meta`` reads the 
 variant InternVL users write), ``open_sources`` indexes each annotation file by byte offset once
 per node (the index is mapped by every rank and worker) and reads media through the node's cache,
 ``DatasetSource.build_or_skip`` turns a sample into a ``BuiltSample`` and ``BadSamples`` counts the
-bad ones by kind with their ``file:line`` (in strict mode the first one stops the run).
+bad ones (over-long ones the policy drops included) by kind with their ``file:line`` (in strict mode
+the first one stops the run). Each process (rank or data-loader worker) keeps the over-long
+policy's counters of the samples it built and, with a bad-samples folder, stores them there after
+each change, so that the data report adds up every process on the node.
 
 The held-out split takes ``round(evalSplit · N)`` samples of each dataset, chosen with the seed by
 a permutation; training sample ``i`` of a dataset is sample ``perm(k + i)`` of its file, held-out
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ import numpy as np
 from internvl_trainer.config import TrainConfig
 from internvl_trainer.data.annotations import data_cache, dataset_specs
 from internvl_trainer.data.meta import MetaFile, load_meta
+from internvl_trainer.data.overlong import OverlongCounters
 from internvl_trainer.data.records import DatasetSource, open_sources
 from internvl_trainer.data.report import BadSamples
 from internvl_trainer.data.sample import BuiltSample, SampleBuilder
@@ -68,6 +74,7 @@ class RunData:
         self.builder = builder
         self.seed = seed
         self.bad = bad or BadSamples()
+        self._process = (os.getpid(), secrets.token_hex(4))
         self.held_out = [round(eval_split * len(source)) for source in self.sources]
         self._orders = [
             Permutation(len(source), _key("eval-split", seed, number)) if len(source) else None
@@ -112,9 +119,34 @@ class RunData:
         return self.sources[where.dataset].where(where.line)
 
     def build_at(self, where: Where, rng: np.random.Generator) -> BuiltSample | None:
-        """The sample at ``where``; None when it is bad (counted) or dropped as over-long. Raises
+        """The sample at ``where``; None when it is bad or dropped as over-long (counted). Raises
         StrictDataError in strict mode."""
-        return self.sources[where.dataset].build_or_skip(where.line, self.builder, rng, self.bad)
+        counters = self._own_counters()
+        before = replace(counters)
+        try:
+            return self.sources[where.dataset].build_or_skip(where.line, self.builder, rng, self.bad)
+        finally:
+            if counters != before and self.bad.folder is not None:
+                pid, token = self._process
+                self.bad.folder.mkdir(parents=True, exist_ok=True)
+                counters.store(self.bad.folder / f"overlong-{pid}-{token}.json")
+
+    def _own_counters(self) -> OverlongCounters:
+        """The builder's over-long counters, started afresh in each process: a data-loader worker
+        receives a copy of its parent's, whose counts are the parent's to report. The file name
+        has a random part too, as a later attempt on the node may reuse a pid."""
+        if self._process[0] != os.getpid():
+            self._process = (os.getpid(), secrets.token_hex(4))
+            self.builder.counters = OverlongCounters()
+        return self.builder.counters
+
+    def overlong(self) -> OverlongCounters:
+        """What the over-long policy did: over every process on this node with a bad-samples
+        folder, else over this one."""
+        folder = self.bad.folder
+        if folder is None:
+            return self.builder.counters
+        return OverlongCounters.total(sorted(folder.glob("overlong-*.json")) if folder.is_dir() else [])
 
     def build(self, ref: SampleRef) -> BuiltSample | None:
         """What ``PackedStream`` calls for a drawn training sample (its randomness from the draw)."""
@@ -143,7 +175,7 @@ class RunData:
             },
             "badSamples": self.bad.summary(),
             "refusedKeys": sum(source.root.refused for source in self.sources),
-            "overlongInMainProcess": vars(self.builder.counters).copy(),
+            "overlong": self.overlong().as_dict(),
         }
 
 
@@ -167,6 +199,7 @@ def builder_for(config: TrainConfig, tokenizer: Any, model_config: Any) -> Sampl
         overlong=data.overlong,
         patch_size=patch_size,
         downsample_ratio=float(model_config.downsample_ratio),
+        max_image_pixels=data.max_image_pixels,
     )
 
 

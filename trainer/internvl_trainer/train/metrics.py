@@ -3,7 +3,8 @@
 Everything here runs on the main process only. One JSON object per logged step goes to
 ``metrics.jsonl`` (step, epoch, loss, learningRate, gradNorm, samplesPerSecond, and evalLoss when
 the held-out split was evaluated); the same scalars go to a TensorBoard event file; both are
-uploaded with every checkpoint (``runs/<uid>/metrics.jsonl`` and ``runs/<uid>/tensorboard/``).
+uploaded with every checkpoint (``runs/<uid>/metrics.jsonl`` and ``runs/<uid>/tensorboard/``), and
+metrics.jsonl is saved in the checkpoint too, for a resumed attempt to continue.
 Inside a cluster the ``StatusReporter`` patches ``status.progress`` (at most every 30 s, and at
 the end). The progress bar is the HF Trainer's own (tqdm, main process only).
 
@@ -141,14 +142,6 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def keep_until(self, step: int) -> None:
-        """Drop lines past ``step`` (written by an attempt that died after its last checkpoint)."""
-        if not self.path.exists():
-            return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:

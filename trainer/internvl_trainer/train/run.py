@@ -1,15 +1,16 @@
 """``internvl-train run``: one training run, read top to bottom.
 
-    environment → train.yaml checks → Trainer arguments (DeepSpeed known before the model loads)
-    → base model (local or S3) → freeze / drop path / checkpointing / LoRA → datasets and held-out
-    split → sampler, packing, collator, resumable loader → resume point (newest complete
-    checkpoint of runs/<uid>/) → train (checkpoints every saveSteps, metrics, TensorBoard, status)
+    environment → train.yaml checks → storage checks (credentials, base model, output writable)
+    → Trainer arguments (DeepSpeed known before the model loads) → base model (local or S3)
+    → freeze / drop path / checkpointing / LoRA → datasets and held-out split → sampler, packing,
+    collator, resumable loader → resume point (newest complete checkpoint of runs/<uid>/) → train
+    (checkpoints every saveSteps, metrics, TensorBoard, status)
     → held-out loss → final save → merge, export, reload and generate, publish with the manifest last
 
 Every process of the run executes this (torchrun, mpirun, or one process on a laptop); only the
 main process writes shared outputs (the checkpoint manifest, metrics, the model). Exit codes
-(docs/contract.md §5): 2 for bad input (train.yaml, the world size, a bad sample in strict mode),
-1 for anything else.
+(docs/contract.md §5): 2 for bad input (train.yaml, the world size, storage that refuses the
+credentials or has no base model or output bucket, a bad sample in strict mode), 1 for anything else.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from internvl_trainer.data.packing import PackingBudget
 from internvl_trainer.data.report import StrictDataError
 from internvl_trainer.data.sampling import MixtureSampler
 from internvl_trainer.problems import BadInput, Problem
-from internvl_trainer.storage import ObjectNotFound, Storage
+from internvl_trainer.storage import Storage
 from internvl_trainer.storage.upload import upload_file
 from internvl_trainer.train import checkpoints
 from internvl_trainer.train.datasets import RunData, open_run_data
 from internvl_trainer.train.distributed import ProcessEnvironment, check_world, detect, export_for_torch
 from internvl_trainer.train.metrics import EventWriter, MetricsLog, ProgressCallback
+from internvl_trainer.train.preflight import check_storage
 from internvl_trainer.train.status import StatusReporter
 from internvl_trainer.train.trainer import EvalSet, InternVLTrainer
 
@@ -131,9 +133,9 @@ def training_arguments(
 
 
 class CheckpointCallback(TrainerCallback):
-    """After the Trainer saved a checkpoint locally: add the data position, publish it to
-    runs/<uid>/checkpoints/ with its manifest last, upload metrics and TensorBoard, keep the newest
-    K, report it in status.progress. Also makes the last step a checkpoint."""
+    """After the Trainer saved a checkpoint locally: add the data position and metrics.jsonl,
+    publish it to runs/<uid>/checkpoints/ with its manifest last, upload metrics and TensorBoard,
+    keep the newest K, report it in status.progress. Also makes the last step a checkpoint."""
 
     def __init__(
         self,
@@ -165,6 +167,8 @@ class CheckpointCallback(TrainerCallback):
         environment = self.environment
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         checkpoints.write_data_state(folder, environment.rank, self.loader.state_dict())
+        if self.progress is not None:
+            checkpoints.write_metrics(folder, self.progress.metrics.path)
         uri = checkpoints.checkpoint_uri(self.config.layout, state.global_step)
         checkpoints.publish(
             self.storage,
@@ -227,6 +231,7 @@ def run(
     if environment.launcher != "single" or config.deepspeed is not None:
         export_for_torch(environment, environ)  # torch.distributed's env:// (DeepSpeed needs it alone too)
     storage = Storage(config.storage)
+    check_storage(config, storage, environment.rank)
     layout = config.layout
     training, batch = config.training, config.batch
     root = scratch or scratch_root(environ)
@@ -318,17 +323,15 @@ def run(
             log.info("resume: never, deleting %s", stale.uri)
             checkpoints.delete_folder(storage, stale.uri)
 
-    # Progress: metrics.jsonl continues the run's own, TensorBoard gets a file per attempt.
+    # Progress: metrics.jsonl continues the one saved with the checkpoint (what a dead attempt
+    # logged after it, a final held-out loss included, is logged again), TensorBoard gets a file
+    # per attempt.
     progress = None
     if environment.is_main:
         metrics = MetricsLog(run_dir / "metrics.jsonl")
         metrics.path.unlink(missing_ok=True)
-        if resumed_from is not None:
-            try:
-                metrics.path.write_bytes(storage.read_bytes(layout.metrics))
-            except ObjectNotFound:
-                pass
-            metrics.keep_until(resumed_from)
+        if resume_dir is not None:
+            checkpoints.read_metrics(resume_dir, metrics.path)
         progress = ProgressCallback(
             metrics,
             EventWriter(run_dir / "tensorboard"),
@@ -362,13 +365,13 @@ def run(
             *callbacks,
         ],
     )
-    try:
+    try:  # strict mode: a bad sample, in training or in the final held-out pass, is bad input
         trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir is not None else None)
+        eval_loss = progress.eval_loss if progress is not None else None
+        if eval_set is not None and not training.eval_steps:
+            eval_loss = trainer.evaluate().get("eval_loss")
     except StrictDataError as error:
-        raise BadInput([Problem("data", str(error))]) from error
-    eval_loss = progress.eval_loss if progress is not None else None
-    if eval_set is not None and not training.eval_steps:
-        eval_loss = trainer.evaluate().get("eval_loss")
+        raise BadInput([Problem(error.where, error.reason)]) from error
     steps = trainer.state.global_step
 
     # The final save (every process: ZeRO-3 gathers the weights), then the rest on the main one.

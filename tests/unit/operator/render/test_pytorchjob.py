@@ -37,14 +37,7 @@ def test_the_trainer_container(lora_cr):
     trainer = trainer_of(job_of(lora_cr, attempt=3))
     assert trainer["name"] == "pytorch"
     assert trainer["image"].startswith("ghcr.io/internvl-finetune/trainer:")
-    assert trainer["command"] == [
-        "torchrun",
-        "--no-python",
-        "internvl-train",
-        "run",
-        "--config",
-        "/etc/internvl/train.yaml",
-    ]
+    assert trainer["command"] == ["internvl-train", "launch", "--config", "/etc/internvl/train.yaml"]
     assert trainer["ports"] == [{"name": "pytorchjob-port", "containerPort": 29500}]
     assert trainer["env"] == [
         {"name": "LAUNCHER", "value": "pytorch"},

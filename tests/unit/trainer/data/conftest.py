@@ -4,6 +4,8 @@ generated in the test."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,21 @@ def encode(array: np.ndarray, image_format: str = "PNG", **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid black 1-bit PNG of ``width`` x ``height``: a decompression bomb (20000 x 20000 is
+    48 KB on disk, 400 million pixels decoded), written row by row with zlib in a fraction of a
+    second."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (width + 7) // 8)  # the filter byte, then the row's bits
+    deflate = zlib.compressobj(9)
+    pixels = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def write_video(path: Path, frames: int, width: int = 64, height: int = 48, fps: int = 10) -> Path:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from internvl_trainer.config import MAX_IMAGE_PIXELS
 from internvl_trainer.data.errors import ImageDecodeError, SampleError
 from internvl_trainer.data.images import decode_image, decode_rgb_array, image_size
-from tests.unit.trainer.data.conftest import encode
+from tests.unit.trainer.data.conftest import bomb_png, encode
 
 # The stored pixels of an image with EXIF orientation n, turned upright as the EXIF specification
 # says: mirror, rotate clockwise, or both.
@@ -182,3 +184,33 @@ def test_unreadable_files_raise_a_sample_error(data):
 def test_missing_file_raises_a_sample_error(tmp_path):
     with pytest.raises(ImageDecodeError):
         image_size(tmp_path / "missing.png")
+
+
+def test_a_decompression_bomb_is_a_bad_image_refused_from_its_header():
+    bomb = bomb_png(20000, 20000)
+    assert len(bomb) < 50_000
+    for read in (image_size, decode_image):
+        with pytest.raises(ImageDecodeError) as error:
+            read(bomb)
+        # Past twice its own limit Pillow refuses before open_image sees the size.
+        assert str(error.value) == (
+            "cannot open image: Image size (400000000 pixels) exceeds limit of 178956970 pixels, "
+            "could be decompression bomb DOS attack."
+        )
+        assert error.value.kind == "image"
+
+
+def test_the_pixel_limit_is_exact_and_replaces_pillows_warning():
+    """Between Pillow's limit and twice it Pillow only warns: here the setting decides, silently."""
+    between = bomb_png(10000, 9000)  # 90,000,000 pixels: Pillow's warning range
+    with pytest.raises(
+        ImageDecodeError, match="^10000x9000 image: 90,000,000 pixels, more than the limit of 89,478,485"
+    ):
+        image_size(between)
+    with warnings.catch_warnings(record=True) as caught:
+        assert image_size(between, max_pixels=2 * MAX_IMAGE_PIXELS) == (10000, 9000)
+    assert [warning.category for warning in caught] == []
+    small = encode(np.zeros((100, 120, 3), dtype=np.uint8))  # 12,000 pixels
+    assert decode_image(small, max_pixels=12_000).size == (120, 100)
+    with pytest.raises(ImageDecodeError, match="^120x100 image: 12,000 pixels, more than the limit of 11,999 "):
+        decode_image(small, max_pixels=11_999)

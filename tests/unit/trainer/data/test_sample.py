@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from internvl_trainer.config import TrainConfig, VideoConfig
-from internvl_trainer.data.errors import ImageDecodeError, PlaceholderError, SampleError
+from internvl_trainer.data.errors import ImageDecodeError, OverlongError, PlaceholderError, SampleError
 from internvl_trainer.data.overlong import OverlongCounters, largest_fitting
 from internvl_trainer.data.sample import SampleBuilder
 from internvl_trainer.data.template import IGNORE_INDEX, ConversationEncoder
@@ -108,9 +108,10 @@ def test_video_frames_as_lines_of_one_tile_each(tokenizer, video):
         builder(tokenizer).build(QA, images=[b"x"], video=video)
 
 
-def test_overlong_skip_counts(tokenizer, images):
+def test_overlong_skip_raises_and_counts(tokenizer, images):
     skipping = builder(tokenizer, max_length=3000)
-    assert skipping.build(QA, images=[images["640x480"]]) is None
+    with pytest.raises(OverlongError, match="^3,502 tokens with 13 tiles; the maximum is 3,000$"):
+        skipping.build(QA, images=[images["640x480"]])
     assert skipping.build(QA) is not None
     assert skipping.counters == OverlongCounters(samples=2, overlong=1, skipped=1)
 
@@ -123,7 +124,8 @@ def test_overlong_truncate_cuts_text_after_the_last_image(tokenizer, images):
     assert (sample.labels != IGNORE_INDEX).sum() == 17 and sample.labels[-1] != IGNORE_INDEX
     assert truncating.build(QA, images=[images["640x480"]], max_tiles=6) is not None
     tight = builder(tokenizer, max_length=3000, overlong="truncate")
-    assert tight.build(QA, images=[images["640x480"]]) is None  # the image block alone is too long
+    with pytest.raises(OverlongError, match="; a cut would go through an image or leave no answer$"):
+        tight.build(QA, images=[images["640x480"]])  # the image block alone is too long
     assert truncating.counters == OverlongCounters(samples=2, overlong=1, truncated=1, tokens_cut=705)
     assert tight.counters == OverlongCounters(samples=1, overlong=1, skipped=1)
 
@@ -136,7 +138,8 @@ def test_overlong_reduce_tiles_uses_the_largest_budget_that_fits(tokenizer, imag
     assert sample.pixel_values.shape[0] == 7
     assert reducing.counters == OverlongCounters(samples=1, overlong=1, reduced=1, tiles_removed=6)
     hopeless = builder(tokenizer, max_length=200, overlong="reduce-tiles")
-    assert hopeless.build(QA, images=[images["640x480"]]) is None
+    with pytest.raises(OverlongError, match="^3,502 tokens with 13 tiles; the maximum is 200; too long even with one"):
+        hopeless.build(QA, images=[images["640x480"]])
     assert hopeless.counters.skipped == 1
 
 
@@ -149,7 +152,11 @@ def test_overlong_reduce_tiles_drops_frames_down_to_min_frames(tokenizer, video)
     assert shown_frames(sample.pixel_values) == [2, 7, 17, 22, 32]
     assert reducing.counters == OverlongCounters(samples=1, overlong=1, reduced=1, tiles_removed=3)
     too_short = builder(tokenizer, max_length=500, overlong="reduce-tiles", video=config)
-    assert too_short.build(conversation, video=video) is None and too_short.counters.skipped == 1
+    with pytest.raises(
+        OverlongError, match=r" with 8 tiles; the maximum is 500; too long even with 2 frames \(minFrames\)$"
+    ):
+        too_short.build(conversation, video=video)
+    assert too_short.counters.skipped == 1
 
 
 def test_largest_fitting_and_counter_sums():
@@ -177,7 +184,13 @@ def test_builder_from_train_config(tokenizer, images):
     config = TrainConfig.model_validate(
         {
             "model": {"name": "InternVL2_5-8B", "weights": "/models/internvl2_5-8b"},
-            "data": {"meta": "/data/meta.json", "maxSeqLength": 4096, "maxTiles": 6, "overlong": "reduce-tiles"},
+            "data": {
+                "meta": "/data/meta.json",
+                "maxSeqLength": 4096,
+                "maxTiles": 6,
+                "overlong": "reduce-tiles",
+                "maxImagePixels": 1048576,
+            },
             "training": {"globalBatchSize": 16, "learningRate": 4e-5, "weightDecay": 0.05},
             "method": {"dropPathRate": 0.0},
             "batch": {"perDeviceBatchSize": 4, "gradientAccumulationSteps": 4},
@@ -189,3 +202,5 @@ def test_builder_from_train_config(tokenizer, images):
     sample = built.build(QA, images=[images["640x480"]])
     assert sample.input_ids[0].item() == tokenizer.convert_tokens_to_ids("<s>")  # InternLM2.5: BOS
     assert sample.tiles_per_image == [7]
+    with pytest.raises(ImageDecodeError, match="^1920x1080 image: 2,073,600 pixels, more than the limit of 1,048,576 "):
+        built.build(QA, images=[images["1920x1080"]])

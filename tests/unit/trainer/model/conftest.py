@@ -3,6 +3,8 @@ vision and two LLM layers (vision hidden 32, LLM hidden 64) with 56-pixel tiles 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -92,3 +94,31 @@ def one_step(model, inputs, learning_rate=1e-3, weight_decay=0.05):
 def lora_method(**options) -> MethodConfig:
     lora = LoraConfig(rank=4, alpha=8, dropout=0.05, **options)
     return MethodConfig(type="lora", lora=lora, freeze={"projector": False})
+
+
+REMOTE_CODE = "from pathlib import Path\nPath(__file__).with_suffix('.ran').touch()\n"
+
+
+def original_folder(folder, tokenizer, *, tokenizer_code: bool):
+    """A tokenizer in an original-layout folder as InternVL's releases have it: config.json names
+    InternVL's classes in auto_map; with ``tokenizer_code``, tokenizer_config.json names a tokenizer
+    class that only the folder's code has (InternLM2's). Running any of that code leaves a file."""
+    tokenizer.save_pretrained(folder)
+    config = {
+        "architectures": ["InternVLChatModel"],
+        "model_type": "internvl_chat",
+        "auto_map": {
+            "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+            "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_internvl_chat.py").write_text(REMOTE_CODE)
+    (folder / "modeling_internvl_chat.py").write_text(REMOTE_CODE)
+    if tokenizer_code:
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        settings["tokenizer_class"] = "InternLM2Tokenizer"
+        settings["auto_map"] = {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+        (folder / "tokenization_internlm2.py").write_text(REMOTE_CODE)
+    return folder

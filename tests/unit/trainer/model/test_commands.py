@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from tokenizers import Tokenizer
 
 from internvl_trainer.cli import main
 from internvl_trainer.model.checkpoint import Destinations, export_checkpoint
@@ -22,10 +23,11 @@ from tests.unit.trainer.model.conftest import batch, logits, lora_method, make_m
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tokenizer, processor):
-    """A base model folder (original layout), a LoRA checkpoint trained on it, and the logits of
-    the adapted model."""
+    """A base model folder (original layout, with the vocab.json and merges.txt of a release), a
+    LoRA checkpoint trained on it, and the logits of the adapted model."""
     root = tmp_path_factory.mktemp("commands")
     save_original(make_model(tokenizer, seed=5), root / "base", processor=processor)
+    Tokenizer.from_file(str(root / "base" / "tokenizer.json")).model.save(str(root / "base"))
     base = load(root / "base")
     model = prepare_for_training(base.model, lora_method()).model
     inputs = batch(tokenizer, seed=2)
@@ -57,7 +59,8 @@ def test_merge_writes_both_layouts_that_reload_to_the_adapted_logits(trained, ca
         assert reloaded.layout == layout
         assert (logits(reloaded.model, inputs) - adapted).abs().max().item() < 1e-4
         manifest = json.loads((out / layout / "manifest.json").read_text())
-        assert "tokenizer.json" in [entry["path"] for entry in manifest["files"]]
+        assert {"tokenizer.json", "vocab.json", "merges.txt"} <= {entry["path"] for entry in manifest["files"]}
+        assert (out / layout / "vocab.json").read_bytes() == (root / "base" / "vocab.json").read_bytes()
 
 
 def test_export_converts_a_full_checkpoint_between_layouts(trained, tokenizer, tmp_path, capsys):
@@ -158,6 +161,7 @@ def test_a_full_model_exported_to_the_original_layout_takes_the_code_of_its_base
     save_hf(load(base).model, final, processor=processor)
     export_checkpoint(final, Destinations(original=str(tmp_path / "with")), code_from=str(base))
     assert (tmp_path / "with/modeling_internvl_chat.py").read_text() == "# InternVL's remote code\n"
+    assert (tmp_path / "with/merges.txt").read_bytes() == (base / "merges.txt").read_bytes()
     manifest = json.loads((tmp_path / "with/manifest.json").read_text())
     assert "modeling_internvl_chat.py" in [entry["path"] for entry in manifest["files"]]
     export_checkpoint(final, Destinations(original=str(tmp_path / "without")))

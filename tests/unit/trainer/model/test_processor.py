@@ -1,16 +1,28 @@
-"""The tokenizer and processor saved with every export: special tokens, chat template, tiling."""
+"""The tokenizer and processor saved with every export: special tokens, chat template, tiling; a
+folder's tokenizer loaded with its vocabulary as saved and none of its code run."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE, INTERNVL2_5
 from internvl_trainer.model.export import save_hf
-from internvl_trainer.model.processor import CHAT_TEMPLATE, InternVLCpuProcessor
-from tests.unit.trainer.model.conftest import make_model
+from internvl_trainer.model.processor import (
+    CHAT_TEMPLATE,
+    VIDEO_TOKEN,
+    InternVLCpuProcessor,
+    build_processor,
+    load_tokenizer,
+)
+from internvl_trainer.model.tiny import tiny_tokenizer
+from tests.unit.trainer.model.conftest import make_model, original_folder
 
 CONVERSATION = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]},
@@ -68,12 +80,78 @@ def test_every_export_carries_tokenizer_processor_and_template(tmp_path, tokeniz
     assert torch.equal(before["input_ids"], after["input_ids"])
     assert torch.equal(before["pixel_values"], after["pixel_values"])
     plain = AutoTokenizer.from_pretrained(str(tmp_path / "model"))
-    assert (plain.start_image_token, plain.end_image_token, plain.context_image_token, plain.video_token) == (
+    assert (plain.start_image_token, plain.end_image_token, plain.context_image_token) == (
         "<img>",
         "</img>",
         "<IMG_CONTEXT>",
-        "<video>",
     )
+    assert plain.get_vocab() == tokenizer.get_vocab()  # <video> is not named, so not added on loading
     assert plain.apply_chat_template(CONVERSATION, tokenize=False) == tokenizer.apply_chat_template(
         CONVERSATION, tokenize=False
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# loading a folder's tokenizer
+
+ANSWER = "It shows <video> and a cat."
+
+
+def test_a_vocabulary_without_video_loads_unchanged_and_video_stays_text(tmp_path, tokenizer):
+    """InternVL replaces <video> by frame lines before tokenizing; its vocabularies lack it, and a
+    literal <video> in an answer is plain text, as the base's own tokenizer reads it."""
+    tokenizer.save_pretrained(tmp_path / "base")
+    base = Tokenizer.from_file(str(tmp_path / "base" / "tokenizer.json"))
+    assert VIDEO_TOKEN not in base.get_vocab()
+    loaded = load_tokenizer(tmp_path / "base")
+    assert len(loaded) == base.get_vocab_size() == 320
+    assert loaded.get_vocab() == base.get_vocab()
+    ids = loaded(ANSWER, add_special_tokens=False)["input_ids"]
+    assert ids == base.encode(ANSWER, add_special_tokens=False).ids
+    assert loaded.convert_ids_to_tokens(ids)[9:15] == ["<", "v", "i", "de", "o", ">"]
+    processor = build_processor(loaded, image_size=56, image_seq_length=4)
+    assert processor.video_token == VIDEO_TOKEN
+    processor.save_pretrained(tmp_path / "export")
+    assert "video_token" not in json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
+    assert load_tokenizer(tmp_path / "export").get_vocab() == base.get_vocab()
+
+
+def test_a_vocabulary_with_video_keeps_it_and_names_it(tmp_path):
+    """The -hf releases' vocabularies hold <video>: it stays one token, named for the processor."""
+    with_video = tiny_tokenizer(video_token=True)
+    with_video.save_pretrained(tmp_path / "base")
+    loaded = load_tokenizer(tmp_path / "base")
+    assert loaded.get_vocab() == with_video.get_vocab() and len(loaded) == 320
+    assert loaded.video_token == VIDEO_TOKEN
+    assert loaded.convert_ids_to_tokens(loaded(ANSWER, add_special_tokens=False)["input_ids"])[9] == VIDEO_TOKEN
+
+
+@pytest.mark.parametrize("tokenizer_code", [False, True], ids=["qwen2", "internlm2"])
+def test_original_layout_tokenizers_load_without_running_or_asking_about_their_code(
+    tmp_path, tokenizer, monkeypatch, tokenizer_code
+):
+    folder = original_folder(tmp_path / "original", tokenizer, tokenizer_code=tokenizer_code)
+    monkeypatch.setattr("builtins.input", lambda *_: pytest.fail("transformers asked whether to run remote code"))
+    loaded = load_tokenizer(folder)
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert loaded(ANSWER)["input_ids"] == tokenizer(ANSWER)["input_ids"]
+    assert not list(folder.glob("*.ran"))
+
+
+def test_the_processor_of_an_original_layout_folder_loads_without_asking_about_its_code(
+    tmp_path, tokenizer, processor, monkeypatch
+):
+    processor.save_pretrained(tmp_path / "original")
+    folder = original_folder(tmp_path / "original", tokenizer, tokenizer_code=False)
+    monkeypatch.setattr("builtins.input", lambda *_: pytest.fail("transformers asked whether to run remote code"))
+    loaded = InternVLCpuProcessor.from_pretrained(str(folder))
+    assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab() and loaded.image_seq_length == 4
+    assert not list(folder.glob("*.ran"))
+
+
+def test_a_tokenizer_class_that_only_remote_code_has_needs_tokenizer_json(tmp_path, tokenizer):
+    folder = original_folder(tmp_path / "original", tokenizer, tokenizer_code=True)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="names InternLM2Tokenizer, which exists only as the folder's own code"):
+        load_tokenizer(folder)
+    assert not list(folder.glob("*.ran"))

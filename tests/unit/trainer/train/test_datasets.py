@@ -17,7 +17,7 @@ from internvl_trainer.train.datasets import Where, open_run_data
 from tests.unit.trainer.train.runs import records, train_config, write_data
 
 
-def open_data(model_dir, meta, tmp_path, **sections):
+def open_data(model_dir, meta, tmp_path, *, bad_dir=None, **sections):
     """The run data of a train.yaml around ``meta``; ``sections`` as in ``train_config``."""
     config = train_config(str(model_dir), str(meta), str(tmp_path / "out"), **sections)
     return open_run_data(
@@ -26,6 +26,7 @@ def open_data(model_dir, meta, tmp_path, **sections):
         InternVLConfig.from_pretrained(model_dir),
         storage=Storage(),
         cache_dir=tmp_path / "cache",
+        bad_dir=bad_dir,
     )
 
 

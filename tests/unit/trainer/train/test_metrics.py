@@ -54,14 +54,6 @@ def test_event_file(tmp_path):
     assert {number: value for number, _, value in parse(value)} == {1: b"train/loss", 2: 1.5}
 
 
-def test_metrics_keep_only_the_steps_of_the_checkpoint(tmp_path):
-    log = MetricsLog(tmp_path / "metrics.jsonl")
-    for step in range(1, 7):
-        log.append({"step": step, "loss": 1.0 / step})
-    log.keep_until(4)
-    assert [record["step"] for record in log.read()] == [1, 2, 3, 4]
-
-
 class Reporter:
     def __init__(self):
         self.calls = []

@@ -108,3 +108,31 @@ def test_a_killed_run_resumes_exactly(tmp_path, tiny_model_dir, pictures):
     different = weights(tmp_path / "control")
     largest = max((different[key] - expected[key]).abs().max().item() for key in expected)
     assert largest > 1e-3, largest
+
+
+def test_a_run_killed_while_publishing_logs_its_held_out_loss_once(tmp_path, tiny_model_dir, pictures, monkeypatch):
+    """The final held-out loss is logged after the last checkpoint; the attempt that died publishing
+    uploaded it, and the next attempt, resumed from that checkpoint, evaluates and logs it again."""
+    from internvl_trainer.train import publish
+    from internvl_trainer.train.run import run
+
+    config = train_config(
+        str(tiny_model_dir), str(pictures), str(tmp_path / "out"), steps=2, save_steps=2, data={"evalSplit": 0.25}
+    )
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while publishing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(publish, "publish", killed)
+        try:
+            run(config, environ={}, scratch=tmp_path / "scratch-1")
+        except KeyboardInterrupt:
+            pass
+    metrics = tmp_path / "out/runs/uid-1/metrics.jsonl"
+    assert ["evalLoss" in line for line in map(json.loads, metrics.open())] == [False, False, True]
+    result = run(config, environ={}, scratch=tmp_path / "scratch-2")
+    assert result.resumed_from == 2 and result.manifest_uri is not None
+    records = [json.loads(line) for line in metrics.open()]
+    assert [(record["step"], "evalLoss" in record) for record in records] == [(1, False), (2, False), (2, True)]
+    assert records[-1]["evalLoss"] == result.eval_loss
