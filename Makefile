@@ -51,9 +51,9 @@ demo: install
 # Regenerate every generated file (a test fails when one is stale).
 crds docs manifests: install $(HELM)
 	$(BIN)/internvl-operator crds --output crds/
-	$(BIN)/python -m internvl_operator.apidocs --output docs/api.md
-	$(BIN)/python -m internvl_operator.sizing --output docs/sizing.md
-	$(BIN)/python -m internvl_operator.manifests --helm $(HELM)
+	$(BIN)/python -m internvl_operator.generators.apidocs --output docs/api.md
+	$(BIN)/python -m internvl_operator.generators.sizing --output docs/sizing.md
+	$(BIN)/python -m internvl_operator.generators.manifests --helm $(HELM)
 
 helm: $(HELM)
 

@@ -29,7 +29,7 @@ import yaml
 from benchmarks import Table
 from internvl_operator.reconcile import Observed, reconcile
 from internvl_operator.settings import OperatorSettings
-from internvl_operator.testing import client_for, serve
+from tests.emulated_cluster import client_for, serve
 
 OBJECTS = 100
 PURE_OBJECTS = 500

@@ -1,15 +1,15 @@
 """How close the memory model comes to InternVL's published per-GPU figures, and what planning costs.
 
-The 17 figures of InternVL 2.5's fine-tuning guide (``internvl_operator.sizing.PUBLISHED``) beside
-the estimate for the same setup; then the time ``plan`` takes, since the operator plans every
-object it reconciles.
+The 17 figures of InternVL 2.5's fine-tuning guide
+(``internvl_operator.generators.sizing.PUBLISHED``) beside the estimate for the same setup; then
+the time ``plan`` takes, since the operator plans every object it reconciles.
 """
 
 from __future__ import annotations
 
 from benchmarks import Table, seconds_per_call
+from internvl_operator.generators.sizing import GUIDE, TOLERANCE, comparisons, example_spec
 from internvl_operator.planner import plan
-from internvl_operator.sizing import GUIDE, TOLERANCE, comparisons, example_spec
 
 
 def run() -> list[Table]:

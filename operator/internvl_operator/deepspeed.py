@@ -25,6 +25,7 @@ change here changes the estimates too.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -108,18 +109,38 @@ OFFLOAD_VARIANT = "zero_stage3_config_100b_1e7_offload"
 _STAGE3_BY_SIZE = ((30e9, "zero_stage3_config"), (70e9, "zero_stage3_config_34b"))
 
 
-def variant_for(stage: int, offload: bool, total_params: int) -> str:
+@dataclass(frozen=True)
+class ZeroVariant:
+    """One of InternVL's DeepSpeed config files: its name, and the ZeRO stage and CPU offload its
+    ``zero_optimization`` block sets."""
+
+    name: str
+    stage: int
+    offload: bool
+
+    @classmethod
+    def named(cls, name: str) -> ZeroVariant:
+        """The variant of a config file in ``ZERO_VARIANTS``, read from its block."""
+        zero = ZERO_VARIANTS[name]
+        return cls(name=name, stage=zero["stage"], offload=zero.get("offload_optimizer", {}).get("device") == "cpu")
+
+    def config(self, *, optimizer: bool = False) -> dict[str, Any]:
+        """The DeepSpeed JSON (as a dict) of this variant (see ``deepspeed_config``)."""
+        return deepspeed_config(self.name, optimizer=optimizer)
+
+
+def variant_for(stage: int, offload: bool, total_params: int) -> ZeroVariant:
     """The config file for a ZeRO stage, offload choice and model size."""
     if offload:
         if stage != 3:
             raise ValueError("CPU offload needs ZeRO stage 3")
-        return OFFLOAD_VARIANT
+        return ZeroVariant.named(OFFLOAD_VARIANT)
     if stage in (1, 2):
-        return f"zero_stage{stage}_config"
-    for limit, variant in _STAGE3_BY_SIZE:
+        return ZeroVariant.named(f"zero_stage{stage}_config")
+    for limit, name in _STAGE3_BY_SIZE:
         if total_params < limit:
-            return variant
-    return "zero_stage3_config_100b"
+            return ZeroVariant.named(name)
+    return ZeroVariant.named("zero_stage3_config_100b")
 
 
 def deepspeed_config(variant: str, *, optimizer: bool = False) -> dict[str, Any]:

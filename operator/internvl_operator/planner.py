@@ -20,6 +20,7 @@ win over the recipe's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import isqrt
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from internvl_operator.api import InternVLFinetuneSpec, PlanStatus, ResourcesSpec
 from internvl_operator.catalog import CATALOG, LLM_TOKENS_PER_TILE, ModelSpec
-from internvl_operator.deepspeed import deepspeed_config, variant_for
+from internvl_operator.deepspeed import ZeroVariant, deepspeed_config, variant_for
 from internvl_operator.memory import (
     GIB,
     GPU_BUDGET_FRACTION,
@@ -40,7 +41,7 @@ from internvl_operator.memory import (
     offload_host_gib,
 )
 from internvl_operator.recipes import Recipe, recipe_for
-from internvl_trainer.config import BatchLayout, DataConfig, MethodConfig, Section
+from internvl_trainer.config import BatchLayout, DataConfig, MethodConfig, Section, vision_layers_beyond_depth
 from internvl_trainer.problems import BadInput, Problem
 
 Verdict = Literal["fits", "exceeds", "nothing-fits"]
@@ -134,12 +135,16 @@ class Plan(Section):
 
 
 def trainable_of(method: MethodConfig, model: ModelSpec) -> Trainable:
-    """What a method trains, the freeze flags and LoRA targets resolved."""
+    """What a method trains, the freeze flags and LoRA targets resolved. Raises BadInput when the
+    method unfreezes more vision layers than the model's tower has (the trainer would refuse it)."""
     freeze = method.resolved_freeze()
     lora = method.resolved_lora()
     depth = model.vision.layers
+    beyond = vision_layers_beyond_depth(method.unfreeze_vision_layers, depth)
+    if beyond:
+        raise BadInput([Problem("spec.method.unfreezeVisionLayers", beyond)])
     return Trainable(
-        vision_layers=depth if not freeze.vision else min(method.unfreeze_vision_layers, depth),
+        vision_layers=depth if not freeze.vision else method.unfreeze_vision_layers,
         projector=not freeze.projector,
         llm=not freeze.llm,
         lora_rank=lora.rank if lora else None,
@@ -158,13 +163,14 @@ def tiles_per_sequence(data: DataConfig, max_tiles: int, max_seq_length: int) ->
 
 
 class _Context:
-    """What every candidate layout of one spec shares."""
+    """What every candidate layout of one spec shares, the global batch settled once. Nothing
+    changes it after construction."""
 
     def __init__(self, spec: InternVLFinetuneSpec):
         self.spec = spec
         self.model = CATALOG[spec.model.name]
-        self.method = spec.method.type
-        self.recipe, self.notes = recipe_for(self.model.name, self.method)
+        self.recipe, recipe_notes = recipe_for(self.model.name, spec.method.type)
+        self.recipe_notes = tuple(recipe_notes)
         recipe = self.recipe
         training, data = spec.training, spec.data
         self.learning_rate = _given(training.learning_rate, recipe.learning_rate)
@@ -172,13 +178,13 @@ class _Context:
         self.drop_path_rate = _given(spec.method.drop_path_rate, recipe.drop_path_rate)
         self.max_seq_length = _given(data.max_seq_length, recipe.max_seq_length)
         self.max_tiles = _given(data.max_tiles, recipe.max_tiles)
-        self.global_batch_size = _given(training.global_batch_size, recipe.global_batch_size)
-        self.global_batch_fixed = training.global_batch_size is not None
         self.trainable = trainable_of(spec.method, self.model)
         self.gpus_per_node = spec.resources.gpus_per_node
         self.gpu_memory_gib = float(spec.resources.gpu_memory_gib)
         self.budget = budget_gib(self.gpu_memory_gib)
         self.host_limit_gib = host_memory_gib(spec)
+        _check_offload(spec)
+        self.global_batch_size, self.batch_note = _settled_global_batch(spec, recipe)
 
     def host_gib_per_node(self, gpus: int) -> float:
         return offload_host_gib(self.model, self.trainable) / _node_layout(gpus, self.gpus_per_node)[0]
@@ -187,41 +193,23 @@ class _Context:
         """Whether an offloading layout's host memory fits the pod memory the spec sets."""
         return not offload or self.host_limit_gib is None or self.host_gib_per_node(gpus) <= self.host_limit_gib
 
-    def estimate(self, gpus: int, variant: str, per_device: int) -> MemoryEstimate:
+    def host_note(self, gpus: int) -> str:
+        return (
+            f"CPU offload needs about {self.host_gib_per_node(gpus):.0f} GiB of host memory per node, more than "
+            f"the {self.host_limit_gib:g} GiB spec.resources.memory sets"
+        )
+
+    def estimate(self, gpus: int, zero: ZeroVariant, per_device: int) -> MemoryEstimate:
         return estimate(
             self.model,
             self.trainable,
             gpus=gpus,
-            deepspeed=deepspeed_config(variant),
+            deepspeed=zero.config(),
             per_device_batch_size=per_device,
             max_seq_length=self.max_seq_length,
             tiles_per_sequence=tiles_per_sequence(self.spec.data, self.max_tiles, self.max_seq_length),
             gradient_checkpointing=self.spec.training.gradient_checkpointing,
         )
-
-    def split(self, gpus: int, preferred_per_device: int) -> tuple[int, int, int]:
-        """(global batch, per-device batch, accumulation) for a GPU count: the per-device batch is
-        the largest divisor of the per-GPU share not above ``preferred_per_device``."""
-        total = self.global_batch_size
-        if total % gpus:
-            if self.global_batch_fixed:
-                raise BadInput(
-                    [
-                        Problem(
-                            "spec.training.globalBatchSize",
-                            f"{total} does not split over {gpus} GPUs; use a multiple of {gpus}",
-                        )
-                    ]
-                )
-            adjusted = max(gpus, round(total / gpus) * gpus)
-            self.notes.append(
-                f"global batch {adjusted} instead of the recipe's {total}: {total} does not split over {gpus} GPUs"
-            )
-            total = self.global_batch_size = adjusted
-        share = total // gpus
-        choices = self.per_device_batches(gpus)
-        per_device = max((d for d in choices if d <= preferred_per_device), default=choices[0])
-        return total, per_device, share // per_device
 
     def per_device_batches(self, gpus: int) -> list[int]:
         """The per-device batches that lay the global batch out over ``gpus`` GPUs within the
@@ -231,6 +219,38 @@ class _Context:
         if not choices:
             raise BadInput([Problem("spec.training.globalBatchSize", _no_layout(total, gpus))])
         return choices
+
+
+def _check_offload(spec: InternVLFinetuneSpec) -> None:
+    deepspeed = spec.deepspeed
+    if deepspeed.offload == "cpu" and deepspeed.stage in (1, 2):
+        raise BadInput(
+            [Problem("spec.deepspeed.offload", f"cpu offload needs ZeRO stage 3, got stage {deepspeed.stage}")]
+        )
+
+
+def _settled_global_batch(spec: InternVLFinetuneSpec, recipe: Recipe) -> tuple[int, str | None]:
+    """The global batch of the plan, and why it differs from the recipe's (None when it does not).
+    Over a GPU count the layout cannot change (the spec's, or the recipe's under policy recipe),
+    a recipe batch that does not split is rounded to the nearest multiple; one the spec sets is
+    refused. Policy minimal otherwise only picks GPU counts that divide it."""
+    total = _given(spec.training.global_batch_size, recipe.global_batch_size)
+    gpus = spec.resources.gpus
+    if gpus is None and spec.resources.policy == "recipe":
+        gpus = recipe.gpus
+    if gpus is None or total % gpus == 0:
+        return total, None
+    if spec.training.global_batch_size is not None:
+        raise BadInput(
+            [
+                Problem(
+                    "spec.training.globalBatchSize",
+                    f"{total} does not split over {gpus} GPUs; use a multiple of {gpus}",
+                )
+            ]
+        )
+    adjusted = max(gpus, round(total / gpus) * gpus)
+    return adjusted, f"global batch {adjusted} instead of the recipe's {total}: {total} does not split over {gpus} GPUs"
 
 
 def host_memory_gib(spec: InternVLFinetuneSpec) -> float | None:
@@ -298,46 +318,36 @@ def _over_budget(context: _Context, memory: MemoryEstimate, per_device: int) -> 
 def plan(spec: InternVLFinetuneSpec) -> Plan:
     """The plan for a spec. Raises BadInput when the spec's own choices contradict each other."""
     context = _Context(spec)
-    resources, deepspeed = spec.resources, spec.deepspeed
-    if deepspeed.offload == "cpu" and deepspeed.stage in (1, 2):
-        raise BadInput(
-            [Problem("spec.deepspeed.offload", f"cpu offload needs ZeRO stage 3, got stage {deepspeed.stage}")]
-        )
-    explicit = resources.gpus is not None and deepspeed.stage is not None
-    policy = "explicit" if explicit else resources.policy
+    resources = spec.resources
+    explicit = resources.gpus is not None and spec.deepspeed.stage is not None
+    layout = _recipe_layout(context) if resources.policy == "recipe" else _minimal_layout(context)
+    zero = layout.zero
 
-    if resources.policy == "recipe":
-        result = _recipe_layout(context)
-    else:
-        result = _minimal_layout(context)
-    gpus, variant, per_device, accumulation, memory, verdict = result
-
-    notes = context.notes
-    if spec.method.type == "lora" and variant.startswith("zero_stage3"):
+    notes = [layout.lead, *context.recipe_notes, *layout.notes]
+    if spec.method.type == "lora" and zero.stage == 3:
         notes.append(
             "LoRA under ZeRO-3: InternVL issue #905 reports adapters that never change with InternVL's own code; "
             "check that the LoRA weights move in the first steps"
         )
-    if "offload" in variant:
+    if zero.offload:
         notes.append(
             f"CPU offload keeps weights and optimizer states in host memory: about "
-            f"{context.host_gib_per_node(gpus):.0f} GiB per node"
+            f"{context.host_gib_per_node(layout.gpus):.0f} GiB per node"
         )
-    nodes, per_node = _node_layout(gpus, context.gpus_per_node)
-    stage = int(variant.removeprefix("zero_stage")[0])
+    nodes, per_node = _node_layout(layout.gpus, context.gpus_per_node)
     return Plan(
         model=context.model.name,
         method=spec.method.type,
-        policy=policy,
-        verdict=verdict,
+        policy="explicit" if explicit else resources.policy,
+        verdict=layout.verdict,
         nodes=nodes,
         gpus_per_node=per_node,
-        gpus=gpus,
-        zero_stage=stage,
-        offload="offload" in variant,
-        deepspeed_variant=variant,
-        per_device_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
+        gpus=layout.gpus,
+        zero_stage=zero.stage,
+        offload=zero.offload,
+        deepspeed_variant=zero.name,
+        per_device_batch_size=layout.per_device_batch_size,
+        gradient_accumulation_steps=layout.gradient_accumulation_steps,
         global_batch_size=context.global_batch_size,
         learning_rate=context.learning_rate,
         weight_decay=context.weight_decay,
@@ -346,36 +356,54 @@ def plan(spec: InternVLFinetuneSpec) -> Plan:
         max_tiles=context.max_tiles,
         gpu_memory_gib=context.gpu_memory_gib,
         budget_gib=round(context.budget, 2),
-        memory=memory,
+        memory=layout.memory,
         recipe=context.recipe.script,
         notes=notes,
     )
 
 
-_Layout = tuple[int, str, int, int, MemoryEstimate, Verdict]
+@dataclass(frozen=True)
+class Layout:
+    """One way to run the spec: GPUs, ZeRO config, batch split, the estimate per GPU and its
+    verdict, with the note that explains the choice and the notes that follow the recipe's."""
+
+    gpus: int
+    zero: ZeroVariant
+    per_device_batch_size: int
+    memory: MemoryEstimate
+    verdict: Verdict
+    global_batch_size: int
+    lead: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.global_batch_size // self.gpus // self.per_device_batch_size
 
 
-def _recipe_layout(context: _Context) -> _Layout:
+def _recipe_layout(context: _Context) -> Layout:
     recipe: Recipe = context.recipe
     spec = context.spec
-    notes = context.notes
+    notes: list[str] = []
     gpus = spec.resources.gpus or recipe.gpus
     if spec.resources.gpus is not None and gpus != recipe.gpus:
         notes.append(f"{gpus} GPUs as the spec sets (the recipe uses {recipe.gpus})")
-    stage = spec.deepspeed.stage or recipe.zero_stage
+    stage = spec.deepspeed.stage or recipe.zero.stage
     offload = spec.deepspeed.offload == "cpu"
     if offload and stage != 3:
         stage = 3
         notes.append("ZeRO-3 instead of the recipe's ZeRO-1: CPU offload needs stage 3")
-    elif stage != recipe.zero_stage:
-        notes.append(f"ZeRO-{stage} as the spec sets (the recipe uses ZeRO-{recipe.zero_stage})")
-    variant = (
-        recipe.deepspeed_variant
-        if stage == recipe.zero_stage and not offload
+    elif stage != recipe.zero.stage:
+        notes.append(f"ZeRO-{stage} as the spec sets (the recipe uses ZeRO-{recipe.zero.stage})")
+    zero = (
+        recipe.zero
+        if stage == recipe.zero.stage and not offload
         else variant_for(stage, offload, context.model.total_params)
     )
-    notes.insert(0, f"recipe: InternVL's {recipe.script}")
-    _, per_device, accumulation = context.split(gpus, recipe.per_device_batch_size)
+    if context.batch_note:
+        notes.append(context.batch_note)
+    choices = context.per_device_batches(gpus)
+    per_device = max((d for d in choices if d <= recipe.per_device_batch_size), default=choices[0])
     if per_device != recipe.per_device_batch_size:
         why = (
             f"{context.global_batch_size} splits over {gpus} GPUs"
@@ -383,77 +411,82 @@ def _recipe_layout(context: _Context) -> _Layout:
             else f"the accumulation stays within {MAX_ACCUMULATION} steps"
         )
         notes.append(f"{per_device} per device instead of the recipe's {recipe.per_device_batch_size}, so that {why}")
-    memory = context.estimate(gpus, variant, per_device)
+    memory = context.estimate(gpus, zero, per_device)
+    verdict: Verdict = "exceeds"
     if not context.host_fits(gpus, offload):
-        notes.append(
-            f"CPU offload needs about {context.host_gib_per_node(gpus):.0f} GiB of host memory per node, more than "
-            f"the {context.host_limit_gib:g} GiB spec.resources.memory sets"
-        )
+        notes.append(context.host_note(gpus))
     elif memory.total_gib <= context.budget:
-        return gpus, variant, per_device, accumulation, memory, "fits"
+        verdict = "fits"
     if memory.total_gib > context.budget:
         notes.append(
             _over_budget(context, memory, per_device)
             + "; InternVL's scripts rely on most batches being shorter. Policy minimal sizes for full-length sequences"
         )
-    return gpus, variant, per_device, accumulation, memory, "exceeds"
+    return Layout(
+        gpus=gpus,
+        zero=zero,
+        per_device_batch_size=per_device,
+        memory=memory,
+        verdict=verdict,
+        global_batch_size=context.global_batch_size,
+        lead=f"recipe: InternVL's {recipe.script}",
+        notes=tuple(notes),
+    )
 
 
-def _minimal_layout(context: _Context) -> _Layout:
+def _minimal_layout(context: _Context) -> Layout:
     spec = context.spec
     fixed_gpus, fixed_stage = spec.resources.gpus, spec.deepspeed.stage
-    if fixed_gpus is not None:
-        context.split(fixed_gpus, 1)  # adjusts (or refuses) a global batch that does not split
-        counts = [fixed_gpus]
-    else:
-        counts = _gpu_counts(context.gpus_per_node, context.global_batch_size)
+    counts = [fixed_gpus] if fixed_gpus is not None else _gpu_counts(context.gpus_per_node, context.global_batch_size)
     stages = [fixed_stage] if fixed_stage is not None else [1, 2, 3]
     offloads = {"none": [False], "cpu": [True], "auto": [False, True]}[spec.deepspeed.offload]
     total_params = context.model.total_params
+    batch_notes = (context.batch_note,) if context.batch_note else ()
 
     for offload in offloads:
         for gpus in counts:
             for stage in stages:
                 if (offload and stage != 3) or not context.host_fits(gpus, offload):
                     continue
-                variant = variant_for(stage, offload, total_params)
-                share = context.global_batch_size // gpus
+                zero = variant_for(stage, offload, total_params)
                 choices = context.per_device_batches(gpus)
                 # The estimate grows with the per-device batch: when the smallest does not fit, none does.
-                if context.estimate(gpus, variant, choices[0]).total_gib > context.budget:
+                if context.estimate(gpus, zero, choices[0]).total_gib > context.budget:
                     continue
                 for per_device in reversed(choices):
-                    memory = context.estimate(gpus, variant, per_device)
+                    memory = context.estimate(gpus, zero, per_device)
                     if memory.total_gib <= context.budget:
-                        context.notes.insert(
-                            0,
-                            f"policy minimal: the fewest GPUs ({gpus}), then the lowest ZeRO stage ({stage}), "
-                            f"then the largest per-device batch ({per_device}) that fit {GPU_BUDGET_FRACTION:.0%} of "
-                            f"{context.gpu_memory_gib:g} GiB, keeping the global batch of {context.global_batch_size}",
+                        return Layout(
+                            gpus=gpus,
+                            zero=zero,
+                            per_device_batch_size=per_device,
+                            memory=memory,
+                            verdict="fits",
+                            global_batch_size=context.global_batch_size,
+                            lead=(
+                                f"policy minimal: the fewest GPUs ({gpus}), then the lowest ZeRO stage ({stage}), "
+                                f"then the largest per-device batch ({per_device}) that fit {GPU_BUDGET_FRACTION:.0%} "
+                                f"of {context.gpu_memory_gib:g} GiB, keeping the global batch of "
+                                f"{context.global_batch_size}"
+                            ),
+                            notes=batch_notes + (("CPU offload: nothing fits without it",) if offload else ()),
                         )
-                        if offload:
-                            context.notes.append("CPU offload: nothing fits without it")
-                        return gpus, variant, per_device, share // per_device, memory, "fits"
+    return _smallest_layout(context, counts[-1], stages[-1], offloads[-1] and stages[-1] == 3, batch_notes)
 
-    # Nothing fits: report the layout with the smallest estimate there is.
-    gpus = counts[-1]
-    stage = stages[-1]
-    offload = offloads[-1] and stage == 3
-    variant = variant_for(stage, offload, total_params)
+
+def _smallest_layout(context: _Context, gpus: int, stage: int, offload: bool, batch_notes: tuple[str, ...]) -> Layout:
+    """Nothing fits: the layout with the smallest estimate there is, and why it does not fit."""
+    zero = variant_for(stage, offload, context.model.total_params)
     per_device = context.per_device_batches(gpus)[0]
-    memory = context.estimate(gpus, variant, per_device)
+    memory = context.estimate(gpus, zero, per_device)
     floor = sum(part.gib for part in memory.parts if part.name in _PER_GPU_FLOOR)
-    if fixed_gpus is not None:
+    if context.spec.resources.gpus is not None:
         why_gpus = f"the {gpus} GPUs the spec sets"
     else:
         why_gpus = f"{gpus} GPUs (the most that split the global batch of {context.global_batch_size})"
     setup = f"ZeRO-{stage}" + (" + CPU offload" if offload else "")
-    host = ""
-    if not context.host_fits(gpus, offload):
-        host = (
-            f"CPU offload needs about {context.host_gib_per_node(gpus):.0f} GiB of host memory per node, more than "
-            f"the {context.host_limit_gib:g} GiB spec.resources.memory sets"
-        )
+    host = "" if context.host_fits(gpus, offload) else context.host_note(gpus)
+    notes = batch_notes
     if memory.total_gib <= context.budget:
         reason = f"nothing fits: with {why_gpus} and {setup} a GPU would hold {memory.total_gib:.1f} GiB, but {host}"
     else:
@@ -465,6 +498,14 @@ def _minimal_layout(context: _Context) -> _Layout:
             f"data.maxSeqLength or data.maxTiles, or use GPUs with more memory"
         )
         if host:
-            context.notes.append(host)
-    context.notes.insert(0, reason)
-    return gpus, variant, per_device, context.global_batch_size // gpus // per_device, memory, "nothing-fits"
+            notes += (host,)
+    return Layout(
+        gpus=gpus,
+        zero=zero,
+        per_device_batch_size=per_device,
+        memory=memory,
+        verdict="nothing-fits",
+        global_batch_size=context.global_batch_size,
+        lead=reason,
+        notes=notes,
+    )

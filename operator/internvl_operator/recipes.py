@@ -9,6 +9,9 @@ Only InternVL3 LoRA has no script. Its layout, learning rate and weight decay co
 InternVL 2.5 LoRA script of the nearest size (nearest by the ratio of total parameters, so 14B
 takes 26B's and 9B takes 8B's), and its sequence and tile limits from InternVL3's own full
 recipes (16384 tokens, 12 tiles), which is what the API promises for unset limits.
+
+The sequence and tile limits of each family and the LoRA rank are ``RECIPE_LIMITS`` and
+``LORA_RANK`` of the trainer's config, which the trainer's own defaults read too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from internvl_operator.catalog import CATALOG, parse_size
+from internvl_operator.deepspeed import ZeroVariant
+from internvl_trainer.config import LORA_RANK, RECIPE_LIMITS
 
 Method = Literal["full", "lora"]
 
@@ -45,8 +50,9 @@ class Recipe(BaseModel):
     """True when no script exists for the model and method and the row follows the rule above."""
 
     @property
-    def zero_stage(self) -> int:
-        return int(self.deepspeed_variant.removeprefix("zero_stage")[0])
+    def zero(self) -> ZeroVariant:
+        """The DeepSpeed config file the script names."""
+        return ZeroVariant.named(self.deepspeed_variant)
 
 
 _V3 = "internvl3.0/2nd_finetune/internvl3_{size}_dynamic_res_2nd_finetune_full.sh"
@@ -62,8 +68,8 @@ def _v3(size: str, gpus: int, per_device: int, accumulation: int, lr: float, var
         gradient_accumulation_steps=accumulation,
         learning_rate=lr,
         weight_decay=0.05,
-        max_seq_length=16384,
-        max_tiles=12,
+        max_seq_length=RECIPE_LIMITS["InternVL3"].max_seq_length,
+        max_tiles=RECIPE_LIMITS["InternVL3"].max_tiles,
         deepspeed_variant=variant,
         drop_path_rate=drop,
     )
@@ -79,11 +85,11 @@ def _v25(size: str, method: Method, gpus: int, per_device: int, accumulation: in
         gradient_accumulation_steps=accumulation,
         learning_rate=lr,
         weight_decay=wd,
-        max_seq_length=8192,
-        max_tiles=6,
+        max_seq_length=RECIPE_LIMITS["InternVL2_5"].max_seq_length,
+        max_tiles=RECIPE_LIMITS["InternVL2_5"].max_tiles,
         deepspeed_variant=variant,
         drop_path_rate=drop,
-        lora_rank=16 if method == "lora" else None,
+        lora_rank=LORA_RANK if method == "lora" else None,
     )
 
 

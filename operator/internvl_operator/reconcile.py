@@ -260,7 +260,7 @@ def _reconcile(observed: Observed, settings: OperatorSettings, status: _Status, 
     status.fields["job"] = _job_reference(job)
     status.set(cond.JOB_CREATED, "True", "JobCreated", f"{job['kind']} {job['metadata']['name']}", "Normal")
     actions.job_patch = _suspend_patch(resource, job)
-    _mirror(observed, settings, status, actions, resource, result, attempt)
+    _act_on_job_phase(observed, settings, status, actions, resource, result, attempt)
 
 
 def _plan(
@@ -436,7 +436,7 @@ def _finished(status: _Status, result: Result, resource: InternVLFinetune | None
         status.fields["output"] = _published(resource, body)
 
 
-def _mirror(
+def _act_on_job_phase(
     observed: Observed,
     settings: OperatorSettings,
     status: _Status,
@@ -445,7 +445,9 @@ def _mirror(
     result: Plan,
     attempt: int,
 ) -> None:
-    """The job's phase as the object's conditions; a failure starts the next attempt."""
+    """What the job's phase makes of the run: success or a failure that cannot be retried ends it
+    (result recorded), a retryable failure with restarts left deletes the job and starts the next
+    attempt, and otherwise the phase shows as the Running and Suspended conditions."""
     job = observed.job or {}
     state = job_state(job, observed.pods)
     if state.phase == "Succeeded":

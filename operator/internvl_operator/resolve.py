@@ -3,14 +3,32 @@ train.yaml (docs/contract.md §1) and the render context of one attempt."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from internvl_operator.api import InternVLFinetune
 from internvl_operator.planner import Plan
 from internvl_operator.render import RenderContext
 from internvl_operator.settings import OperatorSettings
-from internvl_trainer.config import RunConfig, StorageConfig, TrainConfig
+from internvl_trainer.config import (
+    ResolvedDataConfig,
+    ResolvedMethodConfig,
+    ResolvedTrainingConfig,
+    RunConfig,
+    Section,
+    StorageConfig,
+    TrainConfig,
+)
+
+ResolvedSection = TypeVar("ResolvedSection", bound=Section)
 
 # What `internvl-operator render` writes where no API server has assigned a uid yet.
 OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
+
+
+def with_recipe(resolved: type[ResolvedSection], section: Section, **values: object) -> ResolvedSection:
+    """A spec section as train.yaml holds it: ``resolved`` (the section's type with its recipe
+    values required) built from the section and the values the plan chose."""
+    return resolved.model_validate({**section.model_dump(), **values})
 
 
 def train_config(resource: InternVLFinetune, plan: Plan, settings: OperatorSettings) -> TrainConfig:
@@ -23,14 +41,14 @@ def train_config(resource: InternVLFinetune, plan: Plan, settings: OperatorSetti
     return TrainConfig(
         run=RunConfig(name=resource.metadata.name, uid=uid),
         model=spec.model,
-        method=spec.method.model_copy(update={"drop_path_rate": plan.drop_path_rate}),
-        data=spec.data.model_copy(update={"max_seq_length": plan.max_seq_length, "max_tiles": plan.max_tiles}),
-        training=spec.training.model_copy(
-            update={
-                "global_batch_size": plan.global_batch_size,
-                "learning_rate": plan.learning_rate,
-                "weight_decay": plan.weight_decay,
-            }
+        method=with_recipe(ResolvedMethodConfig, spec.method, drop_path_rate=plan.drop_path_rate),
+        data=with_recipe(ResolvedDataConfig, spec.data, max_seq_length=plan.max_seq_length, max_tiles=plan.max_tiles),
+        training=with_recipe(
+            ResolvedTrainingConfig,
+            spec.training,
+            global_batch_size=plan.global_batch_size,
+            learning_rate=plan.learning_rate,
+            weight_decay=plan.weight_decay,
         ),
         batch=plan.batch_layout(),
         deepspeed=plan.deepspeed_config(),

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from internvl_trainer.data.annotations import INDEX_FOLDER, open_annotation, open_annotations
+from internvl_trainer.data.dataset_source import DatasetSource
 from internvl_trainer.data.meta import load_meta
-from internvl_trainer.data.records import DatasetSource
 from internvl_trainer.data.validate import SampleChecker, validate_sources
 from internvl_trainer.data_cli import main
 from internvl_trainer.storage import Cache

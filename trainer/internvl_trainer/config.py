@@ -9,14 +9,15 @@ field's docstring is its description in ``kubectl explain``.
 fully resolved (batch layout, DeepSpeed JSON, every URI); a person can write one by hand as well.
 Settings whose InternVL recipe value depends on the model size (learning rate, weight decay, tile
 and sequence limits, drop path, global batch) are optional in the CR, where the planner fills
-them, and required in ``TrainConfig``.
+them, and required in ``TrainConfig``, whose ``Resolved*Config`` sections declare them so.
 
 This module must not import torch: the operator image has none.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import copy
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -29,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticUndefined
 
 from internvl_trainer.problems import BadInput, Problem, described_pattern, parse_yaml_documents
 
@@ -140,10 +141,14 @@ class ModelConfig(Section):
 # method
 
 
+LORA_RANK = 16
+"""InternVL's LoRA rank (its 2nd-finetune LoRA scripts' ``use_llm_lora 16``)."""
+
+
 class LoraConfig(Section):
     """LoRA adapter settings (method lora only)."""
 
-    rank: Int = Field(16, ge=1, le=1024)
+    rank: Int = Field(LORA_RANK, ge=1, le=1024)
     """LoRA rank r."""
 
     alpha: Int = Field(32, ge=1, le=4096)
@@ -178,6 +183,24 @@ METHOD_FREEZE_DEFAULTS = {
 }
 
 
+def lora_on_a_trained_tower(tower: str) -> str:
+    """Why LoRA cannot target a tower that ``method.freeze.<tower>: false`` trains in full: PEFT keeps
+    adapters out of modules that train in full, which would leave that target without any."""
+    return (
+        f"false trains the whole {tower} tower in full, so LoRA target {tower} has nothing to adapt;"
+        " keep the tower frozen or drop the target"
+    )
+
+
+def vision_layers_beyond_depth(unfreeze_vision_layers: int, depth: int) -> str | None:
+    """Why ``method.unfreezeVisionLayers`` cannot be met by a vision tower ``depth`` layers deep
+    (None when it can): a rule on the model, checked by the planner from the catalog's depth and by
+    the trainer on the loaded model."""
+    if unfreeze_vision_layers <= depth:
+        return None
+    return f"{unfreeze_vision_layers} exceeds the vision tower's {depth} layers"
+
+
 class MethodConfig(Section):
     """How the model is trained: full fine-tuning or LoRA, and what is frozen."""
 
@@ -189,7 +212,22 @@ class MethodConfig(Section):
                     "message": "lora settings are only allowed with method type lora",
                     "fieldPath": ".lora",
                     "reason": "FieldValueForbidden",
-                }
+                },
+                # llm is a default target: unset targets (or unset lora settings) include it.
+                {
+                    "rule": "self.type != 'lora' || !has(self.freeze) || !has(self.freeze.llm) || self.freeze.llm"
+                    " || (has(self.lora) && has(self.lora.targets) && !('llm' in self.lora.targets))",
+                    "message": lora_on_a_trained_tower("llm"),
+                    "fieldPath": ".freeze.llm",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "self.type != 'lora' || !has(self.freeze) || !has(self.freeze.vision) || self.freeze.vision"
+                    " || !has(self.lora) || !has(self.lora.targets) || !('vision' in self.lora.targets)",
+                    "message": lora_on_a_trained_tower("vision"),
+                    "fieldPath": ".freeze.vision",
+                    "reason": "FieldValueInvalid",
+                },
             ]
         }
     )
@@ -215,6 +253,24 @@ class MethodConfig(Section):
     def _lora_only_with_lora(self) -> MethodConfig:
         if self.lora is not None and self.type != "lora":
             raise ValueError("lora settings are only allowed with method type lora")
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_on_frozen_towers(self) -> MethodConfig:
+        lora, freeze = self.resolved_lora(), self.resolved_freeze()
+        if lora is None:
+            return self
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError("lora_target", lora_on_a_trained_tower(tower)),
+                loc=("freeze", tower),
+                input=False,
+            )
+            for tower in lora.targets
+            if getattr(freeze, tower) is False
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     def resolved_lora(self) -> LoraConfig | None:
@@ -282,6 +338,27 @@ class VideoConfig(Section):
 MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 """Pillow's default decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``: a quarter GiB of
 24-bit pixels), the default of ``data.maxImagePixels``."""
+
+
+class RecipeLimits(NamedTuple):
+    """The sequence and tile limits of one family's 2nd-finetune recipes."""
+
+    max_seq_length: int
+    max_tiles: int
+
+
+RECIPE_LIMITS = {"InternVL2_5": RecipeLimits(8192, 6), "InternVL3": RecipeLimits(16384, 12)}
+"""What unset ``data.maxSeqLength`` and ``data.maxTiles`` become, by model family
+(reference/internvl-recipe.md §8.2, §8.3)."""
+
+DEFAULT_MAX_TILES = RECIPE_LIMITS["InternVL3"].max_tiles
+"""InternVL's ``max_dynamic_patch`` where nothing else sets one: its chat model's config default,
+and InternVL3's recipe."""
+
+
+def recipe_limits(model_name: str) -> RecipeLimits:
+    """The recipe limits of a catalog model's family."""
+    return RECIPE_LIMITS["InternVL2_5" if model_name.startswith("InternVL2_5") else "InternVL3"]
 
 
 class DataConfig(Section):
@@ -437,6 +514,10 @@ class OutputConfig(Section):
     """Checkpoint layouts to export: hf (transformers-native) and/or original (InternVLChatModel)."""
 
 
+MODEL_FOLDERS = {"hf": "model", "original": "model-original"}
+"""The folder under the output root that each exported layout is published in."""
+
+
 class OutputLayout(BaseModel):
     """The URIs under an output root, as docs/contract.md lays them out."""
 
@@ -463,10 +544,14 @@ class OutputLayout(BaseModel):
             metrics=f"{run}/metrics.jsonl",
             tensorboard=f"{run}/tensorboard",
             data_report=f"{run}/data-report.json",
-            model=f"{root}/model",
-            model_original=f"{root}/model-original",
+            model=f"{root}/{MODEL_FOLDERS['hf']}",
+            model_original=f"{root}/{MODEL_FOLDERS['original']}",
             manifest=f"{root}/manifest.json",
         )
+
+    def models(self) -> dict[str, str]:
+        """Where each exported layout is published."""
+        return {"hf": self.model, "original": self.model_original}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,15 +594,35 @@ class RunConfig(Section):
 
 TRAIN_CONFIG_KIND = "TrainConfig"
 
-# Recipe values the planner resolves; a hand-written train.yaml must spell them out.
-RESOLVED_FIELDS = (
-    ("training", "learningRate"),
-    ("training", "weightDecay"),
-    ("training", "globalBatchSize"),
-    ("data", "maxSeqLength"),
-    ("data", "maxTiles"),
-    ("method", "dropPathRate"),
-)
+
+def required_in_train_yaml(section: type[Section], name: str) -> Any:
+    """The field ``name`` of ``section`` with its bounds and description, required: a recipe value
+    the CR may leave unset (the planner fills it) and train.yaml always holds."""
+    field = copy.copy(section.model_fields[name])
+    field.default = PydanticUndefined
+    field.description = f"{field.description} In train.yaml it is required (the operator writes the value it resolved)."
+    return field
+
+
+class ResolvedMethodConfig(MethodConfig):
+    """``method`` of train.yaml: the drop-path rate resolved."""
+
+    drop_path_rate: float = required_in_train_yaml(MethodConfig, "drop_path_rate")
+
+
+class ResolvedDataConfig(DataConfig):
+    """``data`` of train.yaml: the sequence and tile limits resolved."""
+
+    max_seq_length: int = required_in_train_yaml(DataConfig, "max_seq_length")
+    max_tiles: int = required_in_train_yaml(DataConfig, "max_tiles")
+
+
+class ResolvedTrainingConfig(TrainingConfig):
+    """``training`` of train.yaml: the global batch, learning rate and weight decay resolved."""
+
+    global_batch_size: int = required_in_train_yaml(TrainingConfig, "global_batch_size")
+    learning_rate: float = required_in_train_yaml(TrainingConfig, "learning_rate")
+    weight_decay: float = required_in_train_yaml(TrainingConfig, "weight_decay")
 
 
 class TrainConfig(Section):
@@ -535,13 +640,13 @@ class TrainConfig(Section):
     model: ModelConfig
     """The base model."""
 
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: ResolvedMethodConfig
     """Full fine-tuning or LoRA, and what is frozen."""
 
-    data: DataConfig
+    data: ResolvedDataConfig
     """The training data."""
 
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: ResolvedTrainingConfig
     """Hyperparameters and checkpointing."""
 
     batch: BatchLayout
@@ -557,31 +662,17 @@ class TrainConfig(Section):
     """Where results go."""
 
     @model_validator(mode="after")
-    def _resolved(self) -> TrainConfig:
-        problems = [
-            InitErrorDetails(
-                type=PydanticCustomError(
-                    "unresolved", "required in train.yaml (the operator fills it from the recipe)"
-                ),
-                loc=(section, field),
-                input=None,
-            )
-            for section, field in RESOLVED_FIELDS
-            if getattr(self, section).model_dump(by_alias=True).get(field) is None
-        ]
+    def _batch_layout(self) -> TrainConfig:
         batch = self.batch
         product = batch.per_device_batch_size * batch.gradient_accumulation_steps * batch.world_size
-        if not problems and product != self.training.global_batch_size:
+        if product != self.training.global_batch_size:
             message = (
                 f"{batch.per_device_batch_size} per device x {batch.gradient_accumulation_steps} accumulation x "
                 f"{batch.world_size} processes = {product}, but training.globalBatchSize is "
                 f"{self.training.global_batch_size}"
             )
-            problems.append(
-                InitErrorDetails(type=PydanticCustomError("batch_layout", message), loc=("batch",), input=None)
-            )
-        if problems:
-            raise ValidationError.from_exception_data(type(self).__name__, problems)
+            error = InitErrorDetails(type=PydanticCustomError("batch_layout", message), loc=("batch",), input=None)
+            raise ValidationError.from_exception_data(type(self).__name__, [error])
         return self
 
     @property

@@ -38,13 +38,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from internvl_trainer.config import MAX_IMAGE_PIXELS, MODEL_NAMES, StorageConfig, TrainConfig, VideoConfig
+from internvl_trainer.config import (
+    MAX_IMAGE_PIXELS,
+    MODEL_NAMES,
+    StorageConfig,
+    TrainConfig,
+    VideoConfig,
+    recipe_limits,
+)
 from internvl_trainer.data.meta import DatasetMeta, load_meta
 from internvl_trainer.problems import EXIT_FAILED, EXIT_OK, BadInput, Problem, dumps_json, run_command
 
 DEFAULT_MODEL = "InternVL3-8B"
-RECIPE_LIMITS = {"2.5": (8192, 6), "3": (16384, 12)}
-"""(max sequence length, max tiles) of InternVL's own recipes per generation (recipe.md §8)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,13 +78,13 @@ def _config(args: argparse.Namespace) -> TrainConfig | None:
 
 def _limits(args: argparse.Namespace, config: TrainConfig | None) -> Limits:
     model_name = args.model_name or (config.model.name if config else DEFAULT_MODEL)
-    recipe_length, recipe_tiles = RECIPE_LIMITS["2.5" if model_name.startswith("InternVL2_5") else "3"]
+    recipe = recipe_limits(model_name)
     data = config.data if config else None
     return Limits(
         model_name=model_name,
-        max_length=args.max_seq_length or (data.max_seq_length if data else None) or recipe_length,
+        max_length=args.max_seq_length or (data.max_seq_length if data else recipe.max_seq_length),
         min_tiles=args.min_tiles or (data.min_tiles if data else 1),
-        max_tiles=args.max_tiles or (data.max_tiles if data else None) or recipe_tiles,
+        max_tiles=args.max_tiles or (data.max_tiles if data else recipe.max_tiles),
         video=data.video if data else VideoConfig(),
         max_image_pixels=data.max_image_pixels if data else MAX_IMAGE_PIXELS,
     )
@@ -179,7 +184,7 @@ def _sources(meta_uri: str, storage: Any, cache_dir: Path) -> list[Any]:
     """The datasets of a meta file, annotations indexed, media read from storage each time (a
     check reads every file once). Raises BadInput."""
     from internvl_trainer.data.annotations import data_cache
-    from internvl_trainer.data.records import open_sources
+    from internvl_trainer.data.dataset_source import open_sources
 
     return open_sources(load_meta(meta_uri, storage), storage, data_cache(cache_dir), media_cache=False)
 
@@ -266,9 +271,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from internvl_trainer.data.annotations import open_annotation
-    from internvl_trainer.data.errors import SampleError
+    from internvl_trainer.data.dataset_source import DatasetSource
+    from internvl_trainer.data.errors import RecordJsonError, SampleError
     from internvl_trainer.data.index import AnnotationFormatError
-    from internvl_trainer.data.records import DatasetSource, RecordJsonError, parse_record
+    from internvl_trainer.data.records import parse_record
     from internvl_trainer.data.report import BadSamples
     from internvl_trainer.data.validate import ordered
     from internvl_trainer.storage import StorageError

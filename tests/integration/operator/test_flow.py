@@ -32,8 +32,8 @@ from internvl_operator.record import RECORD_ANNOTATION
 from internvl_operator.render import render
 from internvl_operator.resolve import render_context
 from internvl_operator.settings import OperatorSettings
-from internvl_operator.testing import RESOURCES, client_for, serve
 from tests.conftest import load_example
+from tests.emulated_cluster import RESOURCES, client_for, serve
 
 NAMESPACE = "default"
 FINETUNE = "internvl.dev/v1alpha1"

@@ -85,6 +85,10 @@ def satisfy_rules(spec: dict) -> dict:
     method = spec.get("method", {})
     if method.get("type", "lora") != "lora":
         method.pop("lora", None)
+    else:
+        for tower in method.get("lora", {}).get("targets", ["llm"]):
+            if method.get("freeze", {}).get(tower) is False:
+                method["freeze"][tower] = True
     resources = spec.get("resources", {})
     per_node = resources.get("gpusPerNode", 8)
     if "gpus" in resources and resources["gpus"] > per_node:

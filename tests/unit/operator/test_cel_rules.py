@@ -107,6 +107,9 @@ def test_a_function_without_a_cost_model_is_an_error_not_a_guess():
         {},
         {"method": {"type": "lora", "lora": {"rank": 64, "alpha": 128}}},
         {"method": {"type": "full"}},
+        {"method": {"type": "full", "freeze": {"vision": False}}},
+        {"method": {"type": "lora", "lora": {"targets": ["vision"]}, "freeze": {"llm": False}}},
+        {"method": {"type": "lora", "freeze": {"vision": False}}},
         {"resources": {"gpus": 2}},
         {"resources": {"gpus": 8, "gpusPerNode": 8}},
         {"resources": {"gpus": 32, "gpusPerNode": 8}},
@@ -125,6 +128,23 @@ def test_rules_without_the_models_refuse_lora_settings_on_full(lora_cr):
     schema = crd_schema()["properties"]["spec"]
     assert [str(p) for p in cel_problems(schema, spec, location=("spec",))] == [
         "spec.method.lora: lora settings are only allowed with method type lora"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "tower"),
+    [
+        ({"type": "lora", "freeze": {"llm": False}}, "llm"),
+        ({"type": "lora", "lora": {"rank": 8}, "freeze": {"llm": False}}, "llm"),
+        ({"type": "lora", "lora": {"targets": ["llm", "vision"]}, "freeze": {"vision": False}}, "vision"),
+    ],
+)
+def test_rules_without_the_models_refuse_lora_on_a_tower_trained_in_full(lora_cr, method, tower):
+    spec = with_changes(lora_cr, method=method)["spec"]
+    schema = crd_schema()["properties"]["spec"]
+    assert [str(p) for p in cel_problems(schema, spec, location=("spec",))] == [
+        f"spec.method.freeze.{tower}: false trains the whole {tower} tower in full, so LoRA target {tower} has"
+        " nothing to adapt; keep the tower frozen or drop the target"
     ]
 
 
@@ -149,6 +169,7 @@ def test_rules_without_the_models_refuse_two_kinds_of_scratch(lora_cr):
     [
         ({"method": {"type": "full", "lora": {"rank": 8}}}, "spec.method: lora settings are only allowed"),
         ({"resources": {"gpus": 12}}, "spec.resources: gpus (12) must fit on one node or be a multiple"),
+        ({"method": {"type": "lora", "freeze": {"llm": False}}}, "spec.method.freeze.llm: false trains the whole llm"),
         ({"resources": {"scratch": {"sizeLimit": "1Ti", "claimName": "x"}}}, "spec.resources.scratch: set either"),
     ],
 )

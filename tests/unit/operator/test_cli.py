@@ -36,6 +36,27 @@ def test_every_problem_is_one_field_path_line_and_exit_2(tmp_path, capsys, lora_
     ]
 
 
+def test_lora_on_a_tower_trained_in_full_is_refused_by_validate(tmp_path, capsys, lora_cr):
+    # The trainer refused it after scheduling and loading the base.
+    lora_cr["spec"]["method"] = {"type": "lora", "freeze": {"llm": False}}
+    source = write(tmp_path, "trained-llm.yaml", lora_cr)
+    assert main(["validate", source]) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        f"{source}: InternVLFinetune/charts-lora: invalid",
+        "spec.method.freeze.llm: false trains the whole llm tower in full, so LoRA target llm has nothing to adapt;"
+        " keep the tower frozen or drop the target",
+    ]
+
+
+def test_more_vision_layers_than_the_catalog_tower_has_are_refused_by_plan(tmp_path, capsys, lora_cr):
+    lora_cr["spec"]["method"] = {"type": "lora", "unfreezeVisionLayers": 100}
+    source = write(tmp_path, "too-deep.yaml", lora_cr)
+    assert main(["plan", source]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "spec.method.unfreezeVisionLayers: 100 exceeds the vision tower's 24 layers"
+    ]
+
+
 def test_json_output_lists_problems_per_document(tmp_path, capsys, lora_cr):
     good = dict(lora_cr)
     bad = json.loads(json.dumps(lora_cr))

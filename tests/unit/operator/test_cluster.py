@@ -3,7 +3,7 @@
 import pytest
 
 from internvl_operator.cluster import ApiError
-from internvl_operator.testing import client_for
+from tests.emulated_cluster import client_for
 
 
 def test_no_answer_is_a_retryable_api_error():

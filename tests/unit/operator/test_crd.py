@@ -9,9 +9,9 @@ import pytest
 import yaml
 from pydantic import BeforeValidator, Field, StringConstraints
 
-from internvl_operator.apidocs import api_markdown
 from internvl_operator.corev1 import LIST_MAP_BY_NAME
 from internvl_operator.crd import CRD_FILENAME, crd, crd_schema, crd_yaml, openapi_schema
+from internvl_operator.generators.apidocs import api_markdown
 from internvl_trainer.config import FREE_FORM, Section
 from tests.conftest import REPO, load_example
 from tests.unit.operator.apiserver_crd import crd_errors

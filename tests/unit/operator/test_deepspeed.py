@@ -8,6 +8,7 @@ from internvl_operator.deepspeed import (
     OFFLOAD_VARIANT,
     ZERO_VARIANTS,
     ZeroSettings,
+    ZeroVariant,
     deepspeed_config,
     variant_for,
 )
@@ -27,7 +28,19 @@ AUTO_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_acc
     ],
 )
 def test_variant_by_stage_offload_and_size(stage, offload, params, variant):
-    assert variant_for(stage, offload, params) == variant
+    assert variant_for(stage, offload, params) == ZeroVariant(name=variant, stage=stage, offload=offload)
+
+
+def test_each_variant_reads_its_stage_and_offload_from_its_block():
+    assert [(v.name, v.stage, v.offload) for v in map(ZeroVariant.named, ZERO_VARIANTS)] == [
+        ("zero_stage1_config", 1, False),
+        ("zero_stage2_config", 2, False),
+        ("zero_stage3_config", 3, False),
+        ("zero_stage3_config_34b", 3, False),
+        ("zero_stage3_config_100b", 3, False),
+        ("zero_stage3_config_100b_1e7_offload", 3, True),
+    ]
+    assert ZeroVariant.named(OFFLOAD_VARIANT).config() == deepspeed_config(OFFLOAD_VARIANT)
 
 
 def test_offload_needs_stage_3():

@@ -356,6 +356,30 @@ def test_trainable_parts_from_the_method():
     assert whole.vision_layers == 24
 
 
+@pytest.mark.parametrize(
+    ("name", "method", "depth"),
+    [
+        ("InternVL3-8B", {"type": "full", "unfreezeVisionLayers": 100}, 24),
+        ("InternVL3-8B", {"type": "lora", "unfreezeVisionLayers": 25}, 24),
+        ("InternVL2_5-26B", {"type": "full", "freeze": {"vision": False}, "unfreezeVisionLayers": 46}, 45),
+    ],
+)
+def test_more_unfrozen_vision_layers_than_the_tower_has_are_refused(name, method, depth):
+    # The trainer refuses them after scheduling and loading the base; the planner did clamp them.
+    with pytest.raises(BadInput) as error:
+        plan(spec_of(name, method=method))
+    layers = method["unfreezeVisionLayers"]
+    assert [str(p) for p in error.value.problems] == [
+        f"spec.method.unfreezeVisionLayers: {layers} exceeds the vision tower's {depth} layers"
+    ]
+
+
+def test_every_vision_layer_of_the_catalog_depth_may_be_unfrozen():
+    spec = spec_of("InternVL2_5-26B", method={"type": "full", "unfreezeVisionLayers": 45})
+    assert trainable_of(spec.method, model_spec("InternVL2_5-26B")).vision_layers == 45
+    assert plan(spec).verdict == "exceeds"
+
+
 def test_tiles_per_sequence():
     packed = DataConfig(meta="s3://data/meta.json")
     assert tiles_per_sequence(packed, 6, 8192) == 8192 // 256 == 32

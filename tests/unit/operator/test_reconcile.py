@@ -213,6 +213,16 @@ def test_an_invalid_spec_is_reported_not_raised(body):
     assert actions.status["attempt"] == 0, "no attempt yet, as the schema's default says"
 
 
+def test_more_vision_layers_than_the_catalog_tower_has_is_invalid_before_any_gpu_is_held(body):
+    body["spec"]["method"] = {"type": "lora", "unfreezeVisionLayers": 100}
+    actions = observe(body)
+    assert actions.create == []
+    assert condition(actions.status, "Valid") == ("False", "InvalidSpec")
+    assert cond.find(actions.status["conditions"], "Valid")["message"] == (
+        "spec.method.unfreezeVisionLayers: 100 exceeds the vision tower's 24 layers"
+    )
+
+
 def test_a_missing_launcher_crd_is_reported(body):
     body["spec"]["launcher"] = "mpijob"
     actions = observe(body, launcher_installed=False)

@@ -1,7 +1,7 @@
 """docs/sizing.md: fresh, and the memory model against the 17 published figures of InternVL 2.5's guide."""
 
 from internvl_operator import memory
-from internvl_operator.sizing import PUBLISHED, TOLERANCE, comparisons, constants, sizing_markdown
+from internvl_operator.generators.sizing import PUBLISHED, TOLERANCE, comparisons, constants, sizing_markdown
 from tests.conftest import REPO
 
 # The guide's figures as the issue lists them: size, method, GPUs, per-device batch, GB per GPU.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from internvl_operator import manifests
+from internvl_operator.generators import manifests
 from tests.conftest import REPO
 
 CHART = REPO / manifests.CHART

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from pydantic.alias_generators import to_camel
 
-from internvl_operator import manifests
 from internvl_operator.crd import CRD_FILENAME, crd
+from internvl_operator.generators import manifests
 from internvl_operator.permissions import OPERATOR_PERMISSIONS
 from internvl_operator.settings import OperatorSettings
 from tests.conftest import REPO

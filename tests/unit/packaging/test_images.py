@@ -148,10 +148,40 @@ def test_trainer_user_home_is_where_mpijob_mounts_ssh_keys():
     assert expose == sshd["Port"]
 
 
-def test_trainer_image_has_openmpi_and_an_ssh_server():
-    runs = " ".join(arguments for name, arguments in instructions(DOCKERFILES["trainer"]) if name == "RUN")
-    for package in ("openmpi-bin", "openssh-server", "openssh-client"):
-        assert package in runs
+def apt_installed(path: Path) -> set[str]:
+    """The packages that a Dockerfile's RUN steps leave installed with apt-get: those an
+    ``apt-get install`` names, less those a later ``apt-get remove``, ``purge`` or ``autoremove`` names."""
+    installed: set[str] = set()
+    for name, arguments in instructions(path):
+        if name != "RUN":
+            continue
+        command: list[str] = []
+        for word in [*shlex.split(arguments), "&&"]:
+            if word not in ("&&", "||", ";"):
+                command.append(word)
+                continue
+            if command[:1] == ["apt-get"]:
+                action, *packages = [word for word in command[1:] if not word.startswith("-")] or [""]
+                if action == "install":
+                    installed |= set(packages)
+                elif action in ("remove", "purge", "autoremove"):
+                    installed -= set(packages)
+            command = []
+    return installed
+
+
+def test_apt_installed_reads_commands_not_substrings(tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "FROM ubuntu:24.04.1\n"
+        "RUN apt-get update \\\n    && apt-get install -y --no-install-recommends openmpi-bin curl\n"
+        "RUN apt-get remove -y openmpi-bin && echo 'apt-get install openssh-server'\n"
+    )
+    assert apt_installed(dockerfile) == {"curl"}
+
+
+def test_trainer_image_installs_openmpi_and_an_ssh_server():
+    assert {"openmpi-bin", "openssh-server", "openssh-client"} <= apt_installed(DOCKERFILES["trainer"])
 
 
 # .dockerignore ------------------------------------------------------------------------------

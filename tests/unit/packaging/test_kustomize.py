@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from internvl_operator import manifests
+from internvl_operator.generators import manifests
 from tests.conftest import REPO
 from tests.unit.packaging.conftest import KUBERNETES_VERSION
 

@@ -52,9 +52,25 @@ def test_dump_uses_camel_case_and_leaves_unset_fields_out(train_yaml):
 def test_unresolved_recipe_values_are_named_one_by_one(train_yaml):
     text = train_yaml.replace("  learningRate: 4.0e-5\n", "").replace("  maxTiles: 6\n", "")
     assert problems(text) == [
-        "training.learningRate: required in train.yaml (the operator fills it from the recipe)",
-        "data.maxTiles: required in train.yaml (the operator fills it from the recipe)",
+        "data.maxTiles: required field is missing",
+        "training.learningRate: required field is missing",
     ]
+
+
+def test_train_yaml_holds_every_recipe_value_as_a_plain_number():
+    """The values the planner resolves are required in train.yaml's schema (docs/api.md) and typed
+    as plain numbers, where the CR's spec leaves them optional."""
+    schema = TrainConfig.model_json_schema(by_alias=True)
+    sections = {
+        name: schema["$defs"][schema["properties"][name]["$ref"].rsplit("/", 1)[1]]
+        for name in ("method", "data", "training")
+    }
+    assert {"dropPathRate"} <= set(sections["method"]["required"])
+    assert {"maxSeqLength", "maxTiles"} <= set(sections["data"]["required"])
+    assert {"globalBatchSize", "learningRate", "weightDecay"} <= set(sections["training"]["required"])
+    assert {"method", "data", "training"} <= set(schema["required"])
+    assert sections["data"]["properties"]["maxTiles"]["type"] == "integer"  # no null
+    assert "maxTiles" not in DataConfig.model_json_schema(by_alias=True).get("required", [])
 
 
 def test_batch_layout_must_multiply_to_the_global_batch(train_yaml):
@@ -106,6 +122,26 @@ def test_lora_settings_only_with_method_lora():
     with pytest.raises(ValidationError, match="only allowed with method type lora"):
         MethodConfig(type="full", lora={"rank": 8})
     assert MethodConfig(type="full").resolved_lora() is None
+
+
+@pytest.mark.parametrize(
+    ("method", "tower"),
+    [
+        ("  freeze:\n    llm: false\n", "llm"),
+        ("  lora:\n    targets: [llm, vision]\n  freeze:\n    vision: false\n", "vision"),
+    ],
+)
+def test_lora_targets_on_a_tower_trained_in_full_are_refused(train_yaml, method, tower):
+    text = train_yaml.replace("  type: lora\n", "  type: lora\n" + method)
+    assert problems(text) == [
+        f"method.freeze.{tower}: false trains the whole {tower} tower in full, so LoRA target {tower} has nothing"
+        " to adapt; keep the tower frozen or drop the target"
+    ]
+
+
+def test_lora_on_one_tower_may_train_the_other_in_full():
+    method = MethodConfig(type="lora", lora={"targets": ["vision"]}, freeze={"llm": False})
+    assert method.resolved_freeze().llm is False
 
 
 @pytest.mark.parametrize("sampling", ["rand", "middle", "fps1", "fps0.5", "fps12"])

@@ -1,7 +1,10 @@
-"""What can be wrong with one training sample.
+"""What can be wrong with one training sample: every kind of bad sample, declared here only.
 
 A bad sample never ends a run: the data pipeline catches ``SampleError``, skips the sample and
-counts it under its ``kind`` (strict mode stops instead). Each subclass names one kind.
+counts it under its ``kind`` (strict mode stops instead, with ``StrictDataError``). Each subclass
+names one kind, in the order a sample meets them: the record's text (``json``, ``record``,
+``conversation``, ``placeholder``), its media (``path``, ``missing``, ``unreadable``, ``image``,
+``video``), its length (``overlong``).
 """
 
 from __future__ import annotations
@@ -44,3 +47,49 @@ class OverlongError(SampleError):
     over-long policy (the validator reports every sample over the limit)."""
 
     kind = "overlong"
+
+
+class RecordJsonError(SampleError):
+    """The text is not a JSON object (or not UTF-8)."""
+
+    kind = "json"
+
+
+class RecordFieldError(SampleError):
+    """A field has the wrong type or value (``image``, ``video``, ``clip``, a turn)."""
+
+    kind = "record"
+
+
+class MediaPathError(SampleError):
+    """A media path escapes its dataset's root (``..``, an absolute path, a URL)."""
+
+    kind = "path"
+
+
+class MissingMediaError(SampleError):
+    """A media file does not exist."""
+
+    kind = "missing"
+
+
+class UnreadableMediaError(SampleError):
+    """A media file exists but storage failed to read it."""
+
+    kind = "unreadable"
+
+
+class StrictDataError(SampleError):
+    """A bad sample in strict mode: ``where`` (``file:line``) and ``reason``; the message is
+    ``file:line: reason``."""
+
+    kind = "strict"
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Crosses from a data-loader worker to the training loop as itself.
+        return type(self), (self.where, self.reason)

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from internvl_trainer.problems import BadInput, Problem, decode_text, parse_yaml_documents, problems_from, read_text
+
+if TYPE_CHECKING:
+    from internvl_trainer.storage import Location
 
 GUIDE_KEYS = {"train": "annotation", "image_folder": "root"}
 """Keys of the InternVL3 fine-tuning guide's meta files and the InternVL keys they stand for."""
@@ -138,20 +141,19 @@ def read_meta(path: str) -> MetaFile:
 def load_meta(uri: str, storage: Any) -> MetaFile:
     """The meta file at ``uri`` (``s3://`` or local) read through ``storage``, with relative
     paths resolved against its folder. Raises BadInput naming the file when it cannot be read."""
-    from internvl_trainer.storage import StorageError
+    # Imported here: boto3, below storage, would add 0.4 s to every start of internvl-data, whose
+    # module imports this one (--help and argument errors included).
+    from internvl_trainer.storage import StorageError, parse
 
     try:
         data = storage.read_bytes(uri)
     except (StorageError, OSError) as error:
         raise BadInput([Problem(uri, f"cannot read the meta file: {error}")]) from error
-    return parse_meta(decode_text(data, uri), uri).resolved(_base_of(uri))
+    return parse_meta(decode_text(data, uri), uri).resolved(_base_of(parse(uri)))
 
 
-def _base_of(uri: str) -> str:
-    """The folder of a meta file's URI (absolute)."""
-    from internvl_trainer.storage import parse
-
-    location = parse(uri)
+def _base_of(location: Location) -> str:
+    """The folder of a meta file's location (absolute)."""
     if location.is_s3:
         folder = location.key.rsplit("/", 1)[0] if "/" in location.key else ""
         return f"s3://{location.bucket}/{folder}".rstrip("/")

@@ -2,15 +2,15 @@
 
 A bad sample never ends a run: whoever reads samples catches ``SampleError``, hands it to
 ``BadSamples.skip`` with the sample's place, and goes on. Every sample a run skips goes this way,
-over-long ones the policy drops included. ``skip`` counts it under its kind (``json``, ``record``,
-``conversation``, ``placeholder``, ``path``, ``missing``, ``unreadable``, ``image``, ``video``,
-``overlong``), keeps the first few of each kind as examples, and logs it. In strict mode it raises
+over-long ones the policy drops included. ``skip`` counts it under its kind (the ``SampleError``
+subclasses of ``errors``), keeps the first few of each kind as examples, and logs it. In strict mode it raises
 ``StrictDataError`` instead, whose message is the sample's ``file:line: reason``.
 
 Data-loader workers and ranks are separate processes: with a ``folder``, every bad sample is also
 appended to ``folder/bad-<pid>.jsonl``, and ``summary`` adds up every process's file (a sample
-seen twice, by a resumed run or a later epoch, counts once). ``write_report`` stores the run's
-data report (``runs/<uid>/data-report.json``, docs/contract.md §3) through storage.
+seen twice, by a resumed run or a later epoch, counts once: both count through one path).
+``write_report`` stores a data report (the run's ``runs/<uid>/data-report.json``, docs/contract.md
+§3) through storage.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import re
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from internvl_trainer.data.errors import SampleError
+from internvl_trainer.data.errors import SampleError, StrictDataError
+
+if TYPE_CHECKING:
+    from internvl_trainer.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +35,6 @@ EXAMPLES_PER_KIND = 5
 
 _IN_MEMORY = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 """How Pillow names an in-memory file in its errors: noise in a report."""
-
-
-class StrictDataError(SampleError):
-    """A bad sample in strict mode: ``where`` (``file:line``) and ``reason``; the message is
-    ``file:line: reason``."""
-
-    kind = "strict"
-
-    def __init__(self, where: str, reason: str):
-        super().__init__(f"{where}: {reason}")
-        self.where = where
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        # Crosses from a data-loader worker to the training loop as itself.
-        return type(self), (self.where, self.reason)
 
 
 class BadSamples:
@@ -80,19 +67,13 @@ class BadSamples:
         message = _IN_MEMORY.sub("", str(error))
         if self.strict:
             raise StrictDataError(where, message) from error
-        self.record(getattr(error, "kind", "sample"), where, message)
+        self.record(error.kind, where, message)
 
     def record(self, kind: str, where: str, message: str) -> None:
         """Count a bad sample of ``kind`` (skipped; the non-strict path of ``skip``)."""
         message = _IN_MEMORY.sub("", message)
-        with self._lock:
-            if (kind, where) in self._seen:
-                return
-            self._seen.add((kind, where))
-            self.counts[kind] += 1
-            listed = self.examples.setdefault(kind, [])
-            if len(listed) < self.examples_per_kind:
-                listed.append(f"{where}: {message}")
+        if not self._count(kind, where, message):
+            return
         log.warning("skipped a bad sample at %s (%s): %s", where, kind, message)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -100,33 +81,38 @@ class BadSamples:
             with open(self.folder / f"bad-{os.getpid()}.jsonl", "a") as handle:
                 handle.write(line)
 
+    def _count(self, kind: str, where: str, message: str) -> bool:
+        """Count a sample once per kind and place, keeping the first examples; whether it was new."""
+        with self._lock:
+            if (kind, where) in self._seen:
+                return False
+            self._seen.add((kind, where))
+            self.counts[kind] += 1
+            listed = self.examples.setdefault(kind, [])
+            if len(listed) < self.examples_per_kind:
+                listed.append(f"{where}: {message}")
+            return True
+
     def summary(self) -> dict[str, Any]:
         """``{"skipped", "byKind", "examples"}``: over every process's file with a folder, else
         over this object's own counts."""
-        if self.folder is None or not self.folder.is_dir():
-            with self._lock:
-                counts = dict(sorted(self.counts.items()))
-                examples = {kind: list(self.examples[kind]) for kind in counts}
-            return {"skipped": sum(counts.values()), "byKind": counts, "examples": examples}
-        merged = BadSamples(examples=self.examples_per_kind)
-        for path in sorted(self.folder.glob("bad-*.jsonl")):
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a process that was killed
-                    continue
-                with merged._lock:
-                    key = (entry["kind"], entry["where"])
-                    if key in merged._seen:
+        if self.folder is not None and self.folder.is_dir():
+            merged = BadSamples(examples=self.examples_per_kind)
+            for path in sorted(self.folder.glob("bad-*.jsonl")):
+                for line in path.read_text().splitlines():
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a process that was killed
                         continue
-                    merged._seen.add(key)
-                    merged.counts[entry["kind"]] += 1
-                    listed = merged.examples.setdefault(entry["kind"], [])
-                    if len(listed) < merged.examples_per_kind:
-                        listed.append(f"{entry['where']}: {entry['message']}")
-        return merged.summary()
+                    merged._count(entry["kind"], entry["where"], entry["message"])
+            return merged.summary()
+        with self._lock:
+            counts = dict(sorted(self.counts.items()))
+            examples = {kind: list(self.examples[kind]) for kind in counts}
+        return {"skipped": sum(counts.values()), "byKind": counts, "examples": examples}
 
 
-def write_report(report: dict[str, Any], uri: str, storage: Any) -> None:
-    """Write the data report (JSON) to ``uri`` (``s3://`` or local) through ``storage``."""
-    storage.write_bytes(uri, (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
+def write_report(report: dict[str, Any], uri: str, storage: Storage) -> None:
+    """Write the data report (JSON) to ``uri`` (``s3://`` or local) through ``storage``: the run's
+    ``runs/<uid>/data-report.json`` and ``internvl-data validate --report``."""
+    storage.write_bytes(uri, (json.dumps(report, indent=2) + "\n").encode())

@@ -28,7 +28,7 @@ from typing import Any, Literal, NoReturn
 import numpy as np
 import torch
 
-from internvl_trainer.config import MAX_IMAGE_PIXELS, TrainConfig, VideoConfig
+from internvl_trainer.config import MAX_IMAGE_PIXELS, VideoConfig
 from internvl_trainer.data.errors import ImageDecodeError, PlaceholderError, SampleError
 from internvl_trainer.data.images import ImageSource, image_size, open_image, to_rgb
 from internvl_trainer.data.overlong import POLICIES, OverlongCounters, OverlongPolicy, largest_fitting, overlong_error
@@ -103,20 +103,6 @@ class SampleBuilder:
                 f"{self.tokens_per_tile}"
             )
         self.counters = OverlongCounters()
-
-    @classmethod
-    def from_config(cls, tokenizer: Any, config: TrainConfig, **tiling: Any) -> SampleBuilder:
-        """The builder of a resolved train.yaml: its model's template, its limits, its policies."""
-        data = config.data
-        encoder = ConversationEncoder.for_model(tokenizer, config.model.name)
-        return cls(
-            encoder,
-            max_length=data.max_seq_length,
-            tiling=TilingConfig(min_tiles=data.min_tiles, max_tiles=data.max_tiles, **tiling),
-            video=data.video,
-            overlong=data.overlong,
-            max_image_pixels=data.max_image_pixels,
-        )
 
     # -----------------------------------------------------------------------------------------
 

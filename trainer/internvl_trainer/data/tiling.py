@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from internvl_trainer.config import DEFAULT_MAX_TILES
 from internvl_trainer.data.images import ImageSource, decode_image
 
 TILE_SIZE = 448
@@ -87,7 +88,7 @@ def candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ..
 
 
 def choose_grid(
-    width: int, height: int, min_tiles: int = 1, max_tiles: int = 12, tile_size: int = TILE_SIZE
+    width: int, height: int, min_tiles: int = 1, max_tiles: int = DEFAULT_MAX_TILES, tile_size: int = TILE_SIZE
 ) -> tuple[int, int]:
     """The (columns, rows) grid InternVL tiles a width x height image into."""
     if width < 1 or height < 1:
@@ -110,7 +111,7 @@ def tile_count(
     width: int,
     height: int,
     min_tiles: int = 1,
-    max_tiles: int = 12,
+    max_tiles: int = DEFAULT_MAX_TILES,
     use_thumbnail: bool = True,
     tile_size: int = TILE_SIZE,
 ) -> int:
@@ -193,7 +194,7 @@ class TilingConfig:
 
     tile_size: int = TILE_SIZE
     min_tiles: int = 1
-    max_tiles: int = 12
+    max_tiles: int = DEFAULT_MAX_TILES
     use_thumbnail: bool = True
     normalization: Literal["imagenet", "clip", "siglip"] = "imagenet"
     resampler: Resampler = "auto"

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from internvl_trainer.config import MAX_IMAGE_PIXELS, VideoConfig
-from internvl_trainer.data.errors import SampleError
+from internvl_trainer.data.dataset_source import DatasetSource
+from internvl_trainer.data.errors import MissingMediaError, SampleError
 from internvl_trainer.data.images import decode_image, image_size
 from internvl_trainer.data.overlong import overlong_error
-from internvl_trainer.data.records import DatasetSource, MissingMediaError, RecordKind
+from internvl_trainer.data.records import RecordKind
 from internvl_trainer.data.report import BadSamples
 from internvl_trainer.data.tiling import Tiler, TilingConfig, per_image_budget
 from internvl_trainer.data.video import frame_indices, read_frames
@@ -237,7 +238,7 @@ def validate_sources(
         dataset, number = job
         check = found[dataset]
         if isinstance(outcome, SampleError):
-            check.bad[getattr(outcome, "kind", "sample")] += 1
+            check.bad[outcome.kind] += 1
             bad.skip(outcome, sources[dataset].where(number))
             return
         check.kinds[outcome.kind] += 1

@@ -33,7 +33,7 @@ from internvl_trainer.model.load import (
     fetch_folder,
     load,
 )
-from internvl_trainer.model.processor import has_tokenizer, load_processor, load_tokenizer
+from internvl_trainer.model.processor import TileLimits, has_tokenizer, load_processor, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,11 @@ def _write(
     storage: Any,
     producer: Mapping[str, Any] | None,
     base_folder: Path | None,
+    tile_limits: TileLimits | None,
 ) -> list[str]:
     """Export ``loaded`` to every destination; InternVL's ``.py`` files and the tokenizer's
-    vocabulary files come from ``base_folder``."""
+    vocabulary files come from ``base_folder``, the processor's tile limits from ``tile_limits``
+    when given."""
     written = []
     for layout, uri in destinations.items():
         written.append(
@@ -124,6 +126,7 @@ def _write(
                 base_folder=base_folder,
                 storage=storage,
                 producer=dict(producer) if producer else None,
+                tile_limits=tile_limits,
             )
         )
     return written
@@ -140,9 +143,11 @@ def merge_checkpoint(
     storage: Any = None,
     cache_dir: str | Path | None = None,
     producer: Mapping[str, Any] | None = None,
+    tile_limits: TileLimits | None = None,
 ) -> list[str]:
     """Merge an adapter checkpoint into its base and write every destination. Returns them. The
-    base is ``base``, else the one the adapter names, else ``fallback_base``."""
+    base is ``base``, else the one the adapter names, else ``fallback_base``; the processor's tile
+    limits are ``tile_limits`` when given."""
     check_destinations(destinations)
     folder = fetch_folder(checkpoint, storage=storage, cache_dir=cache_dir)
     if not folder.is_dir():
@@ -164,6 +169,7 @@ def merge_checkpoint(
         storage=storage,
         producer=producer,
         base_folder=loaded.folder,
+        tile_limits=tile_limits,
     )
 
 
@@ -177,11 +183,13 @@ def export_checkpoint(
     cache_dir: str | Path | None = None,
     producer: Mapping[str, Any] | None = None,
     code_from: str | None = None,
+    tile_limits: TileLimits | None = None,
 ) -> list[str]:
     """Write a full model checkpoint (either layout) to every destination. Returns them. An
     original-layout destination gets InternVL's ``.py`` files from the checkpoint when it is in
     that layout, else from ``code_from`` (a folder or S3 prefix: the base a fine-tune started from,
-    already in the cache when it was loaded from there), and so do the tokenizer's vocabulary files."""
+    already in the cache when it was loaded from there), and so do the tokenizer's vocabulary files.
+    The processor's tile limits are ``tile_limits`` when given."""
     check_destinations(destinations)
     folder = fetch_folder(checkpoint, storage=storage, cache_dir=cache_dir)
     if folder.is_dir() and is_adapter(folder):
@@ -197,4 +205,5 @@ def export_checkpoint(
         storage=storage,
         producer=producer,
         base_folder=base_folder,
+        tile_limits=tile_limits,
     )

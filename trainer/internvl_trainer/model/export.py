@@ -35,7 +35,7 @@ from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBa
 from internvl_trainer.model import original_config as oc
 from internvl_trainer.model.layouts import to_original
 from internvl_trainer.model.lora import merge
-from internvl_trainer.model.processor import InternVLCpuProcessor, prepare_tokenizer
+from internvl_trainer.model.processor import InternVLCpuProcessor, TileLimits, prepare_tokenizer, with_tile_limits
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,8 @@ def save(
 
 
 def _write_manifest(folder: Path, producer: dict[str, Any] | None) -> None:
+    from internvl_trainer.storage.atomic import atomic_write
     from internvl_trainer.storage.manifest import MANIFEST_NAME, Manifest, entry_for
-    from internvl_trainer.storage.store import atomic_write
     from internvl_trainer.storage.upload import local_files
 
     manifest = Manifest(files=[entry_for(path, relative) for relative, path in local_files(folder)], producer=producer)
@@ -274,15 +274,19 @@ def export(
     storage: Any = None,
     producer: dict[str, Any] | None = None,
     staging_dir: str | Path | None = None,
+    tile_limits: TileLimits | None = None,
 ) -> str:
     """Merge any LoRA adapters, write ``layout`` to ``destination`` (a local folder, which must be
     empty or new, or an S3 prefix, staged locally then uploaded) and publish ``manifest.json``
-    last. Returns the destination."""
+    last. ``tile_limits`` replace the processor's (a run's ``data.minTiles`` and ``data.maxTiles``).
+    Returns the destination."""
     from internvl_trainer.storage import Storage, parse
 
     plain = merge(model)
     if not isinstance(plain, InternVLForConditionalGeneration):
         raise ExportError(f"expected an InternVLForConditionalGeneration, got {type(plain).__name__}")
+    if processor is not None and tile_limits is not None:
+        processor = with_tile_limits(processor, tile_limits)
     location = parse(destination)
     options: dict[str, Any] = {
         "tokenizer": tokenizer,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from internvl_trainer.config import FreezeConfig
+from internvl_trainer.config import FreezeConfig, vision_layers_beyond_depth
 
 VISION = "model.vision_tower"
 PROJECTOR = "model.multi_modal_projector"
@@ -50,11 +50,10 @@ def plan(freeze: FreezeConfig, unfreeze_vision_layers: int, vision_layer_count: 
     """The trainable parts for resolved freeze flags (every flag set) and N unfrozen vision layers."""
     if None in (freeze.vision, freeze.projector, freeze.llm):
         raise ValueError("freeze flags must be resolved first (MethodConfig.resolved_freeze)")
-    if unfreeze_vision_layers > vision_layer_count:
-        raise ValueError(
-            f"method.unfreezeVisionLayers: {unfreeze_vision_layers} exceeds the vision tower's"
-            f" {vision_layer_count} layers"
-        )
+    # The planner refuses this from the catalog's depth; the loaded model's depth is the last word.
+    beyond = vision_layers_beyond_depth(unfreeze_vision_layers, vision_layer_count)
+    if beyond:
+        raise ValueError(f"method.unfreezeVisionLayers: {beyond}")
     layers: tuple[int, ...] = ()
     if freeze.vision and unfreeze_vision_layers:
         layers = tuple(range(vision_layer_count - unfreeze_vision_layers, vision_layer_count))
@@ -89,9 +88,9 @@ def keep_frozen_vision_in_eval(tower: nn.Module) -> None:
     tower.train = types.MethodType(train, tower)  # type: ignore[method-assign]
 
 
-def freeze(model: nn.Module, freeze: FreezeConfig, unfreeze_vision_layers: int = 0) -> TrainablePlan:
+def apply_freeze(model: nn.Module, flags: FreezeConfig, unfreeze_vision_layers: int = 0) -> TrainablePlan:
     """Apply resolved freeze flags to an ``InternVLForConditionalGeneration``; returns the plan."""
     count = len(model.get_submodule(f"{VISION}.encoder.layer"))
-    trainable = plan(freeze, unfreeze_vision_layers, count)
+    trainable = plan(flags, unfreeze_vision_layers, count)
     apply_plan(model, trainable)
     return trainable

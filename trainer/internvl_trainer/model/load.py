@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBase
 from transformers.utils import is_flash_attn_2_available
 
+from internvl_trainer.config import DEFAULT_MAX_TILES
 from internvl_trainer.model import original_config as oc
 from internvl_trainer.model.layouts import LayoutError, fold_original_lora, has_original_lora, to_native
 from internvl_trainer.model.processor import InternVLCpuProcessor, has_tokenizer, load_processor, load_tokenizer
@@ -290,7 +291,7 @@ def load(
             image_size=int(model.config.vision_config.image_size[0]),
             image_seq_length=model.config.image_seq_length,
             min_tiles=tiles.get("min_dynamic_patch", 1),
-            max_tiles=tiles.get("max_dynamic_patch", 12),
+            max_tiles=tiles.get("max_dynamic_patch", DEFAULT_MAX_TILES),
         )
     log.info("loaded %s (%s layout, %s)", folder, found, model.dtype)
     return Loaded(model=model, tokenizer=tokenizer, processor=processor, layout=found, folder=folder)

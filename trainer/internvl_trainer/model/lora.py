@@ -58,20 +58,9 @@ def peft_config(lora: LoraConfig, trainable: TrainablePlan | None = None) -> Pef
     )
 
 
-def check_compatible(lora: LoraConfig, trainable: TrainablePlan) -> None:
-    """Refuse adapters on a tower that trains in full (PEFT keeps adapters out of it, leaving none)."""
-    for tower, field in (("llm", "llm"), ("vision", "vision")):
-        if tower in lora.targets and getattr(trainable, field):
-            raise ValueError(
-                f"method.freeze.{field}: false trains the whole {tower} tower in full, so LoRA target {tower}"
-                " has nothing to adapt; keep the tower frozen or drop the target"
-            )
-
-
 def add_lora(model: nn.Module, lora: LoraConfig, trainable: TrainablePlan | None = None) -> PeftModel:
-    """Wrap a native model with LoRA adapters; only the adapters (and ``trainable``'s parts) train."""
-    if trainable is not None:
-        check_compatible(lora, trainable)
+    """Wrap a native model with LoRA adapters; only the adapters (and ``trainable``'s parts) train.
+    ``MethodConfig`` has already refused a target whose tower trains in full."""
     return get_peft_model(model, peft_config(lora, trainable))
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from transformers import AutoConfig, InternVLConfig, InternVLVisionConfig, PreTrainedConfig
 
+from internvl_trainer.config import DEFAULT_MAX_TILES
 from internvl_trainer.model.layouts import AttentionShape, LayoutError, LlmKeys
 
 ORIGINAL_ARCHITECTURE = "InternVLChatModel"
@@ -360,7 +361,7 @@ def original_config(
         "dynamic_image_size": stash.get("dynamic_image_size", True),
         "use_thumbnail": stash.get("use_thumbnail", True),
         "min_dynamic_patch": min_tiles if min_tiles is not None else stash.get("min_dynamic_patch", 1),
-        "max_dynamic_patch": max_tiles if max_tiles is not None else stash.get("max_dynamic_patch", 12),
+        "max_dynamic_patch": max_tiles if max_tiles is not None else stash.get("max_dynamic_patch", DEFAULT_MAX_TILES),
         "use_backbone_lora": 0,
         "use_llm_lora": 0,
         "img_context_token_id": config.image_token_id,

@@ -15,7 +15,7 @@ from torch import nn
 from internvl_trainer.config import MethodConfig
 from internvl_trainer.model.activation_checkpointing import enable_checkpointing
 from internvl_trainer.model.drop_path import set_drop_path
-from internvl_trainer.model.freeze import TrainablePlan, freeze
+from internvl_trainer.model.freeze import TrainablePlan, apply_freeze
 from internvl_trainer.model.lora import add_lora
 
 
@@ -36,7 +36,7 @@ def prepare_for_training(model: nn.Module, method: MethodConfig, *, gradient_che
     if rate is None:
         rate = float(getattr(model.config.vision_config, "drop_path_rate", 0.0) or 0.0)
     rates = set_drop_path(model, rate)
-    trainable = freeze(model, method.resolved_freeze(), method.unfreeze_vision_layers)
+    trainable = apply_freeze(model, method.resolved_freeze(), method.unfreeze_vision_layers)
     if gradient_checkpointing:
         enable_checkpointing(model)
     lora = method.resolved_lora()

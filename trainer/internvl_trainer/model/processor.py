@@ -20,14 +20,17 @@
 - ``InternVLCpuProcessor``: transformers' ``InternVLProcessor`` without its video-processor slot,
   which requires torchvision (reference: environment.md §2.3), with ``GotOcr2ImageProcessorPil``
   (InternVL's tiling; ImageNet mean and std).
+- Tile limits: ``with_tile_limits`` and ``retile_saved`` give a processor, or the one saved in a
+  folder, a run's ``data.minTiles`` and ``data.maxTiles``, which a fine-tuned model is published with.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from transformers import (
     AutoTokenizer,
@@ -39,6 +42,7 @@ from transformers import (
 )
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
+from internvl_trainer.config import DEFAULT_MAX_TILES
 from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE, INTERNVL2_5
 
 log = logging.getLogger(__name__)
@@ -213,7 +217,9 @@ class InternVLCpuProcessor(InternVLProcessor):
         return super().from_pretrained(*args, **kwargs)
 
 
-def image_processor(image_size: int = 448, min_tiles: int = 1, max_tiles: int = 12) -> GotOcr2ImageProcessorPil:
+def image_processor(
+    image_size: int = 448, min_tiles: int = 1, max_tiles: int = DEFAULT_MAX_TILES
+) -> GotOcr2ImageProcessorPil:
     """InternVL's dynamic-resolution preprocessing: tiles of ``image_size``, a thumbnail when an
     image gives more than one tile (always, as InternVL's ``use_thumbnail``), ImageNet mean and std."""
     return GotOcr2ImageProcessorPil(
@@ -233,7 +239,7 @@ def build_processor(
     image_size: int = 448,
     image_seq_length: int = 256,
     min_tiles: int = 1,
-    max_tiles: int = 12,
+    max_tiles: int = DEFAULT_MAX_TILES,
 ) -> InternVLCpuProcessor:
     """A processor for ``tokenizer`` (prepared here) with InternVL's tiling and chat template."""
     prepare_tokenizer(tokenizer)
@@ -252,7 +258,7 @@ def load_processor(
     image_size: int,
     image_seq_length: int,
     min_tiles: int = 1,
-    max_tiles: int = 12,
+    max_tiles: int = DEFAULT_MAX_TILES,
 ) -> InternVLCpuProcessor:
     """The processor of a model folder: its saved image-processor settings when it has them
     (``processor_config.json`` or ``preprocessor_config.json``), otherwise InternVL's defaults with
@@ -273,3 +279,30 @@ def load_processor(
     return InternVLCpuProcessor(
         image_processor=images, tokenizer=tokenizer, image_seq_length=image_seq_length, chat_template=CHAT_TEMPLATE
     )
+
+
+class TileLimits(NamedTuple):
+    """Fewest and most tiles per image (InternVL's ``min_dynamic_patch`` and ``max_dynamic_patch``)."""
+
+    min_tiles: int
+    max_tiles: int
+
+
+def with_tile_limits(processor: InternVLCpuProcessor, limits: TileLimits) -> InternVLCpuProcessor:
+    """A copy of ``processor`` that tiles within ``limits``: a fine-tuned model's processor must
+    tile as its run did (``data.minTiles``, ``data.maxTiles``), whatever its base folder said."""
+    images = copy.deepcopy(processor.image_processor)
+    images.min_patches, images.max_patches = limits
+    return InternVLCpuProcessor(
+        image_processor=images,
+        tokenizer=processor.tokenizer,
+        image_seq_length=processor.image_seq_length,
+        chat_template=processor.chat_template,
+    )
+
+
+def retile_saved(folder: str | Path, limits: TileLimits) -> None:
+    """Give the processor saved in ``folder``, when it holds one, the tile ``limits`` (the folder's
+    other files stay as they are)."""
+    if (Path(folder) / "processor_config.json").is_file():
+        with_tile_limits(InternVLCpuProcessor.from_pretrained(str(folder)), limits).save_pretrained(str(folder))

@@ -7,7 +7,8 @@ Modules, one concept each:
 - ``client``: the boto3 client from ``StorageConfig`` and the standard AWS environment.
 - ``stream``: ``S3Reader``, a seekable stream that resumes a broken body at the next byte.
 - ``store``: ``Storage``, the interface (exists, size, list, open, read_range, download, upload).
-- ``manifest``: ``manifest.json`` (files, sizes, sha256, time, producer), written last.
+- ``manifest``: ``manifest.json`` (files, sizes, sha256, time, producer), written last, and read.
+- ``atomic``: file writes a reader sees whole or not at all (temporary sibling, then rename).
 - ``upload`` / ``download``: folder transfers that resume, publish atomically and verify.
 - ``cache``: a size-capped LRU disk cache shared by the workers and ranks of a node.
 - ``prefetch``: fetching the next N keys on a bounded thread pool.

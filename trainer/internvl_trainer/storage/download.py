@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from internvl_trainer.storage.atomic import atomic_write, temporary_sibling
 from internvl_trainer.storage.errors import IntegrityError, ObjectNotFound
-from internvl_trainer.storage.manifest import MANIFEST_NAME, FileEntry, Manifest, sha256_file
-from internvl_trainer.storage.store import atomic_write, temporary_sibling
-from internvl_trainer.storage.upload import read_manifest
+from internvl_trainer.storage.manifest import MANIFEST_NAME, FileEntry, Manifest, read_manifest, sha256_file
 from internvl_trainer.storage.uri import check_key, parse
 
 if TYPE_CHECKING:

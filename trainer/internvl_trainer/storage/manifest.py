@@ -16,14 +16,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from internvl_trainer.storage.errors import StorageError, UnsafeKeyError
-from internvl_trainer.storage.uri import check_key
+from internvl_trainer.storage.errors import ObjectNotFound, StorageError, UnsafeKeyError
+from internvl_trainer.storage.uri import Location, check_key
+
+if TYPE_CHECKING:
+    from internvl_trainer.storage.store import Storage
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -122,3 +128,19 @@ def entry_for(path: Path, relative: str) -> FileEntry:
     """A manifest entry for a local file (reads it once for the hash)."""
     size = path.stat().st_size
     return FileEntry(path=relative, size=size, sha256=sha256_file(path))
+
+
+def read_manifest(storage: Storage, location: Location, *, strict: bool = False) -> Manifest | None:
+    """The manifest at ``location``, or None when there is none. An invalid one raises
+    StorageError when ``strict``, else it is logged and treated as absent."""
+    try:
+        data = storage.read_bytes(location)
+    except ObjectNotFound:
+        return None
+    try:
+        return Manifest.from_json(data, source=str(location))
+    except StorageError as error:
+        if strict:
+            raise
+        log.warning("ignoring %s", error)
+        return None

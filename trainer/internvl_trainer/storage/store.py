@@ -22,9 +22,7 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,10 +33,13 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
 
 from internvl_trainer.config import StorageConfig
+from internvl_trainer.storage.atomic import atomic_copy, atomic_write
 from internvl_trainer.storage.client import ClientHolder, redact_url
+from internvl_trainer.storage.download import download_tree
 from internvl_trainer.storage.errors import ObjectNotFound, StorageError
 from internvl_trainer.storage.manifest import FileEntry, Manifest
 from internvl_trainer.storage.stream import S3Reader, client_error_code, client_error_status
+from internvl_trainer.storage.upload import upload_file, upload_tree
 from internvl_trainer.storage.uri import Location, parse
 
 log = logging.getLogger(__name__)
@@ -308,8 +309,6 @@ class Storage:
         """Upload a file to ``destination``, or a folder below it with ``manifest.json`` written last.
 
         Sends only what is not already there; see ``internvl_trainer.storage.upload``."""
-        from internvl_trainer.storage.upload import upload_file, upload_tree
-
         origin = parse(source)
         if origin.is_s3:
             raise StorageError(f"{origin}: the source of an upload must be a local file or folder")
@@ -322,8 +321,6 @@ class Storage:
     def download(self, source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Manifest:
         """Download everything below ``source`` into a local folder, verifying sizes (and sha256 when
         ``source`` has a manifest.json); see ``internvl_trainer.storage.download``."""
-        from internvl_trainer.storage.download import download_tree
-
         return download_tree(self, source, Path(destination))
 
     # -- parallel transfers (used by upload and download) -----------------------------------------
@@ -406,41 +403,3 @@ class _LocalTransfers:
 
     def get(self, location: Location, path: Path) -> Pending:
         return self._pool.submit(atomic_copy, location.path, path)
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A unique temporary name in the same folder (so a rename onto ``path`` is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or all of the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(path)
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def atomic_copy(source: Path, destination: Path) -> None:
-    """Copy a file through a temporary sibling and a rename."""
-    try:
-        source_size = source.stat().st_size
-    except FileNotFoundError:
-        raise ObjectNotFound(f"{source}: no such file") from None
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(destination)
-    try:
-        shutil.copyfile(source, temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        if temporary.stat().st_size != source_size:
-            raise StorageError(f"{source}: changed while it was copied")
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from internvl_trainer.storage.errors import IntegrityError, ObjectNotFound, StorageError
-from internvl_trainer.storage.manifest import MANIFEST_NAME, FileEntry, Manifest, entry_for, sha256_file
+from internvl_trainer.storage.errors import IntegrityError, ObjectNotFound
+from internvl_trainer.storage.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    entry_for,
+    read_manifest,
+    sha256_file,
+)
 from internvl_trainer.storage.uri import Location, check_key, parse
 
 if TYPE_CHECKING:
@@ -53,22 +61,6 @@ def local_files(source: Path) -> list[tuple[str, Path]]:
                 continue
             found.append((relative, path))
     return sorted(found)
-
-
-def read_manifest(storage: Storage, location: Location, *, strict: bool = False) -> Manifest | None:
-    """The manifest at ``location``, or None when there is none. An invalid one raises
-    StorageError when ``strict``, else it is logged and treated as absent."""
-    try:
-        data = storage.read_bytes(location)
-    except ObjectNotFound:
-        return None
-    try:
-        return Manifest.from_json(data, source=str(location))
-    except StorageError as error:
-        if strict:
-            raise
-        log.warning("ignoring %s", error)
-        return None
 
 
 def _already_there(storage: Storage, location: Location, entry: FileEntry, remote_size: int | None) -> bool:
@@ -103,10 +95,14 @@ def upload_tree(
     destination: str | os.PathLike[str] | Location,
     *,
     producer: dict[str, Any] | None = None,
+    hashed: Manifest | None = None,
 ) -> Manifest:
-    """Upload the folder ``source`` below ``destination`` and write ``manifest.json`` last."""
+    """Upload the folder ``source`` below ``destination`` and write ``manifest.json`` last.
+    ``hashed`` lists the folder's files already hashed (as ``export`` writes them): their hashes
+    are taken from it, not computed again."""
     root = parse(destination)
     files = local_files(source)
+    describe = entry_for if hashed is None else _entries_of(hashed, source, files)
     manifest_location = root.child(MANIFEST_NAME)
     previous = read_manifest(storage, manifest_location)
     previous_removed = previous is None
@@ -118,7 +114,7 @@ def upload_tree(
     hash_threads = max(1, min(storage.threads, os.cpu_count() or 1))
     with ThreadPoolExecutor(hash_threads, thread_name_prefix="storage-hash") as hashers:
         with storage.transfers(root) as transfers:
-            hashing = {hashers.submit(entry_for, path, relative): path for relative, path in files}
+            hashing = {hashers.submit(describe, path, relative): path for relative, path in files}
             for future in as_completed(hashing):
                 entry = future.result()
                 entries.append(entry)
@@ -151,6 +147,20 @@ def upload_tree(
         MANIFEST_NAME,
     )
     return manifest
+
+
+def _entries_of(manifest: Manifest, source: Path, files: list[tuple[str, Path]]) -> Callable[[Path, str], FileEntry]:
+    """``entry_for`` answered by ``manifest``, once it lists exactly ``files`` with their sizes."""
+    entries = manifest.by_path()
+    sizes = {relative: path.stat().st_size for relative, path in files}
+    differing = sorted(
+        relative
+        for relative in sizes.keys() | entries.keys()
+        if relative not in sizes or relative not in entries or entries[relative].size != sizes[relative]
+    )
+    if differing:
+        raise IntegrityError(f"{source}: {', '.join(differing)}: not as the manifest given for the upload lists")
+    return lambda path, relative: entries[relative]
 
 
 def _check_sizes(storage: Storage, root: Location, manifest: Manifest) -> None:

@@ -31,9 +31,9 @@ import numpy as np
 
 from internvl_trainer.config import TrainConfig
 from internvl_trainer.data.annotations import data_cache, dataset_specs
+from internvl_trainer.data.dataset_source import DatasetSource, open_sources
 from internvl_trainer.data.meta import MetaFile, load_meta
 from internvl_trainer.data.overlong import OverlongCounters
-from internvl_trainer.data.records import DatasetSource, open_sources
 from internvl_trainer.data.report import BadSamples
 from internvl_trainer.data.sample import BuiltSample, SampleBuilder
 from internvl_trainer.data.sampling import DatasetSpec, Permutation, SampleRef
@@ -193,8 +193,8 @@ def builder_for(config: TrainConfig, tokenizer: Any, model_config: Any) -> Sampl
     data = config.data
     return SampleBuilder(
         encoder,
-        max_length=int(data.max_seq_length),
-        tiling=TilingConfig(tile_size=image_size, min_tiles=data.min_tiles, max_tiles=int(data.max_tiles)),
+        max_length=data.max_seq_length,
+        tiling=TilingConfig(tile_size=image_size, min_tiles=data.min_tiles, max_tiles=data.max_tiles),
         video=data.video,
         overlong=data.overlong,
         patch_size=patch_size,

@@ -270,13 +270,14 @@ def run_evaluation(
 def evaluation_train_config(loaded: Any, model_uri: str, meta_uri: str, model_name: str | None) -> Any:
     """A TrainConfig that only serves to build samples for a model evaluated without a train.yaml:
     the template of ``model_name`` (else guessed from the tokenizer: a ``<s>`` BOS means an
-    InternLM-based model), the processor's tile limit, no sequence limit to speak of."""
-    from internvl_trainer.config import TrainConfig
+    InternLM-based model), the processor's tile limit (a published model's is its run's
+    ``data.maxTiles``), no sequence limit to speak of."""
+    from internvl_trainer.config import DEFAULT_MAX_TILES, TrainConfig
 
     if model_name is None:
         model_name = "InternVL2_5-8B" if getattr(loaded.tokenizer, "bos_token", None) == "<s>" else "InternVL3-8B"
     images = loaded.processor.image_processor if loaded.processor is not None else None
-    max_tiles = int(getattr(images, "max_patches", 12) or 12)
+    max_tiles = getattr(images, "max_patches", None) or DEFAULT_MAX_TILES
     weights = model_uri if model_uri.startswith("s3://") else str(Path(model_uri).resolve())
     return TrainConfig.model_validate(
         {

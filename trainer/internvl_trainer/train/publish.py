@@ -5,13 +5,16 @@ On the main process, after training (docs/contract.md §3):
 1. ``<output.uri>/manifest.json`` is deleted, so a half-replaced model never looks complete.
 2. The final folder the Trainer saved (the full model, or the LoRA adapters with any part trained in
    full) is merged into the base when LoRA (``output.mergeLora``), and written in every requested
-   layout into a local staging folder, in the base model's dtype.
+   layout into a local staging folder, in the base model's dtype, with the run's tile limits
+   (``data.minTiles``, ``data.maxTiles``) in its processor, and each file hashed into the folder's
+   manifest.
 3. The staged folder is loaded again, as a user would load it, and generates answers to a few
    held-out samples (training samples when nothing is held out): ``validation.jsonl`` with the
    references, exact match, token F1 and loss, uploaded to ``runs/<uid>/validation.jsonl``.
-4. Each layout is uploaded (``model/``, ``model-original/``, each with its own manifest), and the
-   root ``manifest.json`` is written last: every file of ``model*/`` with its size and sha256, the
-   time, and the train.yaml that produced it.
+4. Each layout is uploaded (``model/``, ``model-original/``, each with its own manifest, the hashes
+   taken from the staged one: a model is hashed once), and the root ``manifest.json`` is written
+   last: every file of ``model*/`` with its size and sha256, the time, and the train.yaml that
+   produced it.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from internvl_trainer.config import TrainConfig
-from internvl_trainer.storage import FileEntry, Manifest, Storage
+from internvl_trainer.config import MODEL_FOLDERS, TrainConfig
+from internvl_trainer.model.processor import TileLimits, retile_saved
+from internvl_trainer.storage import MANIFEST_NAME, FileEntry, Manifest, Storage
+from internvl_trainer.storage.upload import upload_tree
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def base_dtype(folder: Path) -> str:
     return "auto"
 
 
-def stage(
+def export_layouts(
     config: TrainConfig,
     final_dir: Path,
     staging: Path,
@@ -67,20 +72,38 @@ def stage(
 
     if staging.exists():
         shutil.rmtree(staging)
-    wanted = {layout: staging / name for layout, name in (("hf", "model"), ("original", "model-original"))}
-    wanted = {layout: path for layout, path in wanted.items() if layout in config.output.layouts}
-    producer = config.to_wire()
+    wanted = {layout: staging / MODEL_FOLDERS[layout] for layout in config.output.layouts}
+    tile_limits = TileLimits(config.data.min_tiles, config.data.max_tiles)
     if is_adapter(final_dir) and not config.output.merge_lora:
         # Adapters published as they are: only the hf destination can hold them.
-        shutil.copytree(final_dir, staging / "model")
-        return {"hf": staging / "model"}
+        adapters = staging / MODEL_FOLDERS["hf"]
+        shutil.copytree(final_dir, adapters)
+        retile_saved(adapters, tile_limits)
+        return {"hf": adapters}
     destinations = Destinations(**{layout: str(path) for layout, path in wanted.items()})
-    options = {"dtype": dtype, "storage": storage, "cache_dir": cache_dir, "producer": producer}
+    options = {
+        "dtype": dtype,
+        "storage": storage,
+        "cache_dir": cache_dir,
+        "producer": config.to_wire(),
+        "tile_limits": tile_limits,
+    }
     if is_adapter(final_dir):
         merge_checkpoint(final_dir, destinations, base=config.model.weights, **options)
     else:
         export_checkpoint(final_dir, destinations, code_from=config.model.weights, **options)
     return wanted
+
+
+def staged_hashes(folder: Path) -> Manifest | None:
+    """The hashes ``export`` wrote into a staged folder's manifest, taken out of the folder (the
+    upload writes the published manifest), or None when it has none (adapters copied as saved)."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    hashed = Manifest.from_json(path.read_bytes(), source=str(path))
+    path.unlink()
+    return hashed
 
 
 def validate(folder: Path, data: Any, *, samples: int = VALIDATION_SAMPLES, max_new_tokens: int = 32) -> list[dict]:
@@ -128,21 +151,22 @@ def publish(
 
     layout = config.layout
     storage.delete(layout.manifest)
-    staged = stage(config, final_dir, scratch / "publish", storage=storage, cache_dir=cache_dir, dtype=dtype)
+    staged = export_layouts(config, final_dir, scratch / "publish", storage=storage, cache_dir=cache_dir, dtype=dtype)
     check_folder = staged.get("hf") or staged["original"]
     lines = validate(check_folder, data) if (check_folder / "config.json").is_file() else []
     validation_file = scratch / VALIDATION_NAME
     write_jsonl(validation_file, lines)
     storage.upload(validation_file, f"{layout.run}/{VALIDATION_NAME}")
-    destinations = {"hf": layout.model, "original": layout.model_original}
-    prefixes = {"hf": "model", "original": "model-original"}
+    destinations = layout.models()
     entries: list[FileEntry] = []
     uploaded = {}
     for name, folder in staged.items():
-        manifest = storage.upload(folder, destinations[name], producer=config.to_wire())
+        manifest = upload_tree(
+            storage, folder, destinations[name], producer=config.to_wire(), hashed=staged_hashes(folder)
+        )
         uploaded[name] = destinations[name]
         entries += [
-            FileEntry(path=f"{prefixes[name]}/{entry.path}", size=entry.size, sha256=entry.sha256)
+            FileEntry(path=f"{MODEL_FOLDERS[name]}/{entry.path}", size=entry.size, sha256=entry.sha256)
             for entry in manifest.files
         ]
     root = Manifest(files=entries, producer=config.to_wire())

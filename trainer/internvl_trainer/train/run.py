@@ -1,11 +1,16 @@
-"""``internvl-train run``: one training run, read top to bottom.
+"""``internvl-train run``: one training run, read top to bottom, one function per phase.
 
-    environment → train.yaml checks → storage checks (credentials, base model, output writable)
-    → Trainer arguments (DeepSpeed known before the model loads) → base model (local or S3)
-    → freeze / drop path / checkpointing / LoRA → datasets and held-out split → sampler, packing,
-    collator, resumable loader → resume point (newest complete checkpoint of runs/<uid>/) → train
-    (checkpoints every saveSteps, metrics, TensorBoard, status)
-    → held-out loss → final save → merge, export, reload and generate, publish with the manifest last
+    setup_process       the world against train.yaml, storage (credentials, base model, output writable)
+    setup_arguments     the Trainer's arguments (DeepSpeed known before the model loads)
+    setup_model         the base model (local or S3); freeze, drop path, checkpointing, LoRA
+    setup_data          datasets and held-out split, sampler, packing, collator, resumable loader
+    complete_arguments  the steps, now that the data is known
+    setup_resume        the newest complete checkpoint of runs/<uid>/, or none
+    setup_progress      metrics.jsonl, TensorBoard, status.progress
+    setup_trainer       the Trainer, publishing a checkpoint every saveSteps
+    train               training, then the held-out loss
+    save_final_model    the trained model beside its processor
+    publish_model       merge, export, reload and generate, publish with the manifest last
 
 Every process of the run executes this (torchrun, mpirun, or one process on a laptop); only the
 main process writes shared outputs (the checkpoint manifest, metrics, the model). Exit codes
@@ -26,14 +31,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
+from transformers import (
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from internvl_trainer.config import TrainConfig
 from internvl_trainer.data.collate import Collator
+from internvl_trainer.data.errors import StrictDataError
 from internvl_trainer.data.loader import PackedStream, ResumableLoader
 from internvl_trainer.data.packing import PackingBudget
-from internvl_trainer.data.report import StrictDataError
+from internvl_trainer.data.report import write_report
 from internvl_trainer.data.sampling import MixtureSampler
+from internvl_trainer.model.load import Loaded, ModelFolderError, fetch_folder, load
+from internvl_trainer.model.prepare import Prepared, prepare_for_training
 from internvl_trainer.problems import BadInput, Problem
 from internvl_trainer.storage import Storage
 from internvl_trainer.storage.upload import upload_file
@@ -42,6 +58,7 @@ from internvl_trainer.train.datasets import RunData, open_run_data
 from internvl_trainer.train.distributed import ProcessEnvironment, check_world, detect, export_for_torch
 from internvl_trainer.train.metrics import EventWriter, MetricsLog, ProgressCallback
 from internvl_trainer.train.preflight import check_storage
+from internvl_trainer.train.publish import Published, base_dtype, publish
 from internvl_trainer.train.status import StatusReporter
 from internvl_trainer.train.trainer import EvalSet, InternVLTrainer
 
@@ -200,8 +217,6 @@ def data_report(data: RunData, loader: ResumableLoader, world_size: int) -> dict
 
 def upload_progress(storage: Storage, config: TrainConfig, run_dir: Path, data: RunData, loader: ResumableLoader):
     """metrics.jsonl, the TensorBoard files and the data report, to runs/<uid>/."""
-    import json
-
     layout = config.layout
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
@@ -209,12 +224,11 @@ def upload_progress(storage: Storage, config: TrainConfig, run_dir: Path, data: 
     events = run_dir / "tensorboard"
     for path in sorted(events.glob("events.out.tfevents.*")):
         upload_file(storage, path, f"{layout.tensorboard}/{path.name}")
-    report = data_report(data, loader, config.batch.world_size)
-    storage.write_bytes(layout.data_report, (json.dumps(report, indent=2) + "\n").encode())
+    write_report(data_report(data, loader, config.batch.world_size), layout.data_report, storage)
 
 
 # ---------------------------------------------------------------------------------------------
-# the run
+# the run, phase by phase
 
 
 def run(
@@ -225,78 +239,152 @@ def run(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> RunResult:
     """Train, checkpoint and publish one run (see the module docstring). Raises BadInput."""
-    environ = os.environ if environ is None else environ
+    process = setup_process(config, os.environ if environ is None else environ, scratch)
+    args = setup_arguments(config, process)
+    model = setup_model(config, process, args)
+    data = setup_data(config, process, args, model)
+    complete_arguments(args, config, model, data)
+    start = setup_resume(config, process, args, data.loader)
+    progress = setup_progress(process, data, start)
+    trainer = setup_trainer(config, process, args, model, data, progress, callbacks)
+    evaluate_at_end = data.eval_set is not None and not config.training.eval_steps
+    eval_loss = train(trainer, progress, start, evaluate_at_end=evaluate_at_end)
+    final_dir = save_final_model(trainer, model, process)
+    result = RunResult(trainer.state.global_step, start.step, eval_loss, None, None, None)
+    if not process.environment.is_main:
+        return result
+    upload_progress(process.storage, config, process.run_dir, data.data, data.loader)
+    dtype = model.base_dtype
+    del trainer, model  # the export loads the model again: free this copy first
+    gc.collect()
+    published = publish_model(config, process, final_dir, data.data, dtype)
+    if process.reporter is not None and eval_loss is not None:
+        # Where the model is, status.output, the operator derives from the spec once the job succeeded.
+        process.reporter.results(eval_loss=eval_loss)
+    result.model_uri, result.manifest_uri = published.model_uri, published.manifest_uri
+    result.validation = published.validation
+    return result
+
+
+@dataclass
+class RunProcess:
+    """This process of the run: its place in the world, the storage, its scratch folders."""
+
+    environment: ProcessEnvironment
+    storage: Storage
+    scratch: Path
+    """Node-local: the base model and data caches."""
+    run_dir: Path
+    """This run's working folder: Trainer output, metrics, TensorBoard, the final model."""
+    on_gpu: bool
+    reporter: StatusReporter | None
+    """status.progress patches, on the main process in a cluster."""
+
+
+def setup_process(config: TrainConfig, environ: MutableMapping[str, str], scratch: Path | None) -> RunProcess:
+    """The world checked against train.yaml, torch.distributed's environment, storage checked
+    (credentials, base model, output writable), the seed."""
     environment = detect(environ)
     check_world(environment, config)
     if environment.launcher != "single" or config.deepspeed is not None:
         export_for_torch(environment, environ)  # torch.distributed's env:// (DeepSpeed needs it alone too)
     storage = Storage(config.storage)
     check_storage(config, storage, environment.rank)
-    layout = config.layout
-    training, batch = config.training, config.batch
+    set_seed(config.training.seed)
     root = scratch or scratch_root(environ)
-    run_dir = root / "runs" / config.run.uid
-    on_gpu = torch.cuda.is_available()
-    set_seed(training.seed)
+    return RunProcess(
+        environment=environment,
+        storage=storage,
+        scratch=root,
+        run_dir=root / "runs" / config.run.uid,
+        on_gpu=torch.cuda.is_available(),
+        reporter=StatusReporter.from_environment(environ) if environment.is_main else None,
+    )
 
-    # The Trainer's arguments come first: under ZeRO-3 the model must load partitioned.
-    args = training_arguments(config, run_dir / "trainer", environment, on_gpu=on_gpu, max_steps=1)
-    if config.deepspeed is not None and environment.world_size > 1:
+
+def setup_arguments(config: TrainConfig, process: RunProcess) -> TrainingArguments:
+    """The Trainer's arguments, before the model: under ZeRO-3 the model must load partitioned,
+    which the arguments set up. The steps follow once the data is known (``complete_arguments``)."""
+    args = training_arguments(
+        config, process.run_dir / "trainer", process.environment, on_gpu=process.on_gpu, max_steps=1
+    )
+    if config.deepspeed is not None and process.environment.world_size > 1:
         # ZeRO-3 partitions the weights while they load, so DeepSpeed must see the whole world by
-        # then; accelerate sets DeepSpeed's communication up itself on GPUs, not on CPUs.
+        # then; accelerate sets DeepSpeed's communication up itself on GPUs, not on CPUs. Imported
+        # here: only a run with DeepSpeed needs it, and it probes the accelerator when imported.
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
-    reporter = StatusReporter.from_environment(environ) if environment.is_main else None
+        deepspeed.init_distributed(dist_backend="nccl" if process.on_gpu else "gloo", auto_mpi_discovery=False)
+    return args
 
-    from internvl_trainer.model.load import ModelFolderError, fetch_folder, load
-    from internvl_trainer.model.prepare import prepare_for_training
 
+@dataclass
+class RunModel:
+    """The base model, loaded and prepared for training, with what the run keeps of its folder."""
+
+    loaded: Loaded
+    prepared: Prepared
+    base_dtype: str
+    """The dtype the base's config.json declares, which the exported model keeps."""
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        assert self.loaded.tokenizer is not None  # setup_model refuses a folder without one
+        return self.loaded.tokenizer
+
+
+def setup_model(config: TrainConfig, process: RunProcess, args: TrainingArguments) -> RunModel:
+    """The base model (local or S3), loaded and prepared: freeze, drop path, checkpointing, LoRA."""
     # One process per node downloads the base; every process then loads it from the node's copy
     # together (under ZeRO-3 loading is collective: the weights are partitioned as they load).
     try:
         with args.main_process_first(local=True, desc="fetching the base model"):
-            base = fetch_folder(config.model.weights, storage=storage, cache_dir=root / "models")
-        loaded = load(base, layout=config.model.layout, dtype=model_dtype(config, on_gpu), name=config.model.weights)
+            base = fetch_folder(config.model.weights, storage=process.storage, cache_dir=process.scratch / "models")
+        dtype = model_dtype(config, process.on_gpu)
+        loaded = load(base, layout=config.model.layout, dtype=dtype, name=config.model.weights)
     except ModelFolderError as error:
         raise BadInput([Problem("model.weights", str(error))]) from error
     if loaded.tokenizer is None:
         raise BadInput([Problem("model.weights", f"{config.model.weights}: the model folder has no tokenizer")])
-    tokenizer = loaded.tokenizer
-    dtype = _base_dtype(loaded.folder)
     try:
-        prepared = prepare_for_training(
-            loaded.model, config.method, gradient_checkpointing=training.gradient_checkpointing
-        )
+        checkpointing = config.training.gradient_checkpointing
+        prepared = prepare_for_training(loaded.model, config.method, gradient_checkpointing=checkpointing)
     except ValueError as error:
         raise BadInput([Problem("method", str(error))]) from error
+    return RunModel(loaded, prepared, base_dtype(loaded.folder))
 
+
+@dataclass
+class RunDataPipeline:
+    """The datasets and the pipeline that feeds the Trainer: sampler, packing, collator, loader."""
+
+    data: RunData
+    sampler: MixtureSampler
+    loader: ResumableLoader
+    eval_set: EvalSet | None
+
+
+def setup_data(config: TrainConfig, process: RunProcess, args: TrainingArguments, model: RunModel) -> RunDataPipeline:
+    """Datasets and the held-out split, the sampler, packing, the collator and the resumable loader."""
+    training, batch, environment = config.training, config.batch, process.environment
     with args.main_process_first(local=True, desc="indexing the annotations"):
         data = open_run_data(
             config,
-            tokenizer,
-            loaded.model.config,
-            storage=storage,
-            cache_dir=root / "data-cache",
-            bad_dir=run_dir / "bad-samples",
+            model.tokenizer,
+            model.loaded.model.config,
+            storage=process.storage,
+            cache_dir=process.scratch / "data-cache",
+            bad_dir=process.run_dir / "bad-samples",
         )
     sampler = MixtureSampler(data.specs(), seed=training.seed, epochs=None if training.max_steps else training.epochs)
-    # With epochs and packing the count of packed rows is not known ahead: this is an upper bound,
-    # and the run ends early, on every rank together, when the data runs out.
-    max_steps = training.max_steps or max(1, math.ceil(sampler.total / training.global_batch_size))
-    args.max_steps = max_steps
-    args.warmup_steps = warmup_steps(training.warmup_ratio, max_steps)
-    # Parts trained in full that a text-only batch leaves unused (the projector, vision layers)
-    # would otherwise stop DDP waiting for their gradients.
-    trainable = prepared.trainable
-    args.ddp_find_unused_parameters = bool(trainable.vision or trainable.projector or trainable.vision_layers)
-    collator = Collator(pad_id=tokenizer.pad_token_id, reduction=training.loss_reduction, packed=config.data.packing)
+    pad_id = model.tokenizer.pad_token_id
+    collator = Collator(pad_id=pad_id, reduction=training.loss_reduction, packed=config.data.packing)
     stream = PackedStream(
         sampler,
         data.build,
         collator,
         batch_size=batch.per_device_batch_size,
-        budget=PackingBudget(max_tokens=int(config.data.max_seq_length)) if config.data.packing else None,
+        budget=PackingBudget(max_tokens=config.data.max_seq_length) if config.data.packing else None,
         rank=environment.rank,
         world_size=environment.world_size,
     )
@@ -305,113 +393,140 @@ def run(
     # DataLoader iterators draw their workers' base seed from this generator, not the global one,
     # so a resumed run's global RNG (restored from the checkpoint) stays in step.
     loader.options["generator"] = torch.Generator().manual_seed(training.seed)
-
-    # The resume point.
-    resume_dir, resumed_from = None, None
-    if config.run.resume == "latest":
-        found = checkpoints.latest(storage, layout)
-        if found is not None:
-            with args.main_process_first(local=True, desc="fetching the checkpoint"):
-                resume_dir = checkpoints.download(storage, found, run_dir / "resume")
-            state = checkpoints.read_data_states(resume_dir, environment.rank)
-            if state is not None:
-                loader.load_state_dict(state)
-            resumed_from = found.step
-            log.info("resuming from %s", found.uri)
-    elif environment.is_main:
-        for stale in checkpoints.find(storage, layout):
-            log.info("resume: never, deleting %s", stale.uri)
-            checkpoints.delete_folder(storage, stale.uri)
-
-    # Progress: metrics.jsonl continues the one saved with the checkpoint (what a dead attempt
-    # logged after it, a final held-out loss included, is logged again), TensorBoard gets a file
-    # per attempt.
-    progress = None
-    if environment.is_main:
-        metrics = MetricsLog(run_dir / "metrics.jsonl")
-        metrics.path.unlink(missing_ok=True)
-        if resume_dir is not None:
-            checkpoints.read_metrics(resume_dir, metrics.path)
-        progress = ProgressCallback(
-            metrics,
-            EventWriter(run_dir / "tensorboard"),
-            samples_before=loader.stats.samples,
-            epoch_length=sampler.epoch_length,
-            world_size=environment.world_size,
-            reporter=reporter,
-        )
-
     eval_refs = data.eval_refs()
     eval_set = (
         EvalSet(eval_refs, data.build_eval, collator, batch_size=batch.per_device_batch_size) if eval_refs else None
     )
-    trainer = InternVLTrainer(
-        model=prepared.model,
-        args=args,
-        loader=loader,
-        eval_set=eval_set,
-        callbacks=[
-            *([progress] if progress is not None else []),
-            CheckpointCallback(
-                config,
-                storage,
-                environment,
-                loader,
-                progress=progress,
-                run_dir=run_dir,
-                data=data,
-                reporter=reporter,
-            ),
-            *callbacks,
-        ],
+    return RunDataPipeline(data, sampler, loader, eval_set)
+
+
+def complete_arguments(args: TrainingArguments, config: TrainConfig, model: RunModel, data: RunDataPipeline) -> None:
+    """What the arguments could not know before the model and the data: the steps and whether
+    DDP must expect parameters without gradients."""
+    training = config.training
+    # With epochs and packing the count of packed rows is not known ahead: this is an upper bound,
+    # and the run ends early, on every rank together, when the data runs out.
+    max_steps = training.max_steps or max(1, math.ceil(data.sampler.total / training.global_batch_size))
+    args.max_steps = max_steps
+    args.warmup_steps = warmup_steps(training.warmup_ratio, max_steps)
+    # Parts trained in full that a text-only batch leaves unused (the projector, vision layers)
+    # would otherwise stop DDP waiting for their gradients.
+    trainable = model.prepared.trainable
+    args.ddp_find_unused_parameters = bool(trainable.vision or trainable.projector or trainable.vision_layers)
+
+
+@dataclass
+class ResumePoint:
+    """Where training starts: a downloaded checkpoint and its step, or the beginning."""
+
+    folder: Path | None = None
+    step: int | None = None
+
+
+def setup_resume(
+    config: TrainConfig, process: RunProcess, args: TrainingArguments, loader: ResumableLoader
+) -> ResumePoint:
+    """``resume: latest``: the newest complete checkpoint of runs/<uid>/, the loader at its data
+    position. ``resume: never``: the run's old checkpoints are deleted."""
+    storage, layout, environment = process.storage, config.layout, process.environment
+    if config.run.resume != "latest":
+        if environment.is_main:
+            for stale in checkpoints.find(storage, layout):
+                log.info("resume: never, deleting %s", stale.uri)
+                checkpoints.delete_folder(storage, stale.uri)
+        return ResumePoint()
+    found = checkpoints.latest(storage, layout)
+    if found is None:
+        return ResumePoint()
+    with args.main_process_first(local=True, desc="fetching the checkpoint"):
+        folder = checkpoints.download(storage, found, process.run_dir / "resume")
+    state = checkpoints.read_data_states(folder, environment.rank)
+    if state is not None:
+        loader.load_state_dict(state)
+    log.info("resuming from %s", found.uri)
+    return ResumePoint(folder, found.step)
+
+
+def setup_progress(process: RunProcess, data: RunDataPipeline, start: ResumePoint) -> ProgressCallback | None:
+    """On the main process: metrics.jsonl continuing the one saved with the checkpoint (what a dead
+    attempt logged after it, a final held-out loss included, is logged again), a TensorBoard file
+    per attempt, status.progress."""
+    if not process.environment.is_main:
+        return None
+    metrics = MetricsLog(process.run_dir / "metrics.jsonl")
+    metrics.path.unlink(missing_ok=True)
+    if start.folder is not None:
+        checkpoints.read_metrics(start.folder, metrics.path)
+    return ProgressCallback(
+        metrics,
+        EventWriter(process.run_dir / "tensorboard"),
+        samples_before=data.loader.stats.samples,
+        epoch_length=data.sampler.epoch_length,
+        world_size=process.environment.world_size,
+        reporter=process.reporter,
     )
-    try:  # strict mode: a bad sample, in training or in the final held-out pass, is bad input
-        trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir is not None else None)
+
+
+def setup_trainer(
+    config: TrainConfig,
+    process: RunProcess,
+    args: TrainingArguments,
+    model: RunModel,
+    data: RunDataPipeline,
+    progress: ProgressCallback | None,
+    callbacks: Sequence[TrainerCallback],
+) -> InternVLTrainer:
+    """The Trainer over the prepared model and the loader, publishing each checkpoint it saves."""
+    checkpointing = CheckpointCallback(
+        config,
+        process.storage,
+        process.environment,
+        data.loader,
+        progress=progress,
+        run_dir=process.run_dir,
+        data=data.data,
+        reporter=process.reporter,
+    )
+    return InternVLTrainer(
+        model=model.prepared.model,
+        args=args,
+        loader=data.loader,
+        eval_set=data.eval_set,
+        callbacks=[*([progress] if progress is not None else []), checkpointing, *callbacks],
+    )
+
+
+def train(
+    trainer: InternVLTrainer, progress: ProgressCallback | None, start: ResumePoint, *, evaluate_at_end: bool
+) -> float | None:
+    """Train from the resume point; the held-out loss: the last one logged, or one pass at the end.
+    In strict mode a bad sample, in training or in the held-out pass, is bad input."""
+    try:
+        trainer.train(resume_from_checkpoint=str(start.folder) if start.folder is not None else None)
         eval_loss = progress.eval_loss if progress is not None else None
-        if eval_set is not None and not training.eval_steps:
+        if evaluate_at_end:
             eval_loss = trainer.evaluate().get("eval_loss")
     except StrictDataError as error:
         raise BadInput([Problem(error.where, error.reason)]) from error
-    steps = trainer.state.global_step
+    return eval_loss
 
-    # The final save (every process: ZeRO-3 gathers the weights), then the rest on the main one.
-    final_dir = run_dir / "final"
-    if environment.is_main and final_dir.exists():
+
+def save_final_model(trainer: InternVLTrainer, model: RunModel, process: RunProcess) -> Path:
+    """The trained model in run_dir/final: saved by every process (ZeRO-3 gathers the weights),
+    with the processor (or the tokenizer) beside it on the main process."""
+    final_dir = process.run_dir / "final"
+    if process.environment.is_main and final_dir.exists():
         shutil.rmtree(final_dir)
     trainer.save_model(str(final_dir))
-    result = RunResult(steps, resumed_from, eval_loss, None, None, None)
-    if not environment.is_main:
-        return result
-    if loaded.processor is not None:
-        loaded.processor.save_pretrained(str(final_dir))
-    else:
-        tokenizer.save_pretrained(str(final_dir))
-    upload_progress(storage, config, run_dir, data, loader)
-    del trainer, prepared, loaded
-    gc.collect()
+    if process.environment.is_main:
+        (model.loaded.processor or model.tokenizer).save_pretrained(str(final_dir))
+    return final_dir
+
+
+def publish_model(config: TrainConfig, process: RunProcess, final: Path, data: RunData, dtype: str) -> Published:
+    """Merge, export, reload and generate, publish with the manifest last (``train.publish``)."""
     if config.deepspeed is not None:
         # Loading for the export must not partition the model as ZeRO-3 loading did.
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
         unset_hf_deepspeed_config()
-
-    from internvl_trainer.train.publish import publish
-
-    published = publish(
-        config, final_dir, storage=storage, scratch=run_dir, cache_dir=root / "models", data=data, dtype=dtype
-    )
-    if reporter is not None and eval_loss is not None:
-        # Where the model is, status.output, the operator derives from the spec once the job succeeded.
-        reporter.results(eval_loss=eval_loss)
-    result.model_uri, result.manifest_uri, result.validation = (
-        published.model_uri,
-        published.manifest_uri,
-        published.validation,
-    )
-    return result
-
-
-def _base_dtype(folder: Path) -> str:
-    from internvl_trainer.train.publish import base_dtype
-
-    return base_dtype(folder)
+    storage, run_dir, models = process.storage, process.run_dir, process.scratch / "models"
+    return publish(config, final, storage=storage, scratch=run_dir, cache_dir=models, data=data, dtype=dtype)

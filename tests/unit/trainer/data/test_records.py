@@ -11,10 +11,11 @@ import torch
 
 from internvl_trainer.config import VideoConfig
 from internvl_trainer.data.annotations import open_annotation
-from internvl_trainer.data.errors import SampleError
+from internvl_trainer.data.dataset_source import DatasetSource, frame_order
+from internvl_trainer.data.errors import SampleError, StrictDataError
 from internvl_trainer.data.meta import DatasetMeta
-from internvl_trainer.data.records import DatasetSource, frame_order, parse_record
-from internvl_trainer.data.report import BadSamples, StrictDataError
+from internvl_trainer.data.records import parse_record
+from internvl_trainer.data.report import BadSamples
 from internvl_trainer.data.sample import SampleBuilder
 from internvl_trainer.data.template import ConversationEncoder
 from internvl_trainer.data.tiling import TilingConfig

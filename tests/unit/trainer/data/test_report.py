@@ -8,9 +8,8 @@ import multiprocessing
 
 import pytest
 
-from internvl_trainer.data.errors import ImageDecodeError
-from internvl_trainer.data.records import MissingMediaError, RecordJsonError
-from internvl_trainer.data.report import BadSamples, StrictDataError, write_report
+from internvl_trainer.data.errors import ImageDecodeError, MissingMediaError, RecordJsonError, StrictDataError
+from internvl_trainer.data.report import BadSamples, write_report
 from internvl_trainer.storage import Storage
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from internvl_trainer.config import TrainConfig, VideoConfig
+from internvl_trainer.config import VideoConfig
 from internvl_trainer.data.errors import ImageDecodeError, OverlongError, PlaceholderError, SampleError
 from internvl_trainer.data.overlong import OverlongCounters, largest_fitting
 from internvl_trainer.data.sample import SampleBuilder
@@ -178,29 +178,3 @@ def test_largest_fitting_and_counter_sums():
 def test_bad_images_raise_sample_errors(tokenizer):
     with pytest.raises(ImageDecodeError):
         builder(tokenizer).build(QA, images=[b"not an image"])
-
-
-def test_builder_from_train_config(tokenizer, images):
-    config = TrainConfig.model_validate(
-        {
-            "model": {"name": "InternVL2_5-8B", "weights": "/models/internvl2_5-8b"},
-            "data": {
-                "meta": "/data/meta.json",
-                "maxSeqLength": 4096,
-                "maxTiles": 6,
-                "overlong": "reduce-tiles",
-                "maxImagePixels": 1048576,
-            },
-            "training": {"globalBatchSize": 16, "learningRate": 4e-5, "weightDecay": 0.05},
-            "method": {"dropPathRate": 0.0},
-            "batch": {"perDeviceBatchSize": 4, "gradientAccumulationSteps": 4},
-            "output": {"uri": "/out"},
-        }
-    )
-    built = SampleBuilder.from_config(tokenizer, config, resampler="pil")
-    assert built.max_length == 4096 and built.overlong == "reduce-tiles" and built.tiler.config.max_tiles == 6
-    sample = built.build(QA, images=[images["640x480"]])
-    assert sample.input_ids[0].item() == tokenizer.convert_tokens_to_ids("<s>")  # InternLM2.5: BOS
-    assert sample.tiles_per_image == [7]
-    with pytest.raises(ImageDecodeError, match="^1920x1080 image: 2,073,600 pixels, more than the limit of 1,048,576 "):
-        built.build(QA, images=[images["1920x1080"]])

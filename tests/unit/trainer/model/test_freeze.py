@@ -8,7 +8,7 @@ import torch
 
 from internvl_trainer.config import FreezeConfig, MethodConfig
 from internvl_trainer.model.drop_path import drop_path, layer_rates, set_drop_path
-from internvl_trainer.model.freeze import freeze, plan
+from internvl_trainer.model.freeze import apply_freeze, plan
 from internvl_trainer.model.optim import no_decay_names, parameter_groups
 from internvl_trainer.model.prepare import prepare_for_training
 from tests.unit.trainer.model.conftest import batch, changed, make_model, one_step, snapshot
@@ -48,7 +48,7 @@ def test_full_method_trains_projector_llm_and_the_last_vision_layer_only(tokeniz
 )
 def test_each_freeze_flag_alone(tokenizer, flags, unfrozen, prefixes):
     model = make_model(tokenizer)
-    freeze(model, FreezeConfig(**flags), unfrozen)
+    apply_freeze(model, FreezeConfig(**flags), unfrozen)
     before = snapshot(model)
     one_step(model, batch(tokenizer))
     assert changed(model, before) == {name for name in before if name.startswith(prefixes)}
@@ -56,7 +56,7 @@ def test_each_freeze_flag_alone(tokenizer, flags, unfrozen, prefixes):
 
 def test_frozen_vision_pieces_stay_in_eval_mode(tokenizer):
     model = make_model(tokenizer)
-    freeze(model, FreezeConfig(vision=True, projector=False, llm=False), unfreeze_vision_layers=1)
+    apply_freeze(model, FreezeConfig(vision=True, projector=False, llm=False), unfreeze_vision_layers=1)
     model.train()
     tower = model.model.vision_tower
     assert [tower.embeddings.training, tower.encoder.layer[0].training, tower.encoder.layer[1].training] == [
@@ -83,7 +83,7 @@ def test_drop_path_acts_only_on_trained_vision_layers(tokenizer):
     model.train()
     torch.manual_seed(0)
     assert not torch.allclose(features(), reference)  # the whole tower trains: drop path is on
-    freeze(model, FreezeConfig(vision=True, projector=False, llm=False))
+    apply_freeze(model, FreezeConfig(vision=True, projector=False, llm=False))
     model.train()
     assert torch.equal(features(), reference)  # frozen tower: eval mode, no noise
 

@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from internvl_trainer.config import LoraConfig, MethodConfig
 from internvl_trainer.model.export import export
 from internvl_trainer.model.load import load
 from internvl_trainer.model.lora import adapted_modules, merge, target_pattern
@@ -60,12 +59,6 @@ def test_target_pattern_is_a_full_module_path():
     assert not re.fullmatch(pattern, "model.language_model.layers.12.self_attn.q_proj.lora_A")
     with pytest.raises(ValueError, match="method.lora.targets: expected llm and/or vision"):
         target_pattern(["audio"])
-
-
-def test_adapters_on_a_tower_trained_in_full_are_refused(tokenizer):
-    method = MethodConfig(type="lora", lora=LoraConfig(rank=2), freeze={"llm": False})
-    with pytest.raises(ValueError, match="^method.freeze.llm: false trains the whole llm tower in full"):
-        prepare_for_training(make_model(tokenizer), method)
 
 
 def test_only_adapters_and_the_projector_change(tokenizer):

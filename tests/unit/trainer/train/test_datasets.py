@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import InternVLConfig
 
-from internvl_trainer.data.report import StrictDataError
+from internvl_trainer.data.errors import ImageDecodeError, StrictDataError
 from internvl_trainer.data.sampling import SampleRef
 from internvl_trainer.model.processor import load_tokenizer
 from internvl_trainer.storage import Storage
-from internvl_trainer.train.datasets import Where, open_run_data
+from internvl_trainer.train.datasets import Where, builder_for, open_run_data
+from tests.unit.trainer.data.conftest import encode, photo
 from tests.unit.trainer.train.runs import records, train_config, write_data
 
 
@@ -118,3 +119,19 @@ def test_bad_samples_are_counted_by_kind_and_strict_mode_names_the_first(tmp_pat
     assert data.report()["refusedKeys"] == 1
     with pytest.raises(StrictDataError, match=f"^{folder / 'train.jsonl'}:2: "):
         open_data(tiny_model_dir, meta, tmp_path, data={"strict": True}).build_eval(Where(0, 1))
+
+
+def test_the_run_builder_takes_its_limits_from_train_yaml_and_its_tile_from_the_model(tmp_path, tiny_model_dir):
+    limits = {"maxSeqLength": 4096, "maxTiles": 6, "overlong": "reduce-tiles", "maxImagePixels": 1048576}
+    config = train_config(str(tiny_model_dir), "/data/meta.json", str(tmp_path / "out"), data=limits)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    builder = builder_for(config, tokenizer, InternVLConfig.from_pretrained(tiny_model_dir))
+    assert (builder.max_length, builder.overlong, builder.tiler.config.max_tiles) == (4096, "reduce-tiles", 6)
+    assert (builder.tiler.config.tile_size, builder.tokens_per_tile) == (56, 4)
+    question = [{"from": "human", "value": "Describe the image."}, {"from": "gpt", "value": "A cat."}]
+    sample = builder.build(question, images=[encode(photo(640, 480, seed=1), "JPEG", quality=90)])
+    assert sample.tiles_per_image == [7] and tuple(sample.pixel_values.shape) == (7, 3, 56, 56)  # 3x2 and a thumbnail
+    context = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert int((sample.input_ids == context).sum()) == 7 * 4
+    with pytest.raises(ImageDecodeError, match="^1920x1080 image: 2,073,600 pixels, more than the limit of 1,048,576 "):
+        builder.build(question, images=[encode(photo(1920, 1080, seed=2), "PNG")])

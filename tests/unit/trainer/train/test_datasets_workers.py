@@ -12,8 +12,8 @@ import pytest
 from internvl_trainer.cli import main
 from internvl_trainer.config import dump_train_config
 from internvl_trainer.data.collate import Collator
+from internvl_trainer.data.errors import StrictDataError
 from internvl_trainer.data.loader import PackedStream, ResumableLoader
-from internvl_trainer.data.report import StrictDataError
 from internvl_trainer.data.sampling import MixtureSampler
 from internvl_trainer.train.datasets import RunData
 from tests.unit.trainer.data.conftest import bomb_png

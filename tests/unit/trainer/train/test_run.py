@@ -24,8 +24,10 @@ def metrics(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "runs/uid-1/metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize(("method", "learning_rate"), [("full", 2e-3), ("lora", 5e-3)], ids=["full", "lora"])
-def test_memorising_eight_samples_halves_the_loss(tmp_path, tiny_model_dir, pictures, method, learning_rate):
+@pytest.mark.parametrize(
+    ("method", "learning_rate", "final_loss"), [("full", 2e-3, 1e-3), ("lora", 5e-3, 3e-2)], ids=["full", "lora"]
+)
+def test_memorising_eight_samples(tmp_path, tiny_model_dir, pictures, method, learning_rate, final_loss):
     output = tmp_path / "out"
     config = train_config(
         str(tiny_model_dir),
@@ -42,7 +44,8 @@ def test_memorising_eight_samples_halves_the_loss(tmp_path, tiny_model_dir, pict
     assert result.steps == 40 and result.resumed_from is None
     losses = [record["loss"] for record in metrics(output)]
     assert len(losses) == 40
-    assert losses[-1] <= 0.5 * losses[0], losses  # measured: full 10.39 -> 0.002, LoRA 10.39 -> 0.04
+    # measured: full 11.09 -> 0.00058, LoRA 11.09 -> 0.0129 (the first steps are pinned in test_pinned_losses)
+    assert losses[-1] < final_loss, losses
     assert all(record["epoch"] == record["step"] for record in metrics(output))  # 8 samples a step, 8 an epoch
 
     # The published model answers training questions word for word.
@@ -97,7 +100,10 @@ def test_held_out_loss_bad_samples_and_the_data_report(tmp_path, tiny_model_dir)
 
     evaluated = [record for record in metrics(output) if "evalLoss" in record]
     assert [record["step"] for record in evaluated] == [3, 6]
-    assert all(0 < record["evalLoss"] < 20 for record in evaluated)
+    # recorded from the code on CPU in float32 (see test_pinned_losses)
+    assert [record["evalLoss"] for record in evaluated] == pytest.approx(
+        [5.072421603732639, 3.7325528462727866], rel=1e-4
+    )
     assert result.eval_loss == evaluated[-1]["evalLoss"]
     report = json.loads((output / "runs/uid-1/data-report.json").read_text())
     assert report["datasets"]["pictures"] == {

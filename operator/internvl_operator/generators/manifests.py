@@ -7,8 +7,8 @@
 - ``config/{crd,rbac,manager,default}``: kustomize bases, rendered by ``helm template`` from the
   chart's default values (every namespace), less Helm's own labels and annotations.
 
-``python -m internvl_operator.manifests --helm PATH`` (``make manifests``) writes them all; a test
-fails when one is stale.
+``python -m internvl_operator.generators.manifests --helm PATH`` (``make manifests``) writes them
+all; a test fails when one is stale.
 """
 
 from __future__ import annotations

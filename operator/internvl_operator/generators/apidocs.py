@@ -1,8 +1,9 @@
 """docs/api.md: the field reference, generated from the same schemas as the CRD.
 
 One table per section with every field's dotted path, type and bounds, default and
-description, followed by the section's validation rules. ``python -m internvl_operator.apidocs
---output docs/api.md`` writes it; a test fails when the committed file is stale.
+description, followed by the section's validation rules.
+``python -m internvl_operator.generators.apidocs --output docs/api.md`` writes it; a test fails
+when the committed file is stale.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """docs/sizing.md: the catalog, the memory model, its check against published figures, and plans.
 
-``python -m internvl_operator.sizing --output docs/sizing.md`` writes it (``make docs`` runs
-that); a test fails when the committed file is stale. ``PUBLISHED`` holds the 17 per-GPU memory
-figures of InternVL 2.5's fine-tuning guide; ``compare`` puts the memory model's estimate beside
-each, and the benchmarks print the same comparison.
+``python -m internvl_operator.generators.sizing --output docs/sizing.md`` writes it (``make
+docs`` runs that); a test fails when the committed file is stale. ``PUBLISHED`` holds the 17
+per-GPU memory figures of InternVL 2.5's fine-tuning guide; ``compare`` puts the memory model's
+estimate beside each, and the benchmarks print the same comparison.
 """
 
 from __future__ import annotations
@@ -446,7 +446,7 @@ def _plans_section() -> list[str]:
 HEADER = """\
 # Sizing
 
-Generated from the code by `make docs` (`python -m internvl_operator.sizing --output docs/sizing.md`);
+Generated from the code by `make docs` (`python -m internvl_operator.generators.sizing --output docs/sizing.md`);
 do not edit. `internvl-operator plan FILE` prints the plan of one InternVLFinetune.
 """
 

@@ -1,6 +1,7 @@
-"""Running the operator against an emulated API server (kmock), for tests and benchmarks, as
-``kopf.testing`` does for kopf: the resources the operator uses, made servable on an emulator,
-and a client for the emulator's URL."""
+"""The operator against an emulated API server (kmock), for the flow tests and the operator
+benchmark (``benchmarks/operator.py``), as ``kopf.testing`` does for kopf: the resources the
+operator uses, made servable on an emulator, and a client for the emulator's URL. Kept out of the
+operator's package: nothing in a cluster runs it, and kmock is a development dependency."""
 
 from __future__ import annotations
 
