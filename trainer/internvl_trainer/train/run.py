@@ -251,12 +251,16 @@ def run(
     eval_loss = train(trainer, progress, start, evaluate_at_end=evaluate_at_end)
     final_dir = save_final_model(trainer, model, process)
     result = RunResult(trainer.state.global_step, start.step, eval_loss, None, None, None)
+    dtype = model.base_dtype
+    # Every process lets go of its engine, then waits for the others: a ZeRO-3 process that left
+    # with collectives still queued could abort at exit while the main one publishes. The export
+    # loads the model again, so the main process frees this copy first anyway.
+    del trainer, model
+    gc.collect()
+    checkpoints.barrier()
     if not process.environment.is_main:
         return result
     upload_progress(process.storage, config, process.run_dir, data.data, data.loader)
-    dtype = model.base_dtype
-    del trainer, model  # the export loads the model again: free this copy first
-    gc.collect()
     published = publish_model(config, process, final_dir, data.data, dtype)
     if process.reporter is not None and eval_loss is not None:
         # Where the model is, status.output, the operator derives from the spec once the job succeeded.
