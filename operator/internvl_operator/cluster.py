@@ -16,6 +16,8 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from internvl_operator.launchers import LAUNCHERS
+
 # kind → (plural, namespaced); the kinds the operator reads or writes.
 PLURALS = {
     "ConfigMap": "configmaps",
@@ -23,8 +25,7 @@ PLURALS = {
     "Pod": "pods",
     "Role": "roles",
     "RoleBinding": "rolebindings",
-    "PyTorchJob": "pytorchjobs",
-    "MPIJob": "mpijobs",
+    **{launcher.kind: launcher.plural for launcher in LAUNCHERS.values()},
     "InternVLFinetune": "internvlfinetunes",
     "Workload": "workloads",
     "Event": "events",

@@ -28,12 +28,11 @@ from typing import Any
 import kopf
 
 from internvl_operator import metrics
-from internvl_operator.api import KIND, PLURAL
+from internvl_operator.api import KIND, PLURAL, InternVLFinetuneSpec
 from internvl_operator.backoff import BASE_SECONDS, Backoff
 from internvl_operator.cluster import ApiError, Cluster, load_api_client
-from internvl_operator.job_status import needs_pods
+from internvl_operator.launchers import LAUNCHERS, Launcher
 from internvl_operator.reconcile import (
-    LAUNCHER_CRDS,
     Actions,
     Observed,
     Outcome,
@@ -114,12 +113,16 @@ def _has_status(body: kopf.Body, **_: Any) -> bool:
     return bool(body.get("status"))
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=CHILD_LABELS, when=_has_status, registry=REGISTRY)
-@kopf.on.event("kubeflow.org", "v2beta1", "mpijobs", labels=CHILD_LABELS, when=_has_status, registry=REGISTRY)
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, when=_has_status, registry=REGISTRY)
 def child_changed(body: kopf.Body, memo: kopf.Memo, finetunes_by_uid: kopf.Index, **_: Any) -> None:
     for namespace, name in list(finetunes_by_uid.get(body.metadata.labels.get(UID_LABEL), [])):
         reconcile_object(memo, namespace, name)
+
+
+for _launcher in LAUNCHERS.values():
+    kopf.on.event(
+        _launcher.group, _launcher.version, _launcher.plural, labels=CHILD_LABELS, when=_has_status, registry=REGISTRY
+    )(child_changed)
 
 
 def reconcile_object(memo: kopf.Memo, namespace: str, name: str) -> None:
@@ -146,15 +149,14 @@ def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> bool:
     body = cluster.get(GROUP_VERSION, KIND, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return False
-    launcher = (body.get("spec") or {}).get("launcher", "pytorchjob")
-    kind, api_version, _ = LAUNCHER_CRDS.get(launcher, LAUNCHER_CRDS["pytorchjob"])
-    installed = _served(memo, api_version, kind)
-    job = cluster.get(api_version, kind, namespace, job_name(body)) if installed else None
+    launcher = _spec_launcher(body)
+    installed = _served(memo, launcher)
+    job = cluster.get(launcher.api_version, launcher.kind, namespace, job_name(body)) if installed else None
     pods = []
-    if job is not None and needs_pods(job):
+    if job is not None and launcher.needs_pods(job):
         labels = {UID_LABEL: body["metadata"]["uid"], ATTEMPT_LABEL: str(current_attempt(body))}
         pods = cluster.list("v1", "Pod", namespace, labels)
-    queue_message = _queue_message(cluster, namespace, job) if job is not None else None
+    queue_message = _queue_message(cluster, namespace, launcher, job) if job is not None else None
     observed = Observed(body, job, pods, installed, datetime.now(UTC), queue_message)
     actions = _act(cluster, observed, memo.operator_settings)
     conditions = actions.status.get("conditions") or (body.get("status") or {}).get("conditions") or []
@@ -162,10 +164,17 @@ def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> bool:
     return actions.retry
 
 
-def _queue_message(cluster: Cluster, namespace: str, job: dict[str, Any]) -> str | None:
+def _spec_launcher(body: dict[str, Any]) -> Launcher:
+    """The launcher the spec names; the default one where the spec names none it knows (such a
+    spec is invalid, which reconciling says)."""
+    name = (body.get("spec") or {}).get("launcher")
+    return LAUNCHERS.get(name) or LAUNCHERS[InternVLFinetuneSpec.model_fields["launcher"].default]
+
+
+def _queue_message(cluster: Cluster, namespace: str, launcher: Launcher, job: dict[str, Any]) -> str | None:
     """The message of the Kueue Workload holding a suspended, queued job; None where Kueue is
     absent or its Workloads are not readable."""
-    if not job["spec"].get("runPolicy", {}).get("suspend") or QUEUE_LABEL not in job["metadata"].get("labels", {}):
+    if not launcher.suspended(job) or QUEUE_LABEL not in job["metadata"].get("labels", {}):
         return None
     try:
         workloads = cluster.list(KUEUE_API, "Workload", namespace, {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]})
@@ -179,11 +188,11 @@ def _queue_message(cluster: Cluster, namespace: str, job: dict[str, Any]) -> str
     return None
 
 
-def _served(memo: kopf.Memo, api_version: str, kind: str) -> bool:
-    checked = memo.served.get(kind)
+def _served(memo: kopf.Memo, launcher: Launcher) -> bool:
+    checked = memo.served.get(launcher.kind)
     if checked is None or time.monotonic() - checked[1] > DISCOVERY_TTL_SECONDS:
-        checked = (memo.cluster.serves(api_version, kind), time.monotonic())
-        memo.served[kind] = checked
+        checked = (memo.cluster.serves(launcher.api_version, launcher.kind), time.monotonic())
+        memo.served[launcher.kind] = checked
     return checked[0]
 
 

@@ -8,13 +8,18 @@ privilege escalation), hence get and patch on the status subresource.
 
 from __future__ import annotations
 
+from internvl_operator.launchers import LAUNCHERS
+
 # (apiGroup, resource, verbs)
 OPERATOR_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # patch: the operator's record of a run is an annotation (internvl_operator.record).
     ("internvl.dev", "internvlfinetunes", ("get", "list", "watch", "patch")),
     ("internvl.dev", "internvlfinetunes/status", ("get", "patch")),
-    ("kubeflow.org", "pytorchjobs", ("get", "list", "watch", "create", "patch", "delete")),
-    ("kubeflow.org", "mpijobs", ("get", "list", "watch", "create", "patch", "delete")),
+    # Every launcher's job: watched, read, created, patched (suspend) and deleted (restart).
+    *(
+        (launcher.group, launcher.plural, ("get", "list", "watch", "create", "patch", "delete"))
+        for launcher in LAUNCHERS.values()
+    ),
     ("", "pods", ("list", "watch")),
     ("", "configmaps", ("get", "create")),
     ("", "serviceaccounts", ("get", "create")),

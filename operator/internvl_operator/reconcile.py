@@ -25,7 +25,7 @@ from typing import Any
 from internvl_operator import conditions as cond
 from internvl_operator import naming
 from internvl_operator.api import InternVLFinetune
-from internvl_operator.job_status import job_state
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.planner import Plan, plan
 from internvl_operator.record import (
     RECORDED_MESSAGE_MAX,
@@ -44,11 +44,6 @@ from internvl_operator.settings import OperatorSettings
 from internvl_operator.validation import parse, validate
 from internvl_trainer.config import OutputLayout
 from internvl_trainer.problems import BadInput
-
-LAUNCHER_CRDS = {
-    "pytorchjob": ("PyTorchJob", "kubeflow.org/v1", "pytorchjobs.kubeflow.org"),
-    "mpijob": ("MPIJob", "kubeflow.org/v2beta1", "mpijobs.kubeflow.org"),
-}
 
 logger = logging.getLogger(__name__)
 
@@ -273,9 +268,12 @@ def _plan(
         status.set(cond.VALID, "False", "InvalidSpec", "; ".join(map(str, problems)), "Warning")
         return None, None
     resource = parse(observed.body)
-    kind, api_version, crd = LAUNCHER_CRDS[resource.spec.launcher]
+    launcher = LAUNCHERS[resource.spec.launcher]
     if not finished and not observed.launcher_installed:
-        message = f"{kind} ({api_version}) is not served by this cluster: install the CRD {crd} or change spec.launcher"
+        message = (
+            f"{launcher.kind} ({launcher.api_version}) is not served by this cluster: "
+            f"install the CRD {launcher.crd} or change spec.launcher"
+        )
         status.set(cond.VALID, "False", "LauncherNotInstalled", message, "Warning")
         return None, None
     refusal = None if finished else settings.privilege_refusal(resource.spec)
@@ -386,7 +384,7 @@ def _job_record(job: dict[str, Any]) -> JobRecord:
 
 
 def _suspend_patch(resource: InternVLFinetune, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The job's runPolicy.suspend follows spec.suspend only when spec.suspend changes, and a
+    """The job's suspend field follows spec.suspend only when spec.suspend changes, and a
     queued job is never unsuspended here: Kueue admits it."""
     wanted = resource.spec.suspend
     applied = (job["metadata"].get("annotations") or {}).get(SUSPEND_ANNOTATION)
@@ -394,7 +392,7 @@ def _suspend_patch(resource: InternVLFinetune, job: dict[str, Any]) -> dict[str,
         return None
     patch: dict[str, Any] = {"metadata": {"annotations": {SUSPEND_ANNOTATION: str(wanted).lower()}}}
     if wanted or resource.spec.queue_name is None:
-        patch["spec"] = {"runPolicy": {"suspend": wanted}}
+        patch |= LAUNCHERS[resource.spec.launcher].suspend_patch(wanted)
     return patch
 
 
@@ -449,7 +447,7 @@ def _act_on_job_phase(
     (result recorded), a retryable failure with restarts left deletes the job and starts the next
     attempt, and otherwise the phase shows as the Running and Suspended conditions."""
     job = observed.job or {}
-    state = job_state(job, observed.pods)
+    state = LAUNCHERS[resource.spec.launcher].state(job, observed.pods)
     if state.phase == "Succeeded":
         ended = Result(type="Succeeded", reason=state.reason, message=state.message, time=_now(status))
         status.record = status.record.model_copy(update={"result": ended})

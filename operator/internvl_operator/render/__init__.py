@@ -1,5 +1,6 @@
 """Pure functions from an InternVLFinetune, its plan and the operator's settings to the objects
-the operator creates: the train.yaml ConfigMap, the trainer's RBAC, and the Kubeflow job.
+the operator creates: the train.yaml ConfigMap, the trainer's RBAC, and the launcher's job
+(``internvl_operator.launchers``).
 
 Nothing here talks to a cluster; ``internvl-operator render`` prints the same objects, annotations
 included, that the operator creates.
@@ -19,9 +20,6 @@ from internvl_operator.render.context import (
     SUSPEND_ANNOTATION,
     RenderContext,
 )
-from internvl_operator.render.kubeflow_rules import job_problems
-from internvl_operator.render.mpijob import mpijob
-from internvl_operator.render.pytorchjob import pytorchjob
 from internvl_operator.render.rbac import role, role_binding, service_account
 from internvl_operator.render.train_config import train_config_map
 
@@ -46,9 +44,8 @@ def render(context: RenderContext) -> list[dict[str, Any]]:
     """Every child object of one attempt, in the order to apply them: the ConfigMap and RBAC the
     pods need first, the job last. Each carries its content hash; the job also the spec's hash
     and the spec.suspend it was made with."""
-    render_job = pytorchjob if context.resource.spec.launcher == "pytorchjob" else mpijob
-    job = render_job(context)
-    problems = job_problems(job)
+    job = context.launcher.render(context)
+    problems = context.launcher.problems(job)
     if problems:
         raise RenderError(f"{job['kind']} {job['metadata']['name']}: " + "; ".join(problems))
     spec = context.resource.spec

@@ -4,12 +4,15 @@ operator's settings, with the metadata all children share."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from internvl_operator import naming
 from internvl_operator.api import KIND, InternVLFinetune, PlanStatus
 from internvl_operator.settings import OperatorSettings
 from internvl_trainer.config import GROUP_VERSION, TrainConfig
+
+if TYPE_CHECKING:
+    from internvl_operator.launchers import Launcher
 
 APP_NAME = "internvl-finetune"
 MANAGED_BY = "internvl-operator"
@@ -37,6 +40,8 @@ class RenderContext:
     train_config: TrainConfig
     attempt: int
     settings: OperatorSettings
+    launcher: Launcher
+    """The kind of job the attempt runs as."""
 
     @property
     def name(self) -> str:

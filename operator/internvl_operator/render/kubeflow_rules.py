@@ -1,11 +1,15 @@
-"""The rules Kubeflow enforces outside its CRD schemas: the PyTorchJob admission webhook and the
-MPI operator's controller validation. An MPIJob that breaks them is accepted by the API server and
-then silently never runs, so the operator checks every job it renders."""
+"""The rules Kubeflow enforces outside its CRD schemas: the PyTorchJob admission webhook, the MPI
+operator's controller validation, the Trainer v2.3 webhooks of TrainJob and ClusterTrainingRuntime,
+and the names JobSet (which runs a TrainJob) requires. An MPIJob or a TrainJob's JobSet that
+breaks them is accepted by the API server and then silently never runs, so the operator checks
+every job it renders."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from internvl_operator.render import runtime
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_LABEL_MAX = 63
@@ -82,5 +86,96 @@ def mpijob_problems(job: dict[str, Any]) -> list[str]:
     return problems + _pod_names(name, replica_specs, {"Worker": "worker"})
 
 
-def job_problems(job: dict[str, Any]) -> list[str]:
-    return pytorchjob_problems(job) if job["kind"] == "PyTorchJob" else mpijob_problems(job)
+# Trainer's torch plugin sets these for torchrun and refuses a TrainJob whose trainer sets them.
+TORCH_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+# Containers whose environment only the Trainer and Initializer APIs may set, never a patch.
+ENV_OWNED_CONTAINERS = {runtime.NODE, "dataset-initializer", "model-initializer"}
+# The container each Trainer ancestor's job must have (Trainer's runtime webhook).
+ANCESTOR_CONTAINERS = {
+    "trainer": runtime.NODE,
+    "dataset-initializer": "dataset-initializer",
+    "model-initializer": "model-initializer",
+}
+# The containers of each job of internvl-torch, the runtime every rendered TrainJob refers to.
+INTERNVL_TORCH_JOBS = {runtime.NODE: {runtime.NODE}}
+# JobSet checks the longest pod name with the 5 random characters Kubernetes appends.
+POD_NAME_SUFFIX = "-abcde"
+
+
+def _runtime_ref_problems(ref: dict[str, Any]) -> list[str]:
+    expected = {"apiGroup": runtime.API_VERSION.split("/")[0], "kind": runtime.KIND, "name": runtime.NAME}
+    if ref != expected:
+        return [f"runtimeRef must name {runtime.KIND} {runtime.NAME}, the runtime its patches are written for"]
+    return []
+
+
+def _patch_problems(patches: list[dict[str, Any]], jobs: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for patch in patches:
+        manager = patch.get("manager")
+        replicated_jobs = (
+            patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", [])
+        )
+        for job_patch in replicated_jobs:
+            job = job_patch["name"]
+            if job not in jobs:
+                problems.append(f"runtimePatches[{manager}]: the runtime has no job {job!r}")
+                continue
+            pod = job_patch.get("template", {}).get("spec", {}).get("template", {}).get("spec", {})
+            for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+                name = container["name"]
+                if name not in jobs[job]:
+                    problems.append(f"runtimePatches[{manager}]: job {job!r} has no container {name!r}")
+                elif container.get("env") and name in ENV_OWNED_CONTAINERS:
+                    problems.append(
+                        f"runtimePatches[{manager}]: container {name!r} must not have env (set it in spec.trainer.env)"
+                    )
+    return problems
+
+
+def trainjob_problems(job: dict[str, Any], runtime_jobs: dict[str, set[str]] = INTERNVL_TORCH_JOBS) -> list[str]:
+    """What Trainer's TrainJob webhook would refuse (kubeflow-jobs §3.2, §3.4), given the jobs and
+    containers of the runtime it refers to, and the names JobSet would then refuse: the child
+    Job ``<job>-node-0`` and its last pod ``<job>-node-0-<numNodes-1>-<5 random>``."""
+    name = job["metadata"]["name"]
+    spec = job["spec"]
+    trainer = spec.get("trainer", {})
+    problems = _dns_1035(name, "job name")
+    problems += _runtime_ref_problems(spec["runtimeRef"])
+    reserved = sorted({variable["name"] for variable in trainer.get("env", [])} & set(TORCH_RESERVED_ENV))
+    if reserved:
+        problems.append(f"trainer.env must not set the variables Trainer reserves for torchrun: {reserved}")
+    problems += _patch_problems(spec.get("runtimePatches", []), runtime_jobs)
+    child_job = f"{name}-{runtime.NODE}-0"
+    last_pod = f"{child_job}-{trainer.get('numNodes', 1) - 1}{POD_NAME_SUFFIX}"
+    return problems + _dns_1035(child_job, "JobSet job name") + _dns_1035(last_pod, "JobSet pod name")
+
+
+def runtime_jobs(training_runtime: dict[str, Any]) -> dict[str, set[str]]:
+    """The containers (init containers included) of each replicated job of a runtime."""
+    jobs = training_runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    return {
+        job["name"]: {
+            container["name"]
+            for field in ("initContainers", "containers")
+            for container in job["template"]["spec"]["template"]["spec"].get(field, [])
+        }
+        for job in jobs
+    }
+
+
+def training_runtime_problems(training_runtime: dict[str, Any]) -> list[str]:
+    """What Trainer's (Cluster)TrainingRuntime webhook would refuse: each job labelled as a
+    Trainer ancestor has one replica and the container that ancestor needs."""
+    problems = []
+    for job in training_runtime["spec"]["template"]["spec"]["replicatedJobs"]:
+        ancestor = job["template"].get("metadata", {}).get("labels", {}).get(runtime.ANCESTOR_LABEL)
+        if ancestor not in ANCESTOR_CONTAINERS:
+            continue
+        if job.get("replicas", 1) != 1:
+            problems.append(f"replicatedJobs[{job['name']}].replicas must be 1")
+        containers = {c["name"] for c in job["template"]["spec"]["template"]["spec"].get("containers", [])}
+        if ANCESTOR_CONTAINERS[ancestor] not in containers:
+            needed = ANCESTOR_CONTAINERS[ancestor]
+            problems.append(f"replicatedJobs[{job['name']}]: the {ancestor} job needs a container named {needed!r}")
+    return problems

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from internvl_operator import naming
+from internvl_operator.api import InternVLFinetuneSpec
 from internvl_operator.render.context import (
     QUEUE_LABEL,
     SCRATCH_PATH,
@@ -13,6 +14,7 @@ from internvl_operator.render.context import (
     TRAIN_CONFIG_KEY,
     RenderContext,
 )
+from internvl_operator.settings import OperatorSettings
 
 COMPONENT = "trainer"
 SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
@@ -54,6 +56,12 @@ def trainer_env(context: RenderContext) -> list[dict[str, Any]]:
     return env + [variable.to_wire() for variable in context.resource.spec.pod.env]
 
 
+def shm_volume(settings: OperatorSettings) -> dict[str, Any]:
+    """A memory-backed /dev/shm, which data-loader workers pass tensors through (a container's
+    default one is 64 MiB)."""
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size_limit}}
+
+
 def trainer_volumes(context: RenderContext) -> list[dict[str, Any]]:
     scratch = context.resource.spec.resources.scratch
     if scratch.claim_name:
@@ -69,7 +77,7 @@ def trainer_volumes(context: RenderContext) -> list[dict[str, Any]]:
             },
         },
         {"name": "scratch", **scratch_source},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": context.settings.shm_size_limit}},
+        shm_volume(context.settings),
     ]
 
 
@@ -165,17 +173,19 @@ def job_metadata(context: RenderContext) -> dict[str, Any]:
     return context.metadata(context.job_name, COMPONENT, labels=labels)
 
 
+def created_suspended(spec: InternVLFinetuneSpec) -> bool:
+    """Whether the job is created suspended: when the spec says so, and when it is queued (Kueue
+    admits it by unsuspending)."""
+    return spec.suspend or spec.queue_name is not None
+
+
 def run_policy(context: RenderContext) -> dict[str, Any]:
     """Kubeflow's runPolicy. No in-place retries (backoffLimit 0): a failure surfaces as the
     job's Failed condition and the operator starts a new attempt from the latest checkpoint.
     Pods still running when the job ends are deleted so they free their GPUs; finished pods stay
-    for their logs. A queued job is created suspended: Kueue admits it by unsuspending."""
+    for their logs."""
     spec = context.resource.spec
-    policy: dict[str, Any] = {
-        "cleanPodPolicy": "Running",
-        "backoffLimit": 0,
-        "suspend": spec.suspend or spec.queue_name is not None,
-    }
+    policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": 0, "suspend": created_suspended(spec)}
     if spec.active_deadline_seconds is not None:
         policy["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:

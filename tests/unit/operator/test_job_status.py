@@ -1,6 +1,6 @@
 """Job and pod status read as the InternVLFinetune's phase, reason and message."""
 
-from internvl_operator.job_status import JobState, job_state, needs_pods
+from internvl_operator.job_status import JobState, job_state, needs_pods, trainjob_needs_pods, trainjob_state
 
 
 def job(*true_conditions, suspend=False):
@@ -16,8 +16,8 @@ def job(*true_conditions, suspend=False):
     }
 
 
-def pod(name, *, scheduled=None, waiting=None, terminated=None, last_terminated=None):
-    container = {"name": "pytorch", "state": {}, "lastState": {}}
+def pod(name, *, container="pytorch", scheduled=None, waiting=None, terminated=None, last_terminated=None):
+    container = {"name": container, "state": {}, "lastState": {}}
     if waiting:
         container["state"]["waiting"] = {"reason": waiting, "message": "back-off pulling image"}
     if terminated:
@@ -89,3 +89,97 @@ def test_pods_are_read_only_while_they_can_explain_something():
     assert needs_pods(job()) and needs_pods(job(("Failed", "PyTorchJobFailed", "")))
     assert not needs_pods(job(("Running", "PyTorchJobRunning", "")))
     assert not needs_pods(job(("Succeeded", "PyTorchJobSucceeded", "")))
+
+
+def trainjob(*conditions, node=None, suspend=False):
+    """A TrainJob as the Trainer controller writes it: metav1 conditions (Complete and Failed copied
+    from the JobSet), and per replicated job the JobSet's counts of child Jobs."""
+    status = {
+        "conditions": [
+            {"type": t, "status": s, "reason": r, "message": m, "lastTransitionTime": "2026-12-06T18:00:00Z"}
+            for t, s, r, m in conditions
+        ]
+    }
+    if node is not None:
+        counts = dict(zip(("ready", "succeeded", "failed", "active", "suspended"), node, strict=True))
+        status["jobsStatus"] = [{"name": "node", **counts}]
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "spec": {"runtimeRef": {"name": "internvl-torch"}, "suspend": suspend},
+        "status": status,
+    }
+
+
+RESUMED = ("Suspended", "False", "Resumed", "TrainJob is resumed")
+COMPLETE = ("Complete", "True", "AllJobsCompleted", "jobset completed successfully")
+FAILED = (
+    "Failed",
+    "True",
+    "FailedJobs",
+    "jobset failed due to one or more job failures (first failed job: ft-a1-node-0)",
+)
+
+
+def test_a_trainjob_runs_once_every_pod_of_its_node_job_is_ready():
+    starting = trainjob(RESUMED, node=(0, 0, 0, 1, 0))
+    assert trainjob_state(starting, []) == JobState("Pending", "JobPending", "waiting for the job's pods to start")
+    assert trainjob_needs_pods(starting)
+    ready = trainjob(RESUMED, node=(1, 0, 0, 1, 0))
+    assert trainjob_state(ready, []) == JobState("Running", "JobRunning", "every pod of the node job is ready")
+    assert not trainjob_needs_pods(ready)
+
+
+def test_a_trainjob_with_an_unready_node_job_or_no_node_job_is_pending():
+    one_of_two_ready = trainjob(node=(1, 0, 0, 2, 0))
+    assert trainjob_state(one_of_two_ready, []).phase == "Pending"
+    assert trainjob_state(trainjob(), []).phase == "Pending"
+    assert trainjob_state({"spec": {}}, []).phase == "Pending"
+
+
+def test_a_complete_trainjob_succeeded():
+    done = trainjob(RESUMED, COMPLETE, node=(0, 1, 0, 0, 0))
+    assert trainjob_state(done, []) == JobState("Succeeded", "JobSucceeded", "jobset completed successfully")
+    assert not trainjob_needs_pods(done)
+
+
+def test_a_failed_trainjob_keeps_the_jobsets_reason():
+    failed = trainjob(FAILED, node=(0, 0, 1, 0, 0))
+    assert trainjob_state(failed, []) == JobState("Failed", "FailedJobs", FAILED[3], retryable=True)
+    assert trainjob_needs_pods(failed)
+    deadline = trainjob(("Failed", "True", "DeadlineExceeded", "TrainJob exceeded its activeDeadlineSeconds"))
+    assert trainjob_state(deadline, []).reason == "DeadlineExceeded"
+
+
+def test_oom_killed_and_bad_input_explain_a_failed_trainjob():
+    failed = trainjob(FAILED, node=(0, 0, 1, 0, 0))
+    oom = [pod("ft-a1-node-0-0-x", container="node", terminated={"exitCode": 137, "reason": "OOMKilled"})]
+    assert trainjob_state(failed, oom) == JobState(
+        "Failed", "OOMKilled", f"pod ft-a1-node-0-0-x, container node ran out of memory; {FAILED[3]}"
+    )
+    bad_input = [pod("ft-a1-node-0-1-y", container="node", terminated={"exitCode": 2})]
+    assert trainjob_state(failed, bad_input) == JobState(
+        "Failed", "InvalidInput", "the trainer in pod ft-a1-node-0-1-y refused its input", retryable=False
+    )
+
+
+def test_pods_explain_a_pending_trainjob():
+    pending = trainjob(RESUMED, node=(0, 0, 0, 1, 0))
+    unschedulable = [pod("ft-a1-node-0-0-x", scheduled="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]
+    assert trainjob_state(pending, unschedulable) == JobState(
+        "Pending", "Unschedulable", "pod ft-a1-node-0-0-x: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    )
+    pulling = [pod("ft-a1-node-0-0-x", container="node", waiting="ImagePullBackOff")]
+    assert trainjob_state(pending, pulling) == JobState(
+        "Pending", "ImagePullBackOff", "pod ft-a1-node-0-0-x, container node: back-off pulling image"
+    )
+
+
+def test_a_trainjob_suspended_by_kueue_or_by_its_spec():
+    by_kueue = trainjob(("Suspended", "True", "Suspended", "TrainJob is suspended"), node=(0, 0, 0, 0, 1), suspend=True)
+    assert trainjob_state(by_kueue, []) == JobState("Suspended", "Suspended", "TrainJob is suspended")
+    assert not trainjob_needs_pods(by_kueue)
+    not_yet_seen = trainjob(suspend=True)
+    assert trainjob_state(not_yet_seen, []) == JobState("Suspended", "JobSuspended", "")
+    # A PyTorchJob's suspend field means nothing on a TrainJob.
+    assert trainjob_state({"spec": {"runPolicy": {"suspend": True}}}, []).phase == "Pending"

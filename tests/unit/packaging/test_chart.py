@@ -10,13 +10,16 @@ import tomllib
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from internvl_operator.crd import CRD_FILENAME, crd
 from internvl_operator.generators import manifests
 from internvl_operator.permissions import OPERATOR_PERMISSIONS
+from internvl_operator.render.kubeflow_rules import training_runtime_problems
+from internvl_operator.render.runtime import cluster_training_runtime
 from internvl_operator.settings import OperatorSettings
 from tests.conftest import REPO
+from tests.unit.operator.render.conftest import pod_templates, schema_errors
 from tests.unit.packaging.conftest import CHART, KUBERNETES_VERSION, by_kind, one, render, run_helm
 from tests.unit.pod_security import restricted_violations
 
@@ -45,6 +48,7 @@ EVERYTHING = {
     "imagePullSecrets": [{"name": "registry-credentials"}],
     "watchNamespaces": ["team-a", "team-b"],
     "crds": {"install": True, "annotations": {"argocd.argoproj.io/sync-options": "ServerSideApply=true"}},
+    "trainJob": {"runtime": {"install": True}},
     "serviceAccount": {
         "create": True,
         "name": "finetune-operator",
@@ -77,7 +81,7 @@ EVERYTHING = {
 }
 
 # Kinds that Kubernetes' own schemas do not know; checked field by field below.
-NOT_BUILT_IN = {"ServiceMonitor"}
+NOT_BUILT_IN = {"ServiceMonitor", "ClusterTrainingRuntime"}
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +186,41 @@ def test_crd_takes_extra_annotations(everything):
 
 def test_crds_install_false_leaves_the_crd_out(helm):
     assert by_kind(render(helm, None, "--set", "crds.install=false"), "CustomResourceDefinition") == []
+
+
+# ClusterTrainingRuntime -----------------------------------------------------------------------
+
+
+def test_chart_runtime_template_is_fresh():
+    assert (REPO / manifests.CHART_RUNTIME).read_text() == manifests.chart_runtime_template(), (
+        f"{manifests.CHART_RUNTIME} is stale: run `make manifests`"
+    )
+
+
+def test_runtime_is_off_by_default(default):
+    assert by_kind(default, "ClusterTrainingRuntime") == []
+
+
+def test_runtime_with_default_settings_is_the_operators(helm):
+    [runtime] = by_kind(render(helm, None, "--set", "trainJob.runtime.install=true"), "ClusterTrainingRuntime")
+    expected = cluster_training_runtime(OperatorSettings())
+    assert runtime["metadata"]["name"] == expected["metadata"]["name"]
+    assert (
+        runtime["metadata"]["labels"].items()
+        >= {
+            "trainer.kubeflow.org/framework": "torch",
+            "app.kubernetes.io/managed-by": "Helm",
+        }.items()
+    )
+    assert runtime["spec"] == expected["spec"]
+
+
+def test_runtime_takes_the_settings_values_and_is_valid(everything):
+    runtime = one(everything, "ClusterTrainingRuntime")
+    expected = cluster_training_runtime(OperatorSettings(**{to_snake(k): v for k, v in NON_DEFAULT_SETTINGS.items()}))
+    assert runtime["spec"] == expected["spec"]
+    assert schema_errors(runtime) == [] and training_runtime_problems(runtime) == []
+    assert restricted_violations(pod_templates(runtime)["node"]) == []
 
 
 # RBAC -----------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
-"""``internvl-train launch``: torchrun in a PyTorchJob's pod, with the trainer's exit codes kept.
+"""``internvl-train launch``: torchrun in a PyTorchJob's or TrainJob's pod, with the trainer's
+exit codes kept.
 
 torchrun itself exits 1 with a ``ChildFailedError`` traceback whatever its processes exited
 with, so a refused input (exit 2, docs/contract.md §5) would look like a crash to the operator and
 be retried. This launcher runs torchrun's own code (``torch.distributed.run``: its options from
-the ``PET_*`` variables the training operator sets, its rendezvous, its monitoring of the
-processes) on ``internvl-train run --config FILE`` and, when a process fails, exits as that
-process did: 2 with the problems it reported when any process refused its input, else 1 with one
-line naming the rank and why. Each process leaves that text in the error file torchrun gives it
-(``internvl_trainer.problems.tell_launcher``).
+the ``PET_*`` variables the training operator or Trainer's torch plugin sets, its rendezvous, its
+monitoring of the processes) on ``internvl-train run --config FILE`` and, when a process fails,
+exits as that process did: 2 with the problems it reported when any process refused its input,
+else 1 with one line naming the rank and why. Each process leaves that text in the error file
+torchrun gives it (``internvl_trainer.problems.tell_launcher``).
 """
 
 from __future__ import annotations

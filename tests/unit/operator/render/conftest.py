@@ -8,7 +8,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from internvl_operator import validation
 from internvl_operator.api import InternVLFinetune, PlanStatus
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.render import RenderContext
 from internvl_operator.settings import OperatorSettings
 from internvl_trainer.config import TrainConfig
@@ -16,7 +18,14 @@ from tests.conftest import REPO
 
 KUBERNETES_VERSION = "1.32.0"
 KUBEFLOW_CRDS = REPO.parent / "shared" / "reference" / "crds"
-CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
+CRD_FILES = {
+    "PyTorchJob": "kubeflow.org_pytorchjobs.yaml",
+    "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml",
+    "TrainJob": "trainer.kubeflow.org_trainjobs.yaml",
+    "ClusterTrainingRuntime": "trainer.kubeflow.org_clustertrainingruntimes.yaml",
+}
+# Trainer's CRDs carry CEL rules and list-map keys, which the API server checks after the schema.
+TRAINER_KINDS = {"TrainJob", "ClusterTrainingRuntime"}
 UID = "0b6d2c1e-8a7f-4e54-9d1a-3f2c5b7e9a10"
 
 
@@ -65,7 +74,9 @@ def context_for(cr: dict, plan: PlanStatus | None = None, attempt: int = 1, **se
             "output": spec.output.to_wire(),
         }
     )
-    return RenderContext(resource, plan, train_config, attempt, OperatorSettings(**settings))
+    return RenderContext(
+        resource, plan, train_config, attempt, OperatorSettings(**settings), LAUNCHERS[resource.spec.launcher]
+    )
 
 
 @functools.cache
@@ -91,24 +102,49 @@ def _strict(node):
     return node
 
 
-def schema_errors(obj: dict) -> list[str]:
-    """Every way ``obj`` breaks its schema: Kubeflow jobs against their CRDs, their pod templates
-    and core objects against Kubernetes' own OpenAPI (strict)."""
+def pod_templates(obj: dict) -> dict[str, dict]:
+    """Every pod template a Kubeflow object describes, by replica type or replicated job: for a
+    TrainJob, the pod patch of each job (kubeflow-jobs §3.2)."""
     kind = obj["kind"]
-    if kind in CRD_FILES:
-        validator = jsonschema.Draft4Validator(kubeflow_schema(kind))
-        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+    if kind in ("PyTorchJob", "MPIJob"):
         replicas = obj["spec"]["pytorchReplicaSpecs" if kind == "PyTorchJob" else "mpiReplicaSpecs"]
-        for replica_type, replica in replicas.items():
-            template = {
-                "apiVersion": "v1",
-                "kind": "PodTemplate",
-                "metadata": {"name": "t"},
-                "template": replica["template"],
-            }
-            errors += [f"{replica_type}: {e}" for e in core_errors(template)]
-        return errors
-    return core_errors(obj)
+        return {replica_type: replica["template"] for replica_type, replica in replicas.items()}
+    if kind == "TrainJob":
+        jobs = [
+            job
+            for patch in obj["spec"].get("runtimePatches", [])
+            for job in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        ]
+    else:
+        jobs = obj["spec"]["template"]["spec"]["replicatedJobs"]
+    return {job["name"]: job["template"]["spec"]["template"] for job in jobs}
+
+
+def _trainer_errors(obj: dict) -> list[str]:
+    """What the API server checks after the schema on a Trainer object's spec: list-map keys and
+    CEL rules, on the spec as defaulted (metadata.name's rules are kubeflow_rules')."""
+    spec_schema = kubeflow_schema(obj["kind"])["properties"]["spec"]
+    served = validation.as_served(obj["spec"], spec_schema)
+    problems = validation.list_type_problems(spec_schema, served, ("spec",))
+    problems += validation.cel_problems(spec_schema, served, location=("spec",))
+    return [f"{problem.path}: {problem.message}" for problem in problems]
+
+
+def schema_errors(obj: dict) -> list[str]:
+    """Every way ``obj`` breaks its schema: Kubeflow objects against their CRDs (Trainer's with
+    their CEL rules), their pod templates and core objects against Kubernetes' own OpenAPI
+    (strict)."""
+    kind = obj["kind"]
+    if kind not in CRD_FILES:
+        return core_errors(obj)
+    validator = jsonschema.Draft4Validator(kubeflow_schema(kind))
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+    if kind in TRAINER_KINDS:
+        errors += _trainer_errors(obj)
+    for name, template in pod_templates(obj).items():
+        pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+        errors += [f"{name}: {e}" for e in core_errors(pod_template)]
+    return errors
 
 
 def core_errors(obj: dict) -> list[str]:

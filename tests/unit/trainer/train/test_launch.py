@@ -1,7 +1,8 @@
 """Exit codes through the launchers a pod really runs. A PyTorchJob's pod runs the operator's
 rendered command (``internvl-train launch``, torchrun inside) under the ``PET_*`` variables the
-training operator sets, here with two CPU processes; an MPIJob's launcher runs mpirun (where it is
-installed). A process that refuses its input makes the pod exit 2 with the problem as its last
+training operator sets, here with two CPU processes, and a TrainJob's ``node`` pod runs the same
+under the ``PET_*`` variables of Trainer's torch plugin; an MPIJob's launcher runs mpirun (where
+it is installed). A process that refuses its input makes the pod exit 2 with the problem as its last
 line and no traceback; any other failure exits 1 naming the rank and why."""
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import certifi
 import pytest
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
@@ -127,3 +132,63 @@ def test_other_failures_name_the_rank_and_why(tmp_path):
         1, "error: rank 0 exited with 1: it left no reason; its log above says why"
     )
     assert outcome({1: failure(tmp_path, 1, -9)}) == Outcome(1, "error: rank 1 was killed by SIGKILL")
+
+
+class TrainerStatusServer(BaseHTTPRequestHandler):
+    """Kubeflow Trainer's status server: records each POSTed body with its bearer token on the
+    server's ``received``."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.received.append((self.headers["Authorization"], body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+def trainjob_node_environment(tmp_path: Path, status_url: str) -> dict[str, str]:
+    """What a TrainJob's ``node`` container gets on node 0 of one: the trainer's env from the
+    TrainJob, the torch plugin's PET_* variables (PET_MASTER_ADDR names node 0's pod, here this
+    host; the port is a free one rather than 29500 so that tests may run side by side) and, with
+    the TrainJobStatus feature on, the status server's address, CA and token; no other rendezvous
+    variable."""
+    inherited = environment(tmp_path, PET_MASTER_ADDR=socket.gethostname())
+    rendezvous = ("MASTER_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_", "OMPI_", "KUBEFLOW_")
+    env = {
+        name: value for name, value in inherited.items() if name.startswith("PET_") or not name.startswith(rendezvous)
+    }
+    (tmp_path / "token").write_text("projected-token\n")
+    return env | {
+        "KUBEFLOW_TRAINER_SERVER_URL": status_url,
+        "KUBEFLOW_TRAINER_SERVER_CA_CERT": certifi.where(),
+        "KUBEFLOW_TRAINER_SERVER_TOKEN": str(tmp_path / "token"),
+    }
+
+
+def test_a_trainjob_node_pod_trains_and_reports_its_progress(tmp_path, tiny_model_dir, pictures):
+    """The TrainJob's pod runs the same command as the PyTorchJob's, torchrun reading the torch
+    plugin's PET_* variables; transformers' Kubeflow callback sends rank 0's progress to Trainer's
+    status server (status.trainerStatus of the TrainJob) with the projected token."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TrainerStatusServer)
+    server.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = (
+        f"http://127.0.0.1:{server.server_port}/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs/ft-a1/status"
+    )
+    try:
+        process = pod(
+            write_config(tmp_path, tiny_model_dir, pictures, world=2), trainjob_node_environment(tmp_path, url)
+        )
+    finally:
+        server.shutdown()
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert (tmp_path / "out/manifest.json").is_file()
+    tokens = {token for token, _ in server.received}
+    assert tokens == {"Bearer projected-token"}
+    first, last = (body["trainerStatus"] for _, body in (server.received[0], server.received[-1]))
+    assert (first["progressPercentage"], first["metrics"]) == (0, [{"name": "total_steps", "value": "2"}])
+    assert (last["progressPercentage"], last["estimatedRemainingSeconds"]) == (100, 0)
+    assert {"loss", "train_loss"} <= {metric["name"] for metric in last["metrics"]}
+    assert "lastUpdatedTime" in last

@@ -1,0 +1,102 @@
+"""The launchers: the Kubeflow job kinds an attempt can run as, one entry each.
+
+Everything the operator knows about a launcher is here, and every module reads it from here: the
+renderers build the job, the reconciler checks that its CRD is served and writes its suspend
+field, the handlers watch it and read it back, the permissions (and so the chart's RBAC) allow
+it. Adding a launcher is one entry here and its renderer module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from internvl_operator.job_status import JobState, job_state, needs_pods
+from internvl_operator.render import mpijob, pytorchjob
+from internvl_operator.render.context import RenderContext
+from internvl_operator.render.kubeflow_rules import mpijob_problems, pytorchjob_problems
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """One job kind: how it is named, built, checked, read and suspended."""
+
+    name: str
+    """The value of spec.launcher that selects it."""
+    kind: str
+    api_version: str
+    """The version the renderer writes; the operator watches and requires this one."""
+    plural: str
+    render: Callable[[RenderContext], dict[str, Any]]
+    """The job of an attempt."""
+    problems: Callable[[dict[str, Any]], list[str]]
+    """What the launcher's webhook or controller would refuse in a rendered job, outside its CRD
+    schema (an empty list when nothing)."""
+    state: Callable[[dict[str, Any], list[dict[str, Any]]], JobState]
+    """The job and its pods read as phase, reason and message."""
+    needs_pods: Callable[[dict[str, Any]], bool]
+    """Whether the pods can tell more than the job (read only then, to spare the API server)."""
+    suspend_path: tuple[str, ...]
+    """Where in the job its suspend field is; Kueue and spec.suspend write it."""
+    kueue_framework: str
+    """The name Kueue's ``integrations.frameworks`` knows the kind by."""
+
+    @property
+    def group(self) -> str:
+        return self.api_version.split("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.split("/")[1]
+
+    @property
+    def crd(self) -> str:
+        return f"{self.plural}.{self.group}"
+
+    def suspended(self, job: dict[str, Any]) -> bool:
+        value: Any = job
+        for key in self.suspend_path:
+            value = (value or {}).get(key)
+        return bool(value)
+
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
+        """A merge patch setting the job's suspend field."""
+        patch: Any = suspend
+        for key in reversed(self.suspend_path):
+            patch = {key: patch}
+        return patch
+
+
+RUN_POLICY_SUSPEND = ("spec", "runPolicy", "suspend")
+
+LAUNCHERS: dict[str, Launcher] = {
+    launcher.name: launcher
+    for launcher in (
+        Launcher(
+            name="pytorchjob",
+            kind=pytorchjob.KIND,
+            api_version=pytorchjob.API_VERSION,
+            plural="pytorchjobs",
+            render=pytorchjob.pytorchjob,
+            problems=pytorchjob_problems,
+            state=job_state,
+            needs_pods=needs_pods,
+            suspend_path=RUN_POLICY_SUSPEND,
+            kueue_framework="kubeflow.org/pytorchjob",
+        ),
+        Launcher(
+            name="mpijob",
+            kind=mpijob.KIND,
+            api_version=mpijob.API_VERSION,
+            plural="mpijobs",
+            render=mpijob.mpijob,
+            problems=mpijob_problems,
+            state=job_state,
+            needs_pods=needs_pods,
+            suspend_path=RUN_POLICY_SUSPEND,
+            kueue_framework="kubeflow.org/mpijob",
+        ),
+    )
+}
+"""Every launcher by the spec.launcher value that selects it."""
