@@ -17,6 +17,7 @@ RESOURCES = {
     "internvl.dev/v1alpha1/internvlfinetunes": "InternVLFinetune",
     "kubeflow.org/v1/pytorchjobs": "PyTorchJob",
     "kubeflow.org/v2beta1/mpijobs": "MPIJob",
+    "trainer.kubeflow.org/v1alpha1/trainjobs": "TrainJob",
     "v1/pods": "Pod",
     "v1/configmaps": "ConfigMap",
     "v1/serviceaccounts": "ServiceAccount",

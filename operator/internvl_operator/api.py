@@ -294,9 +294,9 @@ class InternVLFinetuneSpec(Section):
     pod: PodSpec = Field(default_factory=PodSpec)
     """Placement and extras of the training pods."""
 
-    launcher: Literal["pytorchjob", "mpijob"] = "pytorchjob"
-    """Job kind: pytorchjob (Kubeflow PyTorchJob, torchrun) or mpijob (Kubeflow MPIJob v2beta1,
-    DeepSpeed over MPI)."""
+    launcher: Literal["pytorchjob", "mpijob", "trainjob"] = "pytorchjob"
+    """Job kind: pytorchjob (Kubeflow PyTorchJob, torchrun), mpijob (Kubeflow MPIJob v2beta1,
+    DeepSpeed over MPI) or trainjob (Kubeflow Trainer v2 TrainJob, torchrun)."""
 
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     """DeepSpeed ZeRO stage and offload."""
@@ -405,7 +405,7 @@ class JobReference(Section):
     api_version: Annotated[str, StringConstraints(max_length=128)] = Field(alias="apiVersion")
     """API version of the job."""
 
-    kind: Literal["PyTorchJob", "MPIJob"]
+    kind: Literal["PyTorchJob", "MPIJob", "TrainJob"]
     """Kind of the job."""
 
     name: Name

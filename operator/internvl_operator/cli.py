@@ -24,6 +24,7 @@ import yaml
 
 from internvl_operator.api import KIND
 from internvl_operator.crd import CRD_FILENAME, crd_yaml
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.planner import Plan, plan
 from internvl_operator.render import render
 from internvl_operator.resolve import render_context
@@ -67,7 +68,11 @@ def _planned(sources: list[str]) -> list[tuple[str, int, object, Plan]]:
         problems = validate(document)
         if problems:
             raise BadInput(problems)
-        planned.append((source, index, document, plan(parse(document).spec)))
+        spec = parse(document).spec
+        unsupported = LAUNCHERS[spec.launcher].unsupported(spec)
+        if unsupported:
+            raise BadInput([Problem(f"{source}: {_name_of(document)}", reason) for reason in unsupported])
+        planned.append((source, index, document, plan(spec)))
     return planned
 
 

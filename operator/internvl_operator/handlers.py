@@ -208,7 +208,7 @@ def _act(cluster: Cluster, observed: Observed, settings: OperatorSettings) -> Ac
         ref = actions.delete_job
         cluster.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"])
     if actions.create:
-        outcome = _create(cluster, actions.create)
+        outcome = _create(cluster, actions.create, _spec_launcher(body).suspend_path)
         actions = reconcile(dataclasses.replace(observed, outcome=outcome), settings)
         _write_record(cluster, body, stored, actions.record)
     if actions.job_patch and observed.job is not None:
@@ -230,9 +230,10 @@ def _write_record(cluster: Cluster, body: dict[str, Any], stored: Record, wanted
     return wanted
 
 
-def _create(cluster: Cluster, children: list[dict[str, Any]]) -> Outcome:
+def _create(cluster: Cluster, children: list[dict[str, Any]], suspend_path: tuple[str, ...]) -> Outcome:
     """Create the children in order, adopting one whose name is taken only when the object found
-    is that child (render.content); stop at the first that is not created."""
+    is that child (render.content; ``suspend_path`` is the launcher's suspend field); stop at the
+    first that is not created."""
     created: dict[str, Any] = {}
     for child in children:
         meta = child["metadata"]
@@ -245,7 +246,7 @@ def _create(cluster: Cluster, children: list[dict[str, Any]]) -> Outcome:
                     refused=Refused(child["kind"], meta["name"], error.status, error.message, error.retryable)
                 )
         created = cluster.get(child["apiVersion"], child["kind"], meta.get("namespace"), meta["name"]) or {}
-        conflict = difference(child, created)
+        conflict = difference(child, created, suspend_path)
         if conflict:
             return Outcome(refused=Refused(child["kind"], meta["name"], 409, conflict, retryable=False))
     return Outcome(job=created)  # the job is rendered last

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from internvl_operator.job_status import JobState, job_state, needs_pods
-from internvl_operator.render import mpijob, pytorchjob
+from internvl_operator.api import InternVLFinetuneSpec
+from internvl_operator.job_status import JobState, job_state, needs_pods, trainjob_needs_pods, trainjob_state
+from internvl_operator.render import mpijob, pytorchjob, trainjob
 from internvl_operator.render.context import RenderContext
-from internvl_operator.render.kubeflow_rules import mpijob_problems, pytorchjob_problems
+from internvl_operator.render.kubeflow_rules import mpijob_problems, pytorchjob_problems, trainjob_problems
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Launcher:
     """Where in the job its suspend field is; Kueue and spec.suspend write it."""
     kueue_framework: str
     """The name Kueue's ``integrations.frameworks`` knows the kind by."""
+    unsupported: Callable[[InternVLFinetuneSpec], list[str]] = lambda spec: []
+    """The spec fields set that the kind cannot carry, each with why (the object is then invalid
+    rather than its job built without them)."""
 
     @property
     def group(self) -> str:
@@ -96,6 +100,19 @@ LAUNCHERS: dict[str, Launcher] = {
             needs_pods=needs_pods,
             suspend_path=RUN_POLICY_SUSPEND,
             kueue_framework="kubeflow.org/mpijob",
+        ),
+        Launcher(
+            name="trainjob",
+            kind=trainjob.KIND,
+            api_version=trainjob.API_VERSION,
+            plural="trainjobs",
+            render=trainjob.trainjob,
+            problems=trainjob_problems,
+            state=trainjob_state,
+            needs_pods=trainjob_needs_pods,
+            suspend_path=("spec", "suspend"),
+            kueue_framework="trainer.kubeflow.org/trainjob",
+            unsupported=trainjob.unsupported_fields,
         ),
     )
 }

@@ -239,7 +239,7 @@ def _reconcile(observed: Observed, settings: OperatorSettings, status: _Status, 
         children = _render(status, resource, result, attempt, settings)
         if children is None:
             return
-        conflict = difference(children[-1], job)
+        conflict = difference(children[-1], job, LAUNCHERS[resource.spec.launcher].suspend_path)
         if conflict:
             _valid(status, result)
             taken = Refused(job["kind"], job["metadata"]["name"], 409, conflict, retryable=False)
@@ -269,6 +269,10 @@ def _plan(
         return None, None
     resource = parse(observed.body)
     launcher = LAUNCHERS[resource.spec.launcher]
+    unsupported = launcher.unsupported(resource.spec)
+    if unsupported:
+        status.set(cond.VALID, "False", "InvalidSpec", "; ".join(unsupported), "Warning")
+        return None, None
     if not finished and not observed.launcher_installed:
         message = (
             f"{launcher.kind} ({launcher.api_version}) is not served by this cluster: "

@@ -58,6 +58,6 @@ def render(context: RenderContext) -> list[dict[str, Any]]:
     for child in children:
         child["metadata"]["annotations"] = {
             **child["metadata"].get("annotations", {}),
-            CONTENT_HASH_ANNOTATION: content_hash(child),
+            CONTENT_HASH_ANNOTATION: content_hash(child, context.launcher.suspend_path),
         }
     return children

@@ -3,8 +3,9 @@ under the child's name is that child.
 
 Every child carries ``internvl.dev/content-hash``, a SHA-256 of its apiVersion, kind, metadata
 (name, namespace, labels, owner references, annotations) and body (data, rules, subjects, spec),
-leaving out what the operator itself changes later (the job's ``runPolicy.suspend`` and the
-annotation recording it) and the hash itself. The API server, admission webhooks and controllers
+leaving out what the operator itself changes later (the job's suspend field, wherever its
+launcher keeps it, and the annotation recording it) and the hash itself; Kueue writes that field
+too, when it admits or evicts the job. The API server, admission webhooks and controllers
 add fields to what was created (uid, defaults, status); so an existing object is compared through
 its projection onto the rendered object's shape (the same keys, the same list lengths): a copy
 of the labels, owner reference and annotation with one value changed, or one list item added,
@@ -32,8 +33,9 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def content_hash(child: dict[str, Any]) -> str:
-    """The hash of what the operator sets on a child (or on the projection of an existing object)."""
+def content_hash(child: dict[str, Any], suspend_path: tuple[str, ...]) -> str:
+    """The hash of what the operator sets on a child (or on the projection of an existing object),
+    without the field at ``suspend_path`` (the launcher's, ``internvl_operator.launchers``)."""
     content = copy.deepcopy(child)
     metadata = content.get("metadata") or {}
     annotations = metadata.get("annotations")
@@ -42,10 +44,12 @@ def content_hash(child: dict[str, Any]) -> str:
         annotations.pop(SUSPEND_ANNOTATION, None)
         if not annotations:  # the same hash before and after the annotation is added
             del metadata["annotations"]
-    spec = content.get("spec")
-    run_policy = spec.get("runPolicy") if isinstance(spec, dict) else None
-    if isinstance(run_policy, dict):
-        run_policy.pop("suspend", None)
+    *parents, suspend = suspend_path
+    holder: Any = content
+    for key in parents:
+        holder = holder.get(key) if isinstance(holder, dict) else None
+    if isinstance(holder, dict):
+        holder.pop(suspend, None)
     text = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -67,15 +71,16 @@ def _controller_uids(obj: dict[str, Any]) -> list[Any]:
     return [ref.get("uid") for ref in references if isinstance(ref, dict) and ref.get("controller")]
 
 
-def difference(rendered: dict[str, Any], existing: dict[str, Any] | None) -> str | None:
+def difference(rendered: dict[str, Any], existing: dict[str, Any] | None, suspend_path: tuple[str, ...]) -> str | None:
     """Why the object found under a rendered child's name is not that child (a sentence for the
-    JobCreated condition); None when it is, and the operator may adopt it."""
+    JobCreated condition); None when it is, and the operator may adopt it. ``suspend_path`` is
+    the launcher's suspend field, which may differ."""
     what = f"{rendered['kind']} {rendered['metadata']['name']}"
     if not isinstance(existing, dict):
         return f"{what} exists but could not be read"
     if _controller_uids(existing) != _controller_uids(rendered):
         return f"{what} exists and is not owned by this InternVLFinetune"
-    if content_hash(projected(existing, rendered)) != content_hash(rendered):
+    if content_hash(projected(existing, rendered), suspend_path) != content_hash(rendered, suspend_path):
         return (
             f"{what} exists with this InternVLFinetune as owner but was not created by the operator for it: "
             "its labels, annotations or content differ from what the operator renders"

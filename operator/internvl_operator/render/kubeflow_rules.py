@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from internvl_operator.render import runtime
+from internvl_operator.render import runtime, trainjob
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_LABEL_MAX = 63
@@ -89,23 +89,23 @@ def mpijob_problems(job: dict[str, Any]) -> list[str]:
 # Trainer's torch plugin sets these for torchrun and refuses a TrainJob whose trainer sets them.
 TORCH_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 # Containers whose environment only the Trainer and Initializer APIs may set, never a patch.
-ENV_OWNED_CONTAINERS = {runtime.NODE, "dataset-initializer", "model-initializer"}
+ENV_OWNED_CONTAINERS = {trainjob.NODE, "dataset-initializer", "model-initializer"}
 # The container each Trainer ancestor's job must have (Trainer's runtime webhook).
 ANCESTOR_CONTAINERS = {
-    "trainer": runtime.NODE,
+    "trainer": trainjob.NODE,
     "dataset-initializer": "dataset-initializer",
     "model-initializer": "model-initializer",
 }
 # The containers of each job of internvl-torch, the runtime every rendered TrainJob refers to.
-INTERNVL_TORCH_JOBS = {runtime.NODE: {runtime.NODE}}
+INTERNVL_TORCH_JOBS = {trainjob.NODE: {trainjob.NODE}}
 # JobSet checks the longest pod name with the 5 random characters Kubernetes appends.
 POD_NAME_SUFFIX = "-abcde"
 
 
 def _runtime_ref_problems(ref: dict[str, Any]) -> list[str]:
-    expected = {"apiGroup": runtime.API_VERSION.split("/")[0], "kind": runtime.KIND, "name": runtime.NAME}
-    if ref != expected:
-        return [f"runtimeRef must name {runtime.KIND} {runtime.NAME}, the runtime its patches are written for"]
+    if ref != trainjob.RUNTIME_REF:
+        runtime_named = f"{trainjob.RUNTIME_KIND} {trainjob.RUNTIME_NAME}"
+        return [f"runtimeRef must name {runtime_named}, the runtime its patches are written for"]
     return []
 
 
@@ -146,7 +146,7 @@ def trainjob_problems(job: dict[str, Any], runtime_jobs: dict[str, set[str]] = I
     if reserved:
         problems.append(f"trainer.env must not set the variables Trainer reserves for torchrun: {reserved}")
     problems += _patch_problems(spec.get("runtimePatches", []), runtime_jobs)
-    child_job = f"{name}-{runtime.NODE}-0"
+    child_job = f"{name}-{trainjob.NODE}-0"
     last_pod = f"{child_job}-{trainer.get('numNodes', 1) - 1}{POD_NAME_SUFFIX}"
     return problems + _dns_1035(child_job, "JobSet job name") + _dns_1035(last_pod, "JobSet pod name")
 

@@ -20,14 +20,9 @@ from internvl_operator.render.pod import (
     shm_volume,
 )
 from internvl_operator.render.pytorchjob import trainer_command
+from internvl_operator.render.trainjob import API_VERSION, NODE, RUNTIME_KIND, RUNTIME_NAME
 from internvl_operator.settings import OperatorSettings
 
-API_VERSION = "trainer.kubeflow.org/v1alpha1"
-KIND = "ClusterTrainingRuntime"
-NAME = "internvl-torch"
-# Trainer's torch plugin configures the container "node" of the job labelled as the trainer
-# ancestor; TrainJob.spec.trainer overrides that container (kubeflow-jobs §3.3).
-NODE = "node"
 ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 FRAMEWORK_LABEL = "trainer.kubeflow.org/framework"
 
@@ -73,8 +68,8 @@ def cluster_training_runtime(settings: OperatorSettings) -> dict[str, Any]:
     }
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": NAME, "labels": {FRAMEWORK_LABEL: "torch"}},
+        "kind": RUNTIME_KIND,
+        "metadata": {"name": RUNTIME_NAME, "labels": {FRAMEWORK_LABEL: "torch"}},
         "spec": {
             "mlPolicy": {"numNodes": 1, "torch": {}},
             "template": {"spec": {"failurePolicy": {"maxRestarts": 0}, "replicatedJobs": [job]}},

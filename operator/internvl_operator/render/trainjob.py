@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from internvl_operator.api import InternVLFinetuneSpec
-from internvl_operator.render import runtime
 from internvl_operator.render.context import RenderContext
 from internvl_operator.render.pod import (
     COMPONENT,
@@ -29,8 +28,15 @@ from internvl_operator.render.pod import (
 )
 from internvl_operator.render.pytorchjob import trainer_command
 
-API_VERSION = runtime.API_VERSION
+API_VERSION = "trainer.kubeflow.org/v1alpha1"
 KIND = "TrainJob"
+# The runtime every TrainJob of the operator names (render.runtime builds it), and its job and
+# container ``node``: Trainer's torch plugin configures the container "node" of the job labelled
+# as the trainer ancestor; TrainJob.spec.trainer overrides that container (kubeflow-jobs §3.3).
+RUNTIME_KIND = "ClusterTrainingRuntime"
+RUNTIME_NAME = "internvl-torch"
+NODE = "node"
+RUNTIME_REF = {"apiGroup": API_VERSION.split("/")[0], "kind": RUNTIME_KIND, "name": RUNTIME_NAME}
 # The manager of the operator's runtime patch: a domain-prefixed path, as Trainer requires, and
 # not Kueue's (kueue.x-k8s.io/manager), which Kueue writes on admission.
 PATCH_MANAGER = "internvl.dev/operator"
@@ -76,7 +82,7 @@ def pod_patch(context: RenderContext) -> dict[str, Any]:
     (pod.pod_template) with the container ``node`` reduced to what a patch may set on it, its
     mounts and security context (its environment is spec.trainer.env). The security context is
     patched too, so the pods are restricted whatever runtime of that name a cluster holds."""
-    node = {"name": runtime.NODE, "volumeMounts": TRAINER_MOUNTS, "securityContext": container_security_context()}
+    node = {"name": NODE, "volumeMounts": TRAINER_MOUNTS, "securityContext": container_security_context()}
     template = pod_template(context, [node], COMPONENT)
     refused = sorted(set(template["spec"]) - PATCHABLE_POD_FIELDS)
     if refused:
@@ -89,9 +95,9 @@ def trainjob(context: RenderContext) -> dict[str, Any]:
     unsupported = unsupported_fields(spec)
     if unsupported:
         raise ValueError("; ".join(unsupported))
-    node_patch = {"name": runtime.NODE, "template": {"spec": {"template": pod_patch(context)}}}
+    node_patch = {"name": NODE, "template": {"spec": {"template": pod_patch(context)}}}
     body: dict[str, Any] = {
-        "runtimeRef": {"apiGroup": runtime.API_VERSION.split("/")[0], "kind": runtime.KIND, "name": runtime.NAME},
+        "runtimeRef": dict(RUNTIME_REF),
         "trainer": {
             "image": context.image,
             "command": trainer_command(),

@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 from internvl_operator.api import InternVLFinetune
 from internvl_operator.cluster import Cluster
 from internvl_operator.handlers import REGISTRY as HANDLERS
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.permissions import OPERATOR_PERMISSIONS
 from internvl_operator.planner import plan
 from internvl_operator.record import RECORD_ANNOTATION
@@ -38,6 +39,7 @@ from tests.emulated_cluster import RESOURCES, client_for, serve
 NAMESPACE = "default"
 FINETUNE = "internvl.dev/v1alpha1"
 PYTORCHJOB = "kubeflow.org/v1"
+TRAINJOB = "trainer.kubeflow.org/v1alpha1"
 TIMEOUT = 15.0
 SETTINGS = OperatorSettings(trainer_image="registry.local/trainer:test")
 
@@ -90,18 +92,18 @@ class Harness:
         await self.call(change)
 
     async def job_status(
-        self, name: str, *true_conditions: tuple[str, str, str], api_version: str = PYTORCHJOB
+        self, name: str, *true_conditions: tuple[str, str, str], api_version: str = PYTORCHJOB, **status: Any
     ) -> None:
-        """Play the training operator: set the job's conditions."""
+        """Play the training operator (or Trainer): set the job's conditions and other ``status``."""
         conditions = [{"type": t, "status": "True", "reason": r, "message": m} for t, r, m in true_conditions]
-        kind = "PyTorchJob" if api_version == PYTORCHJOB else "MPIJob"
+        [kind] = [launcher.kind for launcher in LAUNCHERS.values() if launcher.api_version == api_version]
         await self.call(
             self.user.patch,
             api_version,
             kind,
             NAMESPACE,
             name,
-            {"status": {"conditions": conditions}},
+            {"status": {"conditions": conditions, **status}},
             subresource="status",
         )
 
@@ -240,32 +242,83 @@ async def test_failure_restarts_the_whole_job(harness):
     assert obj["status"]["attempt"] == 2
 
 
-async def test_suspend_and_resume_without_kueue(harness):
-    await harness.call(harness.user.create, finetune())
+# Trainer's status of a TrainJob whose node pods are all ready (kubeflow-jobs §3.5).
+NODES_READY = [{"name": "node", "active": 2, "ready": 2, "succeeded": 0, "failed": 0, "suspended": 0}]
+
+
+async def test_a_trainjob_is_created_runs_and_succeeds(harness):
+    await harness.call(harness.user.create, finetune(launcher="trainjob"))
+    job = await harness.wait_for(lambda: harness.user.get(TRAINJOB, "TrainJob", NAMESPACE, "charts-lora-a1"), "job")
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("InternVLFinetune", "uid-1", True)
+    assert job["spec"]["runtimeRef"]["name"] == "internvl-torch" and job["spec"]["suspend"] is False
+    obj = await harness.condition("charts-lora", "JobCreated")
+    assert (obj["status"]["job"]["kind"], obj["status"]["job"]["uid"]) == ("TrainJob", job["metadata"]["uid"])
+    await harness.job_status("charts-lora-a1", api_version=TRAINJOB, jobsStatus=NODES_READY)
+    await harness.condition("charts-lora", "Running")
+    await harness.job_status(
+        "charts-lora-a1", ("Complete", "AllJobsCompleted", "jobset completed successfully"), api_version=TRAINJOB
+    )
+    obj = await harness.condition("charts-lora", "Succeeded")
+    assert obj["status"]["phase"] == "Succeeded" and obj["status"]["completionTime"]
+
+
+async def test_a_failed_trainjob_restarts_as_a_new_attempt(harness):
+    await harness.call(harness.user.create, finetune(launcher="trainjob", maxRestarts=1))
+    await harness.condition("charts-lora", "JobCreated")
+    await harness.job_status(
+        "charts-lora-a1", ("Failed", "FailedJobs", "jobset failed"), api_version=TRAINJOB, jobsStatus=NODES_READY
+    )
+    second = await harness.wait_for(
+        lambda: harness.user.get(TRAINJOB, "TrainJob", NAMESPACE, "charts-lora-a2"), "attempt 2"
+    )
+    env = {e["name"]: e.get("value") for e in second["spec"]["trainer"]["env"]}
+    assert env["INTERNVL_ATTEMPT"] == "2" and env["INTERNVL_UID"] == "uid-1", "the same run uid, so it resumes"
+    await harness.wait_for(
+        lambda: harness.user.get(TRAINJOB, "TrainJob", NAMESPACE, "charts-lora-a1") is None, "a1 gone"
+    )
+    obj = await harness.get(FINETUNE, "InternVLFinetune", "charts-lora")
+    assert obj["status"]["attempt"] == 2
+    assert obj["status"]["lastFailureReason"] == "FailedJobs: jobset failed"
+
+    await harness.job_status("charts-lora-a2", ("Failed", "FailedJobs", "again"), api_version=TRAINJOB)
+    obj = await harness.condition("charts-lora", "Failed", reason="FailedJobs")
+    assert obj["status"]["attempt"] == 2
+
+
+@pytest.mark.parametrize(("name", "reason"), [("pytorchjob", "PyTorchJobSuspended"), ("trainjob", "Suspended")])
+async def test_suspend_and_resume_without_kueue(harness, name, reason):
+    launcher = LAUNCHERS[name]
+    await harness.call(harness.user.create, finetune(launcher=name))
     await harness.condition("charts-lora", "JobCreated")
     await harness.change_spec("charts-lora", {"suspend": True})
 
     def suspended(value):
-        job = harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1")
-        return job["spec"]["runPolicy"]["suspend"] is value
+        job = harness.user.get(launcher.api_version, launcher.kind, NAMESPACE, "charts-lora-a1")
+        return launcher.suspended(job) is value
 
     await harness.wait_for(lambda: suspended(True), "the job suspended")
-    await harness.job_status("charts-lora-a1", ("Suspended", "PyTorchJobSuspended", "suspended"))
-    await harness.condition("charts-lora", "Suspended")
+    await harness.job_status("charts-lora-a1", ("Suspended", reason, "suspended"), api_version=launcher.api_version)
+    await harness.condition("charts-lora", "Suspended", reason=reason)
     await harness.change_spec("charts-lora", {"suspend": False})
     await harness.wait_for(lambda: suspended(False), "the job resumed")
 
 
-async def test_a_kueue_held_job_is_left_to_kueue(harness):
-    await harness.call(harness.user.create, finetune(queueName="team-a"))
-    job = await harness.wait_for(lambda: harness.user.get(PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1"), "job")
+# The reason each launcher's controller gives its Suspended condition.
+@pytest.mark.parametrize(("name", "reason"), [("pytorchjob", "PyTorchJobSuspended"), ("trainjob", "Suspended")])
+async def test_a_kueue_held_job_is_left_to_kueue(harness, name, reason):
+    launcher = LAUNCHERS[name]
+    await harness.call(harness.user.create, finetune(launcher=name, queueName="team-a"))
+    job = await harness.wait_for(
+        lambda: harness.user.get(launcher.api_version, launcher.kind, NAMESPACE, "charts-lora-a1"), "job"
+    )
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-    assert job["spec"]["runPolicy"]["suspend"] is True
+    assert launcher.suspended(job) is True
     workload = {
         "apiVersion": "kueue.x-k8s.io/v1beta1",
         "kind": "Workload",
         "metadata": {
-            "name": "pytorchjob-charts-lora-a1",
+            "name": f"{name}-charts-lora-a1",
             "namespace": NAMESPACE,
             "labels": {"kueue.x-k8s.io/job-uid": "job-uid-7"},
         },
@@ -277,15 +330,20 @@ async def test_a_kueue_held_job_is_left_to_kueue(harness):
     }
     await harness.call(harness.user.create, workload)
     await harness.call(
-        harness.user.patch, PYTORCHJOB, "PyTorchJob", NAMESPACE, "charts-lora-a1", {"metadata": {"uid": "job-uid-7"}}
+        harness.user.patch,
+        launcher.api_version,
+        launcher.kind,
+        NAMESPACE,
+        "charts-lora-a1",
+        {"metadata": {"uid": "job-uid-7"}},
     )
-    await harness.job_status("charts-lora-a1", ("Suspended", "PyTorchJobSuspended", "job suspended"))
-    obj = await harness.condition("charts-lora", "Suspended", reason="PyTorchJobSuspended")
+    await harness.job_status("charts-lora-a1", ("Suspended", reason, "job suspended"), api_version=launcher.api_version)
+    obj = await harness.condition("charts-lora", "Suspended", reason=reason)
     messages = [c["message"] for c in obj["status"]["conditions"] if c["type"] == "Suspended"]
     assert messages == ["job suspended; insufficient quota for nvidia.com/gpu"]
     await asyncio.sleep(0.5)
-    job = await harness.get(PYTORCHJOB, "PyTorchJob", "charts-lora-a1")
-    assert job["spec"]["runPolicy"]["suspend"] is True, "never unsuspended by the operator"
+    job = await harness.get(launcher.api_version, launcher.kind, "charts-lora-a1")
+    assert launcher.suspended(job) is True, "never unsuspended by the operator"
 
 
 async def test_an_invalid_spec_is_reported_and_the_operator_runs_on(harness):
@@ -300,26 +358,36 @@ async def test_an_invalid_spec_is_reported_and_the_operator_runs_on(harness):
     assert await harness.get(PYTORCHJOB, "PyTorchJob", "broken-a1") is None
 
 
-async def test_a_missing_launcher_crd_is_reported(emulator):
-    serve(emulator, {k: v for k, v in RESOURCES.items() if v != "MPIJob"})
+@pytest.mark.parametrize(
+    ("kind", "obj", "crd"),
+    [
+        ("MPIJob", finetune("mpijob-lora-internvl3-38b.yaml"), "mpijobs.kubeflow.org"),
+        ("TrainJob", finetune(launcher="trainjob"), "trainjobs.trainer.kubeflow.org"),
+    ],
+    ids=["mpijob", "trainjob"],
+)
+async def test_a_missing_launcher_crd_is_reported(emulator, kind, obj, crd):
+    serve(emulator, {k: v for k, v in RESOURCES.items() if v != kind})
     url = str(emulator.url).rstrip("/")
     running = await start_operator(url, client_for(url))
     harness = Harness(emulator, client_for(url), client_for(url), url)
     try:
-        await harness.call(harness.user.create, finetune("mpijob-lora-internvl3-38b.yaml"))
-        obj = await harness.condition("slides-lora-38b", "Valid", "False", "LauncherNotInstalled")
-        assert "mpijobs.kubeflow.org" in obj["status"]["conditions"][0]["message"]
+        await harness.call(harness.user.create, obj)
+        found = await harness.condition(obj["metadata"]["name"], "Valid", "False", "LauncherNotInstalled")
+        assert f"install the CRD {crd}" in found["status"]["conditions"][0]["message"]
     finally:
         await stop_operator(running)
 
 
-async def test_a_restarted_operator_creates_no_duplicates(emulator):
+@pytest.mark.parametrize("name", ["pytorchjob", "trainjob"])
+async def test_a_restarted_operator_creates_no_duplicates(emulator, name):
+    launcher = LAUNCHERS[name]
     serve(emulator)
     url = str(emulator.url).rstrip("/")
     user = client_for(url)
     harness = Harness(emulator, client_for(url), user, url)
     running = await start_operator(url, harness.operator_cluster)
-    await harness.call(user.create, finetune())
+    await harness.call(user.create, finetune(launcher=name))
     await harness.condition("charts-lora", "JobCreated")
     await stop_operator(running)
 
@@ -327,7 +395,7 @@ async def test_a_restarted_operator_creates_no_duplicates(emulator):
     running = await start_operator(url, restarted)
     try:
         await asyncio.sleep(1.0)
-        jobs = await harness.call(user.list, PYTORCHJOB, "PyTorchJob", NAMESPACE, {})
+        jobs = await harness.call(user.list, launcher.api_version, launcher.kind, NAMESPACE, {})
         assert [j["metadata"]["name"] for j in jobs] == ["charts-lora-a1"]
         config_maps = await harness.call(user.list, "v1", "ConfigMap", NAMESPACE, {})
         assert [c["metadata"]["name"] for c in config_maps] == ["charts-lora-a1-train"]

@@ -42,6 +42,15 @@ EXPECTED = [
         ("spec", "runPolicy", "suspend"),
         "kubeflow.org/mpijob",
     ),
+    (
+        "trainjob",
+        "TrainJob",
+        "trainer.kubeflow.org/v1alpha1",
+        "trainjobs",
+        "trainjobs.trainer.kubeflow.org",
+        ("spec", "suspend"),
+        "trainer.kubeflow.org/trainjob",
+    ),
 ]
 
 

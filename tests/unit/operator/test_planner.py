@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from internvl_operator.api import InternVLFinetune, InternVLFinetuneSpec, PlanStatus
 from internvl_operator.catalog import model_spec
 from internvl_operator.deepspeed import deepspeed_config
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.memory import GIB
 from internvl_operator.planner import (
     MAX_ACCUMULATION,
@@ -498,8 +499,11 @@ def test_a_global_batch_that_cannot_be_laid_out_is_refused_with_a_sentence(polic
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(VALID_SPECS)
 def test_whatever_the_planner_lays_out_renders(document):
-    """For any spec the CRD admits, a plan the operator would run (fits or exceeds) renders."""
+    """For any spec the CRD admits and its launcher can carry, a plan the operator would run (fits
+    or exceeds) renders."""
     spec = InternVLFinetuneSpec.model_validate(document)
+    if LAUNCHERS[spec.launcher].unsupported(spec):
+        return
     try:
         result = plan(spec)
     except BadInput as error:

@@ -13,6 +13,7 @@ from internvl_operator import conditions as cond
 from internvl_operator import reconcile as reconciliation
 from internvl_operator.api import InternVLFinetune
 from internvl_operator.cli import main
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.reconcile import Observed, Outcome, Refused, job_name, reconcile
 from internvl_operator.record import RECORD_ANNOTATION, read_record
 from internvl_operator.render import spec_hash
@@ -91,7 +92,7 @@ def test_a_new_object_gets_its_children_and_status(body):
     assert job["metadata"]["annotations"] == {
         SPEC_HASH_ANNOTATION: spec_hash(spec),
         SUSPEND_ANNOTATION: "false",
-        CONTENT_HASH_ANNOTATION: content_hash(job),
+        CONTENT_HASH_ANNOTATION: content_hash(job, LAUNCHERS["pytorchjob"].suspend_path),
     }
     assert actions.record.attempt == 1 and actions.record.job is None, "the attempt is recorded before creating"
     status = actions.status
@@ -125,7 +126,9 @@ def test_reconciling_again_changes_nothing(body):
 def test_every_child_carries_its_content_hash_and_render_prints_what_reconcile_creates(body, tmp_path, capsys):
     creates = observe(body).create
     for child in creates:
-        assert child["metadata"]["annotations"][CONTENT_HASH_ANNOTATION] == content_hash(child)
+        assert child["metadata"]["annotations"][CONTENT_HASH_ANNOTATION] == content_hash(
+            child, LAUNCHERS["pytorchjob"].suspend_path
+        )
     source = tmp_path / "object.yaml"
     source.write_text(yaml.safe_dump(body))
     assert main(["render", str(source)]) == 0
@@ -223,6 +226,19 @@ def test_more_vision_layers_than_the_catalog_tower_has_is_invalid_before_any_gpu
     )
 
 
+def test_fields_the_launcher_cannot_carry_make_the_spec_invalid(body):
+    body["spec"]["launcher"] = "trainjob"
+    body["spec"]["pod"] = {"priorityClassName": "high", "hostNetwork": True}
+    actions = observe(body)
+    assert actions.create == [] and actions.record is None
+    assert condition(actions.status, "Valid") == ("False", "InvalidSpec") and actions.status["phase"] == "Invalid"
+    assert cond.find(actions.status["conditions"], "Valid")["message"] == (
+        "spec.pod.priorityClassName: a TrainJob of Kubeflow Trainer v2.3 cannot set it on its pods "
+        "(runtimePatches have no such field); spec.pod.hostNetwork: a TrainJob of Kubeflow Trainer v2.3 "
+        "cannot set it on its pods (runtimePatches have no such field)"
+    )
+
+
 def test_a_missing_launcher_crd_is_reported(body):
     body["spec"]["launcher"] = "mpijob"
     actions = observe(body, launcher_installed=False)
@@ -296,6 +312,24 @@ def test_an_existing_job_that_is_what_the_operator_renders_is_adopted(body):
     job["metadata"]["creationTimestamp"] = "2026-11-23T11:59:00Z"
     job["spec"]["runPolicy"]["suspend"] = True  # Kueue or a user may have suspended it
     job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"] = "TCP"
+    actions = observe(body, job)
+    assert condition(actions.status, "JobCreated") == ("True", "JobCreated")
+    assert actions.record.job.uid == "job-uid-9"
+
+
+@pytest.mark.parametrize("name", list(LAUNCHERS))
+@pytest.mark.parametrize("suspend", [True, False])
+def test_a_job_whose_suspend_field_kueue_or_a_user_flipped_is_adopted(body, name, suspend):
+    body["spec"]["launcher"] = name
+    body["spec"]["suspend"] = not suspend
+    first = observe(body)
+    body = applied(body, first)
+    job = as_created(first.create[-1], uid="job-uid-9")
+    holder = job
+    *parents, field = LAUNCHERS[name].suspend_path
+    for key in parents:
+        holder = holder[key]
+    holder[field] = suspend
     actions = observe(body, job)
     assert condition(actions.status, "JobCreated") == ("True", "JobCreated")
     assert actions.record.job.uid == "job-uid-9"

@@ -78,7 +78,9 @@ def deeply_nested_objects(draw):
     for part in parents:
         parent = parent[part]
     value, name = draw(JSON), draw(KEYS)
-    wrap = draw(st.sampled_from([lambda inner: [inner], lambda inner: {name: inner}, lambda inner: [inner, inner]]))
+    # A list's later items nest too; every level a new node, as in any object read from YAML or
+    # JSON (`[inner, inner]` would share one node 2**depth times, which no stored object does).
+    wrap = draw(st.sampled_from([lambda inner: [inner], lambda inner: {name: inner}, lambda inner: [0, inner]]))
     for _ in range(draw(st.integers(1, 5_000))):
         value = wrap(value)
     parent[key] = value

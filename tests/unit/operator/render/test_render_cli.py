@@ -31,7 +31,21 @@ def test_an_invalid_object_is_bad_input(tmp_path, capsys, lora_cr):
     source = tmp_path / "bad.yaml"
     source.write_text(yaml.safe_dump(lora_cr))
     assert main(["render", str(source)]) == 2
-    assert capsys.readouterr().err == "spec.launcher: Input should be 'pytorchjob' or 'mpijob', got 'slurm'\n"
+    assert capsys.readouterr().err == (
+        "spec.launcher: Input should be 'pytorchjob', 'mpijob' or 'trainjob', got 'slurm'\n"
+    )
+
+
+def test_a_field_the_launcher_cannot_carry_is_bad_input(tmp_path, capsys, lora_cr):
+    lora_cr["spec"]["launcher"] = "trainjob"
+    lora_cr["spec"]["ttlSecondsAfterFinished"] = 600
+    source = tmp_path / "bad.yaml"
+    source.write_text(yaml.safe_dump(lora_cr))
+    assert main(["render", str(source)]) == 2
+    assert capsys.readouterr().err == (
+        f"{source}: InternVLFinetune/{lora_cr['metadata']['name']}: spec.ttlSecondsAfterFinished: "
+        "a TrainJob of Kubeflow Trainer v2.3 has no time-to-live\n"
+    )
 
 
 def test_nothing_fits_is_bad_input(tmp_path, capsys, lora_cr):
