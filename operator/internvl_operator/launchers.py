@@ -23,12 +23,9 @@ from internvl_operator.render.kubeflow_rules import mpijob_problems, pytorchjob_
 class Launcher:
     """One job kind: how it is named, built, checked, read and suspended."""
 
-    name: str
-    """The value of spec.launcher that selects it."""
     kind: str
     api_version: str
     """The version the renderer writes; the operator watches and requires this one."""
-    plural: str
     render: Callable[[RenderContext], dict[str, Any]]
     """The job of an attempt."""
     problems: Callable[[dict[str, Any]], list[str]]
@@ -40,11 +37,23 @@ class Launcher:
     """Whether the pods can tell more than the job (read only then, to spare the API server)."""
     suspend_path: tuple[str, ...]
     """Where in the job its suspend field is; Kueue and spec.suspend write it."""
-    kueue_framework: str
-    """The name Kueue's ``integrations.frameworks`` knows the kind by."""
     unsupported: Callable[[InternVLFinetuneSpec], list[str]] = lambda spec: []
     """The spec fields set that the kind cannot carry, each with why (the object is then invalid
     rather than its job built without them)."""
+
+    @property
+    def name(self) -> str:
+        """The value of spec.launcher that selects it: the kind in lower case."""
+        return self.kind.lower()
+
+    @property
+    def plural(self) -> str:
+        return f"{self.name}s"
+
+    @property
+    def kueue_framework(self) -> str:
+        """The name Kueue's ``integrations.frameworks`` knows the kind by."""
+        return f"{self.group}/{self.name}"
 
     @property
     def group(self) -> str:
@@ -78,40 +87,31 @@ LAUNCHERS: dict[str, Launcher] = {
     launcher.name: launcher
     for launcher in (
         Launcher(
-            name="pytorchjob",
             kind=pytorchjob.KIND,
             api_version=pytorchjob.API_VERSION,
-            plural="pytorchjobs",
             render=pytorchjob.pytorchjob,
             problems=pytorchjob_problems,
             state=job_state,
             needs_pods=needs_pods,
             suspend_path=RUN_POLICY_SUSPEND,
-            kueue_framework="kubeflow.org/pytorchjob",
         ),
         Launcher(
-            name="mpijob",
             kind=mpijob.KIND,
             api_version=mpijob.API_VERSION,
-            plural="mpijobs",
             render=mpijob.mpijob,
             problems=mpijob_problems,
             state=job_state,
             needs_pods=needs_pods,
             suspend_path=RUN_POLICY_SUSPEND,
-            kueue_framework="kubeflow.org/mpijob",
         ),
         Launcher(
-            name="trainjob",
             kind=trainjob.KIND,
             api_version=trainjob.API_VERSION,
-            plural="trainjobs",
             render=trainjob.trainjob,
             problems=trainjob_problems,
             state=trainjob_state,
             needs_pods=trainjob_needs_pods,
             suspend_path=("spec", "suspend"),
-            kueue_framework="trainer.kubeflow.org/trainjob",
             unsupported=trainjob.unsupported_fields,
         ),
     )

@@ -261,42 +261,46 @@ def _reconcile(observed: Observed, settings: OperatorSettings, status: _Status, 
 def _plan(
     observed: Observed, settings: OperatorSettings, status: _Status, *, finished: bool
 ) -> tuple[InternVLFinetune | None, Plan | None]:
-    """Validate and plan; on any problem, Valid=False with the reason, and nothing else. A finished
-    run is not held to the cluster's launchers and settings of today: its outcome stays."""
+    """Validate and plan; on any problem, Valid=False with the reason, and nothing else."""
     problems = validate(observed.body)
     if problems:
         status.set(cond.VALID, "False", "InvalidSpec", "; ".join(map(str, problems)), "Warning")
         return None, None
-    resource = parse(observed.body)
-    launcher = LAUNCHERS[resource.spec.launcher]
-    unsupported = launcher.unsupported(resource.spec)
-    if unsupported:
-        status.set(cond.VALID, "False", "InvalidSpec", "; ".join(unsupported), "Warning")
-        return None, None
-    if not finished and not observed.launcher_installed:
-        message = (
-            f"{launcher.kind} ({launcher.api_version}) is not served by this cluster: "
-            f"install the CRD {launcher.crd} or change spec.launcher"
-        )
-        status.set(cond.VALID, "False", "LauncherNotInstalled", message, "Warning")
-        return None, None
-    refusal = None if finished else settings.privilege_refusal(resource.spec)
+    resource, result = parse(observed.body), None
+    try:
+        refusal = _refusal(observed, settings, resource, finished=finished)
+        result = plan(resource.spec) if refusal is None else None
+    except BadInput as error:
+        refusal = ("InvalidSpec", "; ".join(map(str, error.problems)))
+    if result is not None and result.verdict == "nothing-fits":
+        refusal = ("NoFeasiblePlan", result.notes[0] if result.notes else "")
     if refusal is not None:
         status.set(cond.VALID, "False", *refusal, "Warning")
         return None, None
-    crowded = None if finished else no_room_for_record(observed.body)
-    if crowded is not None:
-        status.set(cond.VALID, "False", "AnnotationsTooLarge", crowded, "Warning")
-        return None, None
-    try:
-        result = plan(resource.spec)
-    except BadInput as error:
-        status.set(cond.VALID, "False", "InvalidSpec", "; ".join(map(str, error.problems)), "Warning")
-        return None, None
-    if result.verdict == "nothing-fits":
-        status.set(cond.VALID, "False", "NoFeasiblePlan", result.notes[0] if result.notes else "", "Warning")
-        return None, None
     return resource, result
+
+
+def _refusal(
+    observed: Observed, settings: OperatorSettings, resource: InternVLFinetune, *, finished: bool
+) -> tuple[str, str] | None:
+    """Why a valid spec cannot run here, as a condition's (reason, message); None when it can. A
+    finished run is not held to the cluster's launchers and settings of today: its outcome stays."""
+    launcher = LAUNCHERS[resource.spec.launcher]
+    unsupported = launcher.unsupported(resource.spec)
+    if unsupported:
+        return "InvalidSpec", "; ".join(unsupported)
+    if finished:
+        return None
+    if not observed.launcher_installed:
+        return "LauncherNotInstalled", (
+            f"{launcher.kind} ({launcher.api_version}) is not served by this cluster: "
+            f"install the CRD {launcher.crd} or change spec.launcher"
+        )
+    refusal = settings.privilege_refusal(resource.spec)
+    if refusal is not None:
+        return refusal
+    crowded = no_room_for_record(observed.body)
+    return None if crowded is None else ("AnnotationsTooLarge", crowded)
 
 
 def _valid(status: _Status, result: Plan, *, spec_change_ignored: bool = False) -> None:
