@@ -294,9 +294,11 @@ class InternVLFinetuneSpec(Section):
     pod: PodSpec = Field(default_factory=PodSpec)
     """Placement and extras of the training pods."""
 
-    launcher: Literal["pytorchjob", "mpijob", "trainjob"] = "pytorchjob"
-    """Job kind: pytorchjob (Kubeflow PyTorchJob, torchrun), mpijob (Kubeflow MPIJob v2beta1,
-    DeepSpeed over MPI) or trainjob (Kubeflow Trainer v2 TrainJob, torchrun)."""
+    launcher: Literal["auto", "trainjob", "pytorchjob", "mpijob"] = "auto"
+    """Job kind: trainjob (Kubeflow Trainer v2 TrainJob, torchrun), pytorchjob (Kubeflow
+    PyTorchJob, torchrun), mpijob (Kubeflow MPIJob v2beta1, DeepSpeed over MPI), or auto: at the
+    first job, the first of trainjob, pytorchjob and mpijob whose CRD the cluster serves and that
+    can carry the spec; status.plan.launcher shows the choice, which never changes."""
 
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     """DeepSpeed ZeRO stage and offload."""
@@ -394,6 +396,10 @@ class PlanStatus(Section):
 
     policy: Literal["recipe", "minimal", "explicit"]
     """Policy that produced the plan; explicit when the spec fixed GPUs and stage."""
+
+    launcher: Literal["trainjob", "pytorchjob", "mpijob"] | None = None
+    """The job kind the run uses: spec.launcher, or what auto chose at the first job (kept for
+    the object's life); unset while auto has not chosen."""
 
     notes: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(default_factory=list, max_length=32)
     """Why the plan is what it is."""

@@ -24,7 +24,7 @@ import yaml
 
 from internvl_operator.api import KIND
 from internvl_operator.crd import CRD_FILENAME, crd_yaml
-from internvl_operator.launchers import LAUNCHERS
+from internvl_operator.launchers import AUTO, AUTO_ORDER, LAUNCHERS, Launcher, chosen, none_served
 from internvl_operator.planner import Plan, plan
 from internvl_operator.render import render
 from internvl_operator.resolve import render_context
@@ -61,18 +61,23 @@ def _objects(sources: list[str]) -> list[tuple[str, int, object]]:
     return found
 
 
-def _planned(sources: list[str]) -> list[tuple[str, int, object, Plan]]:
-    """The valid objects of the files with their plans. Raises BadInput on any invalid one."""
+def _planned(sources: list[str], served: frozenset[str]) -> list[tuple[str, int, object, Plan, Launcher]]:
+    """The valid objects of the files with their plans and launchers, on a cluster serving the
+    launchers ``served``. Raises BadInput on any invalid one, or one no launcher can run."""
     planned = []
     for source, index, document in _objects(sources):
         problems = validate(document)
         if problems:
             raise BadInput(problems)
         spec = parse(document).spec
-        unsupported = LAUNCHERS[spec.launcher].unsupported(spec)
+        where = f"{source}: {_name_of(document)}"
+        launcher = chosen(spec, None, served)
+        if launcher is None:
+            raise BadInput([Problem(where, none_served(spec, served))])
+        unsupported = launcher.unsupported(spec)
         if unsupported:
-            raise BadInput([Problem(f"{source}: {_name_of(document)}", reason) for reason in unsupported])
-        planned.append((source, index, document, plan(spec)))
+            raise BadInput([Problem(where, reason) for reason in unsupported])
+        planned.append((source, index, document, plan(spec), launcher))
     return planned
 
 
@@ -111,9 +116,10 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK if valid else EXIT_BAD_INPUT
 
 
-def _plan_table(plan: Plan) -> str:
+def _plan_table(plan: Plan, launcher: str) -> str:
     """A plan as a two-column table, the memory estimate broken down by part."""
     rows = [
+        ("launcher", launcher),
         ("nodes x GPUs", f"{plan.nodes} x {plan.gpus_per_node} ({plan.gpus} GPUs)"),
         (
             "DeepSpeed",
@@ -139,22 +145,36 @@ def _plan_table(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _launcher_row(document: object, launcher: Launcher) -> str:
+    """The launcher of an object as a cluster would run it: its own, or what auto picks."""
+    if parse(document).spec.launcher != AUTO:
+        return launcher.name
+    return f"{AUTO}: {launcher.name} on a cluster serving every launcher (order {', '.join(AUTO_ORDER)})"
+
+
 def _plan(args: argparse.Namespace) -> int:
-    results = [(source, index, _name_of(document), result) for source, index, document, result in _planned(args.files)]
+    results = _planned(args.files, frozenset(LAUNCHERS))
 
     if args.output == "table":
-        for source, _index, name, result in results:
+        for source, _index, document, result, launcher in results:
+            name = _name_of(document)
             print(f"{source}: {name}: {result.model} {result.method}, policy {result.policy}: {result.verdict}")
-            sys.stdout.write(_plan_table(result))
+            sys.stdout.write(_plan_table(result, _launcher_row(document, launcher)))
     else:
         report = {
             "plans": [
-                {"file": source, "index": index, "name": name, "plan": result.to_wire()}
-                for source, index, name, result in results
+                {
+                    "file": source,
+                    "index": index,
+                    "name": _name_of(document),
+                    "plan": result.to_wire(),
+                    "launcher": launcher.name,
+                }
+                for source, index, document, result, launcher in results
             ]
         }
         sys.stdout.write(dumps_json(report) if args.output == "json" else yaml.safe_dump(report, sort_keys=False))
-    return EXIT_BAD_INPUT if any(result.verdict == "nothing-fits" for *_, result in results) else EXIT_OK
+    return EXIT_BAD_INPUT if any(result.verdict == "nothing-fits" for _, _, _, result, _ in results) else EXIT_OK
 
 
 class _BlockStyleDumper(yaml.SafeDumper):
@@ -176,13 +196,14 @@ def _settings(args: argparse.Namespace) -> OperatorSettings:
 def _render(args: argparse.Namespace) -> int:
     settings = _settings(args)
     documents = []
-    for source, _index, document, result in _planned(args.files):
+    served = frozenset([args.launcher] if args.launcher else LAUNCHERS)
+    for source, _index, document, result, launcher in _planned(args.files, served):
         resource = parse(document)
         refusal = settings.privilege_refusal(resource.spec)
         if result.verdict == "nothing-fits" or refusal is not None:
             reason = refusal[1] if refusal is not None else result.notes[0]
             raise BadInput([Problem(f"{source}: {_name_of(document)}", reason)])
-        documents += render(render_context(resource, result, args.attempt, settings))
+        documents += render(render_context(resource, result, args.attempt, settings, launcher))
     sys.stdout.write(yaml.dump_all(documents, Dumper=_BlockStyleDumper, sort_keys=False))
     return EXIT_OK
 
@@ -257,6 +278,14 @@ def parser() -> argparse.ArgumentParser:
     children = commands.add_parser("render", help="print the objects the operator would create, like helm template")
     children.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for standard input)")
     children.add_argument("--attempt", type=int, default=1, help="attempt number (default 1)")
+    children.add_argument(
+        "--launcher",
+        choices=list(AUTO_ORDER),
+        help=(
+            "the launcher the cluster serves, for objects whose spec.launcher is auto "
+            "(default: what auto picks on a cluster serving every launcher: trainjob where it can carry the spec)"
+        ),
+    )
     _add_settings(children)
     children.set_defaults(handler=_render)
 

@@ -50,6 +50,13 @@ PRINTER_COLUMNS = [
         "description": "Percent done",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Launcher",
+        "type": "string",
+        "jsonPath": ".status.plan.launcher",
+        "description": "The job kind the run uses",
+        "priority": 1,
+    },
 ]
 
 # JSON Schema keywords a structural schema has no use for.

@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 
 from internvl_operator import metrics
-from internvl_operator.api import KIND, PLURAL, InternVLFinetuneSpec
+from internvl_operator.api import KIND, PLURAL
 from internvl_operator.backoff import BASE_SECONDS, Backoff
 from internvl_operator.cluster import ApiError, Cluster, load_api_client
 from internvl_operator.launchers import LAUNCHERS, Launcher
@@ -39,6 +39,7 @@ from internvl_operator.reconcile import (
     Refused,
     current_attempt,
     job_name,
+    launcher_of,
     reconcile,
 )
 from internvl_operator.record import Record, read_record, record_patch
@@ -149,26 +150,21 @@ def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> bool:
     body = cluster.get(GROUP_VERSION, KIND, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return False
-    launcher = _spec_launcher(body)
-    installed = _served(memo, launcher)
-    job = cluster.get(launcher.api_version, launcher.kind, namespace, job_name(body)) if installed else None
+    served = frozenset(launcher.name for launcher in LAUNCHERS.values() if _served(memo, launcher))
+    launcher = launcher_of(body, served)
+    job = None
+    if launcher is not None and launcher.name in served:
+        job = cluster.get(launcher.api_version, launcher.kind, namespace, job_name(body))
     pods = []
     if job is not None and launcher.needs_pods(job):
         labels = {UID_LABEL: body["metadata"]["uid"], ATTEMPT_LABEL: str(current_attempt(body))}
         pods = cluster.list("v1", "Pod", namespace, labels)
     queue_message = _queue_message(cluster, namespace, launcher, job) if job is not None else None
-    observed = Observed(body, job, pods, installed, datetime.now(UTC), queue_message)
+    observed = Observed(body, job, pods, served, datetime.now(UTC), queue_message)
     actions = _act(cluster, observed, memo.operator_settings)
     conditions = actions.status.get("conditions") or (body.get("status") or {}).get("conditions") or []
     metrics.observe(body["metadata"]["uid"], metrics.state_of(conditions))
     return actions.retry
-
-
-def _spec_launcher(body: dict[str, Any]) -> Launcher:
-    """The launcher the spec names; the default one where the spec names none it knows (such a
-    spec is invalid, which reconciling says)."""
-    name = (body.get("spec") or {}).get("launcher")
-    return LAUNCHERS.get(name) or LAUNCHERS[InternVLFinetuneSpec.model_fields["launcher"].default]
 
 
 def _queue_message(cluster: Cluster, namespace: str, launcher: Launcher, job: dict[str, Any]) -> str | None:
@@ -190,7 +186,7 @@ def _queue_message(cluster: Cluster, namespace: str, launcher: Launcher, job: di
 
 def _served(memo: kopf.Memo, launcher: Launcher) -> bool:
     checked = memo.served.get(launcher.kind)
-    if checked is None or time.monotonic() - checked[1] > DISCOVERY_TTL_SECONDS:
+    if checked is None or time.monotonic() - checked[1] > memo.get("discovery_ttl_seconds", DISCOVERY_TTL_SECONDS):
         checked = (memo.cluster.serves(launcher.api_version, launcher.kind), time.monotonic())
         memo.served[launcher.kind] = checked
     return checked[0]
@@ -208,7 +204,7 @@ def _act(cluster: Cluster, observed: Observed, settings: OperatorSettings) -> Ac
         ref = actions.delete_job
         cluster.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"])
     if actions.create:
-        outcome = _create(cluster, actions.create, _spec_launcher(body).suspend_path)
+        outcome = _create(cluster, actions.create, LAUNCHERS[stored.launcher].suspend_path)
         actions = reconcile(dataclasses.replace(observed, outcome=outcome), settings)
         _write_record(cluster, body, stored, actions.record)
     if actions.job_patch and observed.job is not None:

@@ -76,6 +76,10 @@ def bad_input_exit(pods: list[dict[str, Any]]) -> str | None:
 TRAINER_JOB = "node"
 """The TrainJob's replicated job that runs the trainer (Trainer's runtime convention)."""
 
+# Trainer's reason for a TrainJob whose runtime it cannot find: a Failed condition it takes back
+# once the runtime exists, so the job waits rather than fails (a restart could not help).
+RUNTIME_NOT_SUPPORTED = "TrainingRuntimeNotSupported"
+
 
 def needs_pods(job: dict[str, Any]) -> bool:
     """Whether the pods of a PyTorchJob or MPIJob can tell more than the job: only while it is
@@ -101,6 +105,16 @@ def trainjob_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobState:
     """Interpret a TrainJob and its pods as a PyTorchJob is interpreted: ``Complete`` is success,
     and it runs once every pod of its ``node`` job is ready."""
     true = _true_conditions(job)
+    failed = true.get("Failed", {})
+    if failed.get("reason") == RUNTIME_NOT_SUPPORTED:
+        runtime = job.get("spec", {}).get("runtimeRef") or {}
+        missing = f"{runtime.get('kind', 'ClusterTrainingRuntime')} {runtime.get('name')}"
+        return JobState(
+            "Pending",
+            RUNTIME_NOT_SUPPORTED,
+            f"{failed.get('message', '')}; install the {missing} (the chart's value trainJob.runtime.install=true): "
+            "Trainer then starts the job".lstrip("; "),
+        )
     suspended = bool(job.get("spec", {}).get("suspend"))
     running = f"every pod of the {TRAINER_JOB} job is ready" if _trainer_ready(job) else None
     return _state(true, pods, succeeded="Complete", suspended=suspended, running=running)

@@ -4,11 +4,15 @@ Everything the operator knows about a launcher is here, and every module reads i
 renderers build the job, the reconciler checks that its CRD is served and writes its suspend
 field, the handlers watch it and read it back, the permissions (and so the chart's RBAC) allow
 it. Adding a launcher is one entry here and its renderer module.
+
+``spec.launcher: auto`` (the default) leaves the choice to the cluster: at an object's first job
+the operator takes the first launcher of ``AUTO_ORDER`` whose CRD is served and that can carry
+the spec, and records it (``internvl_operator.record``); the object keeps it for good.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +121,38 @@ LAUNCHERS: dict[str, Launcher] = {
     )
 }
 """Every launcher by the spec.launcher value that selects it."""
+
+AUTO = "auto"
+"""The spec.launcher value that lets the operator choose."""
+
+AUTO_ORDER = ("trainjob", "pytorchjob", "mpijob")
+"""What auto prefers: Kubeflow Trainer v2 where served (where Kubeflow and Kueue are going), then
+the Training Operator v1's PyTorchJob, then the MPI Operator's MPIJob."""
+
+
+def chosen(spec: InternVLFinetuneSpec, recorded: str | None, served: Collection[str]) -> Launcher | None:
+    """The launcher an object runs as: the one recorded at its first job, which never changes;
+    else the one spec.launcher names; for auto, the first of AUTO_ORDER that ``served`` names
+    (the launchers whose CRDs the cluster serves) and that can carry the spec. None when auto
+    finds none."""
+    if recorded in LAUNCHERS:
+        return LAUNCHERS[recorded]
+    if spec.launcher != AUTO:
+        return LAUNCHERS[spec.launcher]
+    for name in AUTO_ORDER:
+        if name in served and not LAUNCHERS[name].unsupported(spec):
+            return LAUNCHERS[name]
+    return None
+
+
+def none_served(spec: InternVLFinetuneSpec, served: Collection[str]) -> str:
+    """Why auto finds no launcher for the spec, and what to install."""
+    install = "; ".join(f"{LAUNCHERS[name].kind}: the CRD {LAUNCHERS[name].crd}" for name in AUTO_ORDER)
+    refusing = [LAUNCHERS[name] for name in AUTO_ORDER if name in served]
+    carried = [f"{launcher.kind} ({'; '.join(launcher.unsupported(spec))})" for launcher in refusing]
+    if not carried:
+        return f"spec.launcher is auto and this cluster serves no launcher: install one of {install}"
+    return (
+        f"spec.launcher is auto and the launchers this cluster serves cannot carry the spec: {', '.join(carried)}; "
+        f"install another launcher ({install}) or change the spec"
+    )

@@ -1,9 +1,10 @@
-"""Names of the objects the operator creates for an InternVLFinetune.
+"""Names of the objects the operator creates for an InternVLFinetune, and of the pods the
+launchers' controllers create from its job.
 
 Deterministic (a restarted operator finds what it created), one job per attempt, and valid
-however long the object's name is: Kubeflow names each pod and its Service ``<job>-worker-<i>``
-and requires DNS-1035 labels (lower case, starting with a letter, at most 63 characters), so the
-job name leaves room for the longest such suffix.
+however long the object's name is: the controllers name each pod after the job and require
+DNS-1035 labels (lower case, starting with a letter, at most 63 characters), so the job name
+leaves room for the longest suffix any launcher adds to it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,43 @@ import hashlib
 import re
 
 DNS_LABEL_MAX = 63
-# The longest suffix Kubeflow adds to a job name: "-worker-" and a 4-digit index (4096 nodes).
-POD_SUFFIX_ROOM = len("-worker-4095")
+# The most pods a job can have: one per node, and spec.resources.gpus is at most 4096.
+MOST_NODES = 4096
+# The replicated job of a TrainJob's runtime (render.trainjob): JobSet names its Jobs and pods after it.
+TRAINJOB_NODE = "node"
+# Kubernetes names each pod of a Job after the Job and five random characters (any five here).
+RANDOM_POD_SUFFIX = "-abcde"
 # The longest attempt suffix: "-a" and up to three digits (maxRestarts is at most 100).
 ATTEMPT_SUFFIX_ROOM = len("-a101")
-STEM_MAX = DNS_LABEL_MAX - POD_SUFFIX_ROOM - ATTEMPT_SUFFIX_ROOM
 _HASH_LENGTH = 8
+
+
+def replica_pod_name(job: str, replica_type: str, index: int) -> str:
+    """The pod (and Service) Kubeflow v1 and the MPI operator create for replica ``index`` of a
+    replica type (Master, Worker) of a PyTorchJob or MPIJob."""
+    return f"{job}-{replica_type.lower()}-{index}"
+
+
+def jobset_job_name(jobset: str, replicated_job: str) -> str:
+    """The Job JobSet creates for a replicated job of one replica (a TrainJob's JobSet has the
+    TrainJob's name)."""
+    return f"{jobset}-{replicated_job}-0"
+
+
+def jobset_pod_name(jobset: str, replicated_job: str, index: int) -> str:
+    """The longest name pod ``index`` of that Job can get."""
+    return f"{jobset_job_name(jobset, replicated_job)}-{index}{RANDOM_POD_SUFFIX}"
+
+
+def longest_pod_names(job: str) -> tuple[str, ...]:
+    """The longest pod name each launcher can give a pod of ``job``: a PyTorchJob's or MPIJob's
+    last worker, a TrainJob's last node."""
+    last = MOST_NODES - 1
+    return replica_pod_name(job, "Worker", last), jobset_pod_name(job, TRAINJOB_NODE, last)
+
+
+POD_SUFFIX_ROOM = max(len(pod) for pod in longest_pod_names(""))
+STEM_MAX = DNS_LABEL_MAX - POD_SUFFIX_ROOM - ATTEMPT_SUFFIX_ROOM
 
 
 def stem(name: str) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 
 from internvl_operator import conditions as cond
 from internvl_operator import naming
-from internvl_operator.api import InternVLFinetune
-from internvl_operator.launchers import LAUNCHERS
+from internvl_operator.api import KIND, InternVLFinetune
+from internvl_operator.launchers import AUTO, Launcher, chosen, none_served
 from internvl_operator.planner import Plan, plan
 from internvl_operator.record import (
     RECORDED_MESSAGE_MAX,
@@ -46,6 +46,8 @@ from internvl_trainer.config import OutputLayout
 from internvl_trainer.problems import BadInput
 
 logger = logging.getLogger(__name__)
+
+LAUNCHER_NOT_INSTALLED = "LauncherNotInstalled"
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,8 @@ class Observed:
     """The object under the name of the current attempt's job, if one exists."""
     pods: list[dict[str, Any]]
     """The pods of that job."""
-    launcher_installed: bool
-    """Whether the CRD of the spec's launcher (at the version the renderers write) is served."""
+    served: frozenset[str]
+    """The launchers whose CRDs (at the versions the renderers write) the cluster serves."""
     now: datetime
     queue_message: str | None = None
     """Why Kueue has not admitted the job yet (its Workload's condition), where readable."""
@@ -133,8 +135,10 @@ def current_attempt(body: dict[str, Any]) -> int:
 
 
 def job_name(body: dict[str, Any]) -> str:
-    """The name of the current attempt's job."""
-    return naming.job_name(body["metadata"]["name"], current_attempt(body))
+    """The name of the current attempt's job: as recorded once created (an operator of another
+    version may have named it), else as this one names it."""
+    recorded = read_record(body).job
+    return recorded.name if recorded is not None else naming.job_name(body["metadata"]["name"], current_attempt(body))
 
 
 class _Status:
@@ -212,34 +216,49 @@ def _failure(doing: str, error: BaseException) -> str:
     return f"the operator {doing} ({type(error).__name__}: {first}); its log has the details"
 
 
+def launcher_of(body: dict[str, Any], served: frozenset[str]) -> Launcher | None:
+    """The launcher of an object as reconciling it finds it (``launchers.chosen``); None when it
+    has none yet or its spec cannot be read (reconciling says why)."""
+    try:
+        spec = parse(body).spec
+    except ValueError:
+        return None
+    return chosen(spec, read_record(body).launcher, served)
+
+
 def _reconcile(observed: Observed, settings: OperatorSettings, status: _Status, actions: Actions) -> None:
     record = status.record
     resource, result = _plan(observed, settings, status, finished=record.result is not None)
+    if resource is None and (cond.find(status.conditions, cond.VALID) or {}).get("reason") == LAUNCHER_NOT_INSTALLED:
+        actions.retry = True  # so that a launcher installed later is found with no change to the object
+    launcher = chosen(resource.spec, record.launcher, observed.served) if resource is not None else None
+    if launcher is not None:
+        status.record = record = record.model_copy(update={"launcher": launcher.name})
     if result is not None:
-        status.fields["plan"] = result.to_status().to_wire()
+        status.fields["plan"] = result.to_status().to_wire() | {"launcher": record.launcher}
     if record.result is not None:
         # A run that ended stays ended, whatever its job does (or whether it still exists).
         if result is not None:
             _valid(status, result)
         _finished(status, record.result, resource, observed.body)
         return
-    if resource is None or result is None:
+    if resource is None or result is None or launcher is None:
         return
     attempt = record.attempt or 1
     job = observed.job
     if job is None:
         _valid(status, result)
-        _create_attempt(observed, settings, status, actions, resource, result, attempt)
+        _create_attempt(observed, settings, status, actions, resource, result, launcher, attempt)
         return
 
     uid = job["metadata"].get("uid")
     trusted = record.job is not None and uid is not None and record.job.uid == uid
     if not trusted:
         # Not the job the operator recorded: adopted only if it is what the operator renders.
-        children = _render(status, resource, result, attempt, settings)
+        children = _render(status, resource, result, launcher, attempt, settings)
         if children is None:
             return
-        conflict = difference(children[-1], job, LAUNCHERS[resource.spec.launcher].suspend_path)
+        conflict = difference(children[-1], job, launcher.suspend_path)
         if conflict:
             _valid(status, result)
             taken = Refused(job["kind"], job["metadata"]["name"], 409, conflict, retryable=False)
@@ -254,8 +273,8 @@ def _reconcile(observed: Observed, settings: OperatorSettings, status: _Status, 
     _valid(status, result, spec_change_ignored=ignored)
     status.fields["job"] = _job_reference(job)
     status.set(cond.JOB_CREATED, "True", "JobCreated", f"{job['kind']} {job['metadata']['name']}", "Normal")
-    actions.job_patch = _suspend_patch(resource, job)
-    _act_on_job_phase(observed, settings, status, actions, resource, result, attempt)
+    actions.job_patch = _suspend_patch(resource, launcher, job)
+    _act_on_job_phase(observed, settings, status, actions, resource, result, launcher, attempt)
 
 
 def _plan(
@@ -285,16 +304,21 @@ def _refusal(
 ) -> tuple[str, str] | None:
     """Why a valid spec cannot run here, as a condition's (reason, message); None when it can. A
     finished run is not held to the cluster's launchers and settings of today: its outcome stays."""
-    launcher = LAUNCHERS[resource.spec.launcher]
+    recorded = read_record(observed.body).launcher
+    launcher = chosen(resource.spec, recorded, observed.served)
+    if launcher is None:
+        return None if finished else (LAUNCHER_NOT_INSTALLED, none_served(resource.spec, observed.served))
     unsupported = launcher.unsupported(resource.spec)
     if unsupported:
         return "InvalidSpec", "; ".join(unsupported)
     if finished:
         return None
-    if not observed.launcher_installed:
-        return "LauncherNotInstalled", (
-            f"{launcher.kind} ({launcher.api_version}) is not served by this cluster: "
-            f"install the CRD {launcher.crd} or change spec.launcher"
+    if launcher.name not in observed.served:
+        change = "change spec.launcher" if recorded is None else f"create a new {KIND} to use another launcher"
+        auto = f" (spec.launcher {AUTO} chose it for this object)" if resource.spec.launcher == AUTO else ""
+        return LAUNCHER_NOT_INSTALLED, (
+            f"{launcher.kind} ({launcher.api_version}) is not served by this cluster{auto}: "
+            f"install the CRD {launcher.crd} or {change}"
         )
     refusal = settings.privilege_refusal(resource.spec)
     if refusal is not None:
@@ -319,11 +343,16 @@ def _valid(status: _Status, result: Plan, *, spec_change_ignored: bool = False) 
 
 
 def _render(
-    status: _Status, resource: InternVLFinetune, result: Plan, attempt: int, settings: OperatorSettings
+    status: _Status,
+    resource: InternVLFinetune,
+    result: Plan,
+    launcher: Launcher,
+    attempt: int,
+    settings: OperatorSettings,
 ) -> list[dict[str, Any]] | None:
     """The children of an attempt; None, with JobCreated=False, when rendering fails."""
     try:
-        return render(render_context(resource, result, attempt, settings))
+        return render(render_context(resource, result, attempt, settings, launcher))
     except Exception as error:
         logger.error("rendering %s failed", resource.metadata.name, exc_info=error)
         status.set(
@@ -339,6 +368,7 @@ def _create_attempt(
     actions: Actions,
     resource: InternVLFinetune,
     result: Plan,
+    launcher: Launcher,
     attempt: int,
 ) -> None:
     """Ask for the children of an attempt; or, reconciling after that, say what became of them."""
@@ -352,7 +382,7 @@ def _create_attempt(
     status.record = started
     outcome = observed.outcome
     if outcome is None:
-        children = _render(status, resource, result, attempt, settings)
+        children = _render(status, resource, result, launcher, attempt, settings)
         if children is None:
             return
         actions.create = children
@@ -391,7 +421,7 @@ def _job_record(job: dict[str, Any]) -> JobRecord:
     )
 
 
-def _suspend_patch(resource: InternVLFinetune, job: dict[str, Any]) -> dict[str, Any] | None:
+def _suspend_patch(resource: InternVLFinetune, launcher: Launcher, job: dict[str, Any]) -> dict[str, Any] | None:
     """The job's suspend field follows spec.suspend only when spec.suspend changes, and a
     queued job is never unsuspended here: Kueue admits it."""
     wanted = resource.spec.suspend
@@ -400,7 +430,7 @@ def _suspend_patch(resource: InternVLFinetune, job: dict[str, Any]) -> dict[str,
         return None
     patch: dict[str, Any] = {"metadata": {"annotations": {SUSPEND_ANNOTATION: str(wanted).lower()}}}
     if wanted or resource.spec.queue_name is None:
-        patch |= LAUNCHERS[resource.spec.launcher].suspend_patch(wanted)
+        patch |= launcher.suspend_patch(wanted)
     return patch
 
 
@@ -449,13 +479,14 @@ def _act_on_job_phase(
     actions: Actions,
     resource: InternVLFinetune,
     result: Plan,
+    launcher: Launcher,
     attempt: int,
 ) -> None:
     """What the job's phase makes of the run: success or a failure that cannot be retried ends it
     (result recorded), a retryable failure with restarts left deletes the job and starts the next
     attempt, and otherwise the phase shows as the Running and Suspended conditions."""
     job = observed.job or {}
-    state = LAUNCHERS[resource.spec.launcher].state(job, observed.pods)
+    state = launcher.state(job, observed.pods)
     if state.phase == "Succeeded":
         ended = Result(type="Succeeded", reason=state.reason, message=state.message, time=_now(status))
         status.record = status.record.model_copy(update={"result": ended})
@@ -470,7 +501,7 @@ def _act_on_job_phase(
                 ("Warning", "Restarting", f"attempt {attempt} failed ({failure}); starting attempt {attempt + 1}")
             )
             status.set(cond.RUNNING, "False", state.reason, state.message)
-            _create_attempt(observed, settings, status, actions, resource, result, attempt + 1)
+            _create_attempt(observed, settings, status, actions, resource, result, launcher, attempt + 1)
         else:
             why = "" if state.retryable else " (not retried: a restart cannot fix it)"
             message = f"attempt {attempt}: {state.message}{why}"[:RECORDED_MESSAGE_MAX]

@@ -5,10 +5,11 @@ The status is re-derived on every event, and the trainer's Role lets it patch th
 ``status.progress``), so the status cannot be the operator's memory. What the cluster no longer
 shows is kept in the annotation ``internvl.dev/record`` on the InternVLFinetune instead: a patch
 of the status subresource cannot change metadata, so the trainer cannot forge it. It holds the
-current attempt (failed jobs are deleted), the job the operator created or adopted for it (by
-uid), when the first job was created, the latest failure, a refusal of the API server that waits
-for a spec change, and the run's result once it ended (its job may be gone by then:
-``ttlSecondsAfterFinished``). A record that cannot be read counts as none.
+launcher chosen at the first attempt, the current attempt (failed jobs are deleted), the job the
+operator created or adopted for it (by uid), when the first job was created, the latest failure, a
+refusal of the API server that waits for a spec change, and the run's result once it ended (its
+job may be gone by then: ``ttlSecondsAfterFinished``). A record that cannot be read counts as
+none.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Record(_Entry):
 
     attempt: int | None = Field(None, ge=1)
     """The current attempt; unset until the operator first creates children."""
+    launcher: str | None = None
+    """The launcher of every attempt (internvl_operator.launchers.chosen), set at the first."""
     job: JobRecord | None = None
     start_time: str | None = None
     last_failure_reason: Message | None = None

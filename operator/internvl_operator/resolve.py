@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from internvl_operator.api import InternVLFinetune
-from internvl_operator.launchers import LAUNCHERS
+from internvl_operator.launchers import Launcher
 from internvl_operator.planner import Plan
 from internvl_operator.render import RenderContext
 from internvl_operator.settings import OperatorSettings
@@ -58,13 +58,15 @@ def train_config(resource: InternVLFinetune, plan: Plan, settings: OperatorSetti
     )
 
 
-def render_context(resource: InternVLFinetune, plan: Plan, attempt: int, settings: OperatorSettings) -> RenderContext:
-    """Everything the renderers read for one attempt."""
+def render_context(
+    resource: InternVLFinetune, plan: Plan, attempt: int, settings: OperatorSettings, launcher: Launcher
+) -> RenderContext:
+    """Everything the renderers read for one attempt, run as ``launcher``."""
     return RenderContext(
         resource,
         plan.to_status(),
         train_config(resource, plan, settings),
         attempt,
         settings,
-        LAUNCHERS[resource.spec.launcher],
+        launcher,
     )

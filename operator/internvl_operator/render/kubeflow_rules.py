@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from internvl_operator import naming
 from internvl_operator.render import runtime, trainjob
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS_LABEL_MAX = 63
 
 
 def _dns_1035(name: str, what: str) -> list[str]:
-    if len(name) > DNS_LABEL_MAX or not DNS_1035_LABEL.match(name):
+    if len(name) > naming.DNS_LABEL_MAX or not DNS_1035_LABEL.match(name):
         return [f"{what} {name!r} is not a DNS-1035 label (lower case, starts with a letter, at most 63)"]
     return []
 
@@ -28,13 +28,13 @@ def _containers_have_images(replica_type: str, spec: dict[str, Any]) -> list[str
     return problems
 
 
-def _pod_names(job: str, replica_specs: dict[str, Any], kinds: dict[str, str]) -> list[str]:
+def _pod_names(job: str, replica_specs: dict[str, Any], replica_types: tuple[str, ...]) -> list[str]:
     """The last pod (and Service) name of each replica type, which must be a DNS-1035 label."""
     problems = []
-    for replica_type, prefix in kinds.items():
+    for replica_type in replica_types:
         if replica_type in replica_specs:
             last = max(replica_specs[replica_type].get("replicas", 1) - 1, 0)
-            problems += _dns_1035(f"{job}-{prefix}-{last}", f"{replica_type} pod name")
+            problems += _dns_1035(naming.replica_pod_name(job, replica_type, last), f"{replica_type} pod name")
     return problems
 
 
@@ -57,7 +57,7 @@ def pytorchjob_problems(job: dict[str, Any]) -> list[str]:
         names = [c.get("name") for c in spec.get("template", {}).get("spec", {}).get("containers", [])]
         if "pytorch" not in names:
             problems.append(f"{replica_type}: needs a container named 'pytorch'")
-    return problems + _pod_names(name, replica_specs, {"Master": "master", "Worker": "worker"})
+    return problems + _pod_names(name, replica_specs, ("Master", "Worker"))
 
 
 def mpijob_problems(job: dict[str, Any]) -> list[str]:
@@ -83,7 +83,7 @@ def mpijob_problems(job: dict[str, Any]) -> list[str]:
         if replica.get("restartPolicy") not in {"Never", "OnFailure"}:
             problems.append(f"{replica_type}.restartPolicy must be Never or OnFailure")
         problems += _containers_have_images(replica_type, replica)
-    return problems + _pod_names(name, replica_specs, {"Worker": "worker"})
+    return problems + _pod_names(name, replica_specs, ("Worker",))
 
 
 # Trainer's torch plugin sets these for torchrun and refuses a TrainJob whose trainer sets them.
@@ -98,8 +98,6 @@ ANCESTOR_CONTAINERS = {
 }
 # The containers of each job of internvl-torch, the runtime every rendered TrainJob refers to.
 INTERNVL_TORCH_JOBS = {trainjob.NODE: {trainjob.NODE}}
-# JobSet checks the longest pod name with the 5 random characters Kubernetes appends.
-POD_NAME_SUFFIX = "-abcde"
 
 
 def _runtime_ref_problems(ref: dict[str, Any]) -> list[str]:
@@ -146,8 +144,8 @@ def trainjob_problems(job: dict[str, Any], runtime_jobs: dict[str, set[str]] = I
     if reserved:
         problems.append(f"trainer.env must not set the variables Trainer reserves for torchrun: {reserved}")
     problems += _patch_problems(spec.get("runtimePatches", []), runtime_jobs)
-    child_job = f"{name}-{trainjob.NODE}-0"
-    last_pod = f"{child_job}-{trainer.get('numNodes', 1) - 1}{POD_NAME_SUFFIX}"
+    child_job = naming.jobset_job_name(name, trainjob.NODE)
+    last_pod = naming.jobset_pod_name(name, trainjob.NODE, trainer.get("numNodes", 1) - 1)
     return problems + _dns_1035(child_job, "JobSet job name") + _dns_1035(last_pod, "JobSet pod name")
 
 

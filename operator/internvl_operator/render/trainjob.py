@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_operator import naming
 from internvl_operator.api import InternVLFinetuneSpec
 from internvl_operator.render.context import RenderContext
 from internvl_operator.render.pod import (
@@ -35,11 +36,25 @@ KIND = "TrainJob"
 # as the trainer ancestor; TrainJob.spec.trainer overrides that container (kubeflow-jobs §3.3).
 RUNTIME_KIND = "ClusterTrainingRuntime"
 RUNTIME_NAME = "internvl-torch"
-NODE = "node"
+NODE = naming.TRAINJOB_NODE
 RUNTIME_REF = {"apiGroup": API_VERSION.split("/")[0], "kind": RUNTIME_KIND, "name": RUNTIME_NAME}
 # The manager of the operator's runtime patch: a domain-prefixed path, as Trainer requires, and
 # not Kueue's (kueue.x-k8s.io/manager), which Kueue writes on admission.
 PATCH_MANAGER = "internvl.dev/operator"
+# The lists of a rendered TrainJob that the v2.3 CRD declares map lists (x-kubernetes-list-type:
+# map), by path ("*" for each item of a list), with their keys (x-kubernetes-list-map-keys).
+# Others add items to them: Kueue its own entry of runtimePatches when it admits the job.
+_PATCHED_JOBS = ("spec", "runtimePatches", "*", "trainingRuntimeSpec", "template", "spec", "replicatedJobs")
+_PATCHED_POD = (*_PATCHED_JOBS, "*", "template", "spec", "template", "spec")
+LIST_MAP_KEYS = {
+    ("spec", "trainer", "env"): ("name",),
+    ("spec", "runtimePatches"): ("manager",),
+    _PATCHED_JOBS: ("name",),
+    (*_PATCHED_POD, "containers"): ("name",),
+    (*_PATCHED_POD, "containers", "*", "volumeMounts"): ("name",),
+    (*_PATCHED_POD, "volumes"): ("name",),
+    (*_PATCHED_POD, "imagePullSecrets"): ("name",),
+}
 
 
 def unsupported_fields(spec: InternVLFinetuneSpec) -> list[str]:

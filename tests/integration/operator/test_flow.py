@@ -35,6 +35,7 @@ from internvl_operator.resolve import render_context
 from internvl_operator.settings import OperatorSettings
 from tests.conftest import load_example
 from tests.emulated_cluster import RESOURCES, client_for, serve
+from tests.unit.operator.render.conftest import KUEUE_PATCH, on_every_launcher
 
 NAMESPACE = "default"
 FINETUNE = "internvl.dev/v1alpha1"
@@ -161,6 +162,7 @@ async def start_operator(url: str, cluster: Cluster) -> RunningOperator:
         operator_settings=SETTINGS,
         server_timeout=10,
         retry_base_seconds=0.1,
+        discovery_ttl_seconds=0.1,
     )
     operator = kopf.operator(
         registry=HANDLERS, namespaces=[NAMESPACE], standalone=True, memo=memo, stop_flag=stop, ready_flag=ready
@@ -188,8 +190,11 @@ async def harness(emulator) -> AsyncIterator[Harness]:
 
 
 def finetune(example: str = "lora-internvl3-8b.yaml", uid: str = "uid-1", **spec: Any) -> dict:
+    """An example object; a PyTorchJob where neither the example nor ``spec`` names a launcher
+    (launcher="auto" for the default)."""
     obj = load_example(example)
     obj["metadata"].update({"namespace": NAMESPACE, "uid": uid, "generation": 1})
+    obj["spec"].setdefault("launcher", "pytorchjob")
     obj["spec"].update(spec)
     return obj
 
@@ -375,6 +380,34 @@ async def test_a_missing_launcher_crd_is_reported(emulator, kind, obj, crd):
         await harness.call(harness.user.create, obj)
         found = await harness.condition(obj["metadata"]["name"], "Valid", "False", "LauncherNotInstalled")
         assert f"install the CRD {crd}" in found["status"]["conditions"][0]["message"]
+        serve(emulator)  # the CRD installed: found with no change to the object
+        found = await harness.condition(obj["metadata"]["name"], "JobCreated")
+        assert found["status"]["job"]["kind"] == kind
+    finally:
+        await stop_operator(running)
+
+
+@pytest.mark.parametrize(
+    ("served", "kind"),
+    [(set(RESOURCES.values()), "TrainJob"), (set(RESOURCES.values()) - {"TrainJob"}, "PyTorchJob")],
+    ids=["every-launcher", "no-trainjob"],
+)
+async def test_auto_runs_as_the_first_launcher_served_on_every_attempt(emulator, served, kind):
+    serve(emulator, {resource: k for resource, k in RESOURCES.items() if k in served})
+    url = str(emulator.url).rstrip("/")
+    harness = Harness(emulator, client_for(url), client_for(url), url)
+    running = await start_operator(url, harness.operator_cluster)
+    try:
+        await harness.call(harness.user.create, finetune(launcher="auto", maxRestarts=1))
+        obj = await harness.condition("charts-lora", "JobCreated")
+        assert obj["status"]["job"]["kind"] == kind
+        assert obj["status"]["plan"]["launcher"] == kind.lower()
+        launcher = LAUNCHERS[kind.lower()]
+        failed = ("Failed", "FailedJobs" if kind == "TrainJob" else "PyTorchJobFailed", "node 0 failed")
+        await harness.job_status("charts-lora-a1", failed, api_version=launcher.api_version)
+        await harness.wait_for(
+            lambda: harness.user.get(launcher.api_version, launcher.kind, NAMESPACE, "charts-lora-a2"), "attempt 2"
+        )
     finally:
         await stop_operator(running)
 
@@ -429,7 +462,7 @@ async def test_every_api_call_is_within_the_declared_permissions(harness):
 def rendered(obj: dict, attempt: int = 1) -> list[dict]:
     """The children the operator renders for an object."""
     resource = InternVLFinetune.model_validate(obj)
-    return render(render_context(resource, plan(resource.spec), attempt, SETTINGS))
+    return render(render_context(resource, plan(resource.spec), attempt, SETTINGS, on_every_launcher(resource)))
 
 
 async def test_a_refused_job_is_reported_and_not_retried(harness):
@@ -487,6 +520,21 @@ async def test_children_of_an_earlier_run_of_the_operator_are_adopted(harness):
     assert record["attempt"] == 1 and record["job"]["uid"] == found["status"]["job"]["uid"]
     config_maps = await harness.call(harness.user.list, "v1", "ConfigMap", NAMESPACE, {})
     assert [c["metadata"]["name"] for c in config_maps] == ["charts-lora-a1-train"]
+
+
+async def test_a_trainjob_kueue_admitted_before_the_record_was_written_is_adopted(harness):
+    obj = finetune(launcher="trainjob", queueName="team-a")
+    *children, job = rendered(obj)
+    job["spec"]["suspend"] = False
+    job["spec"]["runtimePatches"].append(KUEUE_PATCH)
+    for child in [*children, job]:
+        await harness.call(harness.user.create, child)
+    await harness.call(harness.user.create, obj)
+    found = await harness.condition("charts-lora", "JobCreated")
+    planted = await harness.get(TRAINJOB, "TrainJob", "charts-lora-a1")
+    assert found["status"]["job"]["uid"] == planted["metadata"]["uid"]
+    jobs = await harness.call(harness.user.list, TRAINJOB, "TrainJob", NAMESPACE, {})
+    assert [j["metadata"]["name"] for j in jobs] == ["charts-lora-a1"]
 
 
 async def test_a_status_forged_by_the_trainer_is_reverted(harness):

@@ -178,7 +178,8 @@ def test_list_types_declared_on_a_field_reach_the_schema():
 def test_printer_columns():
     [version] = crd()["spec"]["versions"]
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Model", "Method", "GPUs", "Status", "Progress", "Age"]
+    assert list(columns) == ["Model", "Method", "GPUs", "Status", "Progress", "Age", "Launcher"]
+    assert columns["Launcher"] == ".status.plan.launcher"
 
 
 def test_condition_has_the_shape_of_metav1_condition():

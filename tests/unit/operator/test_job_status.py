@@ -183,3 +183,14 @@ def test_a_trainjob_suspended_by_kueue_or_by_its_spec():
     assert trainjob_state(not_yet_seen, []) == JobState("Suspended", "JobSuspended", "")
     # A PyTorchJob's suspend field means nothing on a TrainJob.
     assert trainjob_state({"spec": {"runPolicy": {"suspend": True}}}, []).phase == "Pending"
+
+
+def test_a_trainjob_whose_runtime_is_missing_waits_for_it():
+    missing = trainjob(("Failed", "True", "TrainingRuntimeNotSupported", "unsupported runtime"))
+    missing["spec"]["runtimeRef"] = {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime", "name": "x"}
+    assert trainjob_state(missing, []) == JobState(
+        "Pending",
+        "TrainingRuntimeNotSupported",
+        "unsupported runtime; install the ClusterTrainingRuntime x (the chart's value trainJob.runtime.install=true): "
+        "Trainer then starts the job",
+    )

@@ -9,9 +9,9 @@ from typing import get_args
 
 import pytest
 
-from internvl_operator.api import InternVLFinetuneSpec, JobReference
+from internvl_operator.api import InternVLFinetuneSpec, JobReference, PlanStatus
 from internvl_operator.handlers import REGISTRY
-from internvl_operator.launchers import LAUNCHERS
+from internvl_operator.launchers import AUTO, AUTO_ORDER, LAUNCHERS
 from internvl_operator.render import render
 from tests.conftest import REPO
 from tests.unit.operator.render.conftest import context_for
@@ -90,7 +90,9 @@ def test_only_the_registry_and_the_renderers_spell_a_launcher():
 
 
 def test_api_names_what_the_registry_has():
-    assert set(get_args(InternVLFinetuneSpec.model_fields["launcher"].annotation)) == set(LAUNCHERS)
+    assert set(get_args(InternVLFinetuneSpec.model_fields["launcher"].annotation)) == {AUTO, *LAUNCHERS}
+    assert set(get_args(PlanStatus.model_fields["launcher"].annotation.__args__[0])) == set(LAUNCHERS)
+    assert set(AUTO_ORDER) == set(LAUNCHERS)
     assert set(get_args(JobReference.model_fields["kind"].annotation)) == {
         launcher.kind for launcher in LAUNCHERS.values()
     }

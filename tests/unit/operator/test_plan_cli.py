@@ -19,7 +19,9 @@ def test_table(capsys):
     assert main(["plan", source]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{source}: InternVLFinetune/docs-full-26b: InternVL2_5-26B full, policy explicit: fits"
-    assert lines[1:8] == [
+    assert lines[1:9] == [
+        "launcher                     auto: pytorchjob on a cluster serving every launcher "
+        "(order trainjob, pytorchjob, mpijob)",
         "nodes x GPUs                 2 x 8 (16 GPUs)",
         "DeepSpeed                    ZeRO-3 (zero_stage3_config)",
         "batch                        2 per device x 4 accumulation x 16 GPUs = 128",
@@ -37,6 +39,7 @@ def test_json(capsys):
     assert main(["plan", "--output", "json", source]) == 0
     [entry] = json.loads(capsys.readouterr().out)["plans"]
     assert (entry["file"], entry["index"], entry["name"]) == (source, 0, "InternVLFinetune/charts-lora")
+    assert entry["launcher"] == "trainjob"
     planned = entry["plan"]
     assert (planned["gpus"], planned["zeroStage"], planned["perDeviceBatchSize"]) == (2, 1, 4)
     assert (planned["verdict"], planned["memory"]["totalGiB"], planned["gpuMemoryGiB"]) == ("fits", 52.56, 80.0)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from internvl_operator.api import InternVLFinetune, InternVLFinetuneSpec, PlanStatus
 from internvl_operator.catalog import model_spec
 from internvl_operator.deepspeed import deepspeed_config
-from internvl_operator.launchers import LAUNCHERS
+from internvl_operator.launchers import LAUNCHERS, chosen
 from internvl_operator.memory import GIB
 from internvl_operator.planner import (
     MAX_ACCUMULATION,
@@ -24,6 +24,7 @@ from internvl_operator.resolve import render_context
 from internvl_operator.settings import OperatorSettings
 from internvl_trainer.config import MODEL_NAMES, BatchLayout, DataConfig, MethodConfig, TrainConfig
 from internvl_trainer.problems import BadInput
+from tests.unit.operator.render.conftest import on_every_launcher
 from tests.unit.operator.strategies import VALID_SPECS
 
 Z1, Z3 = "zero_stage1_config", "zero_stage3_config"
@@ -462,7 +463,7 @@ def rendered_job(spec, policy_result):
             "spec": spec.to_wire(),
         }
     )
-    return render(render_context(resource, policy_result, 1, OperatorSettings()))[-1]
+    return render(render_context(resource, policy_result, 1, OperatorSettings(), on_every_launcher(resource)))[-1]
 
 
 @pytest.mark.parametrize("policy", ["recipe", "minimal"])
@@ -473,7 +474,7 @@ def test_a_huge_global_batch_on_one_gpu_stays_within_the_accumulation_bound(poli
     assert result.per_device_batch_size * result.gradient_accumulation_steps == 1048576
     assert result.gradient_accumulation_steps <= MAX_ACCUMULATION
     assert result.per_device_batch_size <= MAX_PER_DEVICE_BATCH
-    assert rendered_job(spec, result)["kind"] == "PyTorchJob"
+    assert rendered_job(spec, result)["kind"] == "TrainJob"
 
 
 def test_the_bounds_are_train_yamls():
@@ -502,7 +503,7 @@ def test_whatever_the_planner_lays_out_renders(document):
     """For any spec the CRD admits and its launcher can carry, a plan the operator would run (fits
     or exceeds) renders."""
     spec = InternVLFinetuneSpec.model_validate(document)
-    if LAUNCHERS[spec.launcher].unsupported(spec):
+    if chosen(spec, None, frozenset(LAUNCHERS)).unsupported(spec):
         return
     try:
         result = plan(spec)

@@ -3,6 +3,7 @@ children, adoption by content, a status derived from the operator's record and n
 finds, and a safety net under everything."""
 
 import copy
+import hashlib
 import logging
 from datetime import UTC, datetime
 
@@ -15,7 +16,7 @@ from internvl_operator.api import InternVLFinetune
 from internvl_operator.cli import main
 from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.reconcile import Observed, Outcome, Refused, job_name, reconcile
-from internvl_operator.record import RECORD_ANNOTATION, read_record
+from internvl_operator.record import RECORD_ANNOTATION, JobRecord, Record, read_record
 from internvl_operator.render import spec_hash
 from internvl_operator.render.content import content_hash
 from internvl_operator.render.context import CONTENT_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, SUSPEND_ANNOTATION
@@ -28,12 +29,14 @@ SETTINGS = OperatorSettings()
 
 @pytest.fixture
 def body(lora_cr):
+    """An object that names its launcher (the reconciliation of auto has tests of its own)."""
     lora_cr["metadata"].update({"uid": UID, "generation": 1})
+    lora_cr["spec"]["launcher"] = "pytorchjob"
     return lora_cr
 
 
-def observe(body, job=None, pods=(), launcher_installed=True, queue_message=None, outcome=None):
-    return reconcile(Observed(body, job, list(pods), launcher_installed, NOW, queue_message, outcome), SETTINGS)
+def observe(body, job=None, pods=(), served=frozenset(LAUNCHERS), queue_message=None, outcome=None):
+    return reconcile(Observed(body, job, list(pods), served, NOW, queue_message, outcome), SETTINGS)
 
 
 def applied(body, actions):
@@ -53,14 +56,14 @@ def as_created(child, uid="job-uid-1"):
     return created
 
 
-def act(body, job=None, pods=(), uid="job-uid-1"):
+def act(body, job=None, pods=(), uid="job-uid-1", served=frozenset(LAUNCHERS)):
     """A reconciliation as the handlers carry it out: when it asks for children, they are created
     and the object is reconciled again with the created job. Returns the object after, the final
     actions and the children asked for."""
-    actions = observe(body, job, pods)
+    actions = observe(body, job, pods, served=served)
     children = actions.create
     if children:
-        actions = observe(body, job, pods, outcome=Outcome(job=as_created(children[-1], uid)))
+        actions = observe(body, job, pods, served=served, outcome=Outcome(job=as_created(children[-1], uid)))
     return applied(body, actions), actions, children
 
 
@@ -241,8 +244,9 @@ def test_fields_the_launcher_cannot_carry_make_the_spec_invalid(body):
 
 def test_a_missing_launcher_crd_is_reported(body):
     body["spec"]["launcher"] = "mpijob"
-    actions = observe(body, launcher_installed=False)
+    actions = observe(body, served=frozenset({"pytorchjob", "trainjob"}))
     assert actions.create == []
+    assert actions.retry is True, "checked again, so that the CRD is found once installed"
     assert condition(actions.status, "Valid") == ("False", "LauncherNotInstalled")
     assert cond.find(actions.status["conditions"], "Valid")["message"].startswith(
         "MPIJob (kubeflow.org/v2beta1) is not served by this cluster: install the CRD mpijobs.kubeflow.org"
@@ -555,3 +559,103 @@ def test_the_largest_record_fits_the_room_kept_for_it():
     )
     assert record.result.message == "\U0001f600" * 1024
     assert len(RECORD_ANNOTATION.encode()) + len(record.to_annotation().encode()) <= RECORD_MAX_BYTES
+
+
+# spec.launcher: auto
+
+
+@pytest.fixture
+def auto(lora_cr):
+    lora_cr["metadata"].update({"uid": UID, "generation": 1})
+    assert "launcher" not in lora_cr["spec"], "auto is the default"
+    return lora_cr
+
+
+@pytest.mark.parametrize(
+    ("served", "kind"),
+    [
+        ({"trainjob", "pytorchjob", "mpijob"}, "TrainJob"),
+        ({"pytorchjob", "mpijob"}, "PyTorchJob"),
+        ({"mpijob"}, "MPIJob"),
+    ],
+)
+def test_auto_takes_the_first_launcher_served(auto, served, kind):
+    body, actions, children = act(auto, served=frozenset(served))
+    assert children[-1]["kind"] == kind
+    launcher = LAUNCHERS[kind.lower()]
+    assert read_record(body).launcher == launcher.name
+    assert body["status"]["plan"]["launcher"] == launcher.name
+    assert body["status"]["job"]["kind"] == kind
+
+
+def test_auto_passes_over_a_launcher_that_cannot_carry_the_spec(auto):
+    auto["spec"]["pod"] = {"priorityClassName": "training"}
+    body, _, children = act(auto)
+    assert children[-1]["kind"] == "PyTorchJob"
+    assert body["status"]["plan"]["launcher"] == "pytorchjob"
+
+
+def test_auto_with_no_launcher_served_names_what_to_install(auto):
+    actions = observe(auto, served=frozenset())
+    assert actions.create == [] and actions.record is None and actions.retry is True
+    assert condition(actions.status, "Valid") == ("False", "LauncherNotInstalled")
+    assert cond.find(actions.status["conditions"], "Valid")["message"] == (
+        "spec.launcher is auto and this cluster serves no launcher: install one of "
+        "TrainJob: the CRD trainjobs.trainer.kubeflow.org; PyTorchJob: the CRD pytorchjobs.kubeflow.org; "
+        "MPIJob: the CRD mpijobs.kubeflow.org"
+    )
+    assert "plan" not in actions.status
+
+
+def test_auto_where_only_a_launcher_that_cannot_carry_the_spec_is_served(auto):
+    auto["spec"]["ttlSecondsAfterFinished"] = 600
+    actions = observe(auto, served=frozenset({"trainjob"}))
+    assert actions.create == []
+    assert condition(actions.status, "Valid") == ("False", "LauncherNotInstalled")
+    assert cond.find(actions.status["conditions"], "Valid")["message"].startswith(
+        "spec.launcher is auto and the launchers this cluster serves cannot carry the spec: TrainJob "
+        "(spec.ttlSecondsAfterFinished: a TrainJob of Kubeflow Trainer v2.3 has no time-to-live); install another"
+    )
+
+
+def test_the_choice_of_auto_never_changes(auto):
+    body, _, children = act(auto, served=frozenset({"pytorchjob"}))
+    assert children[-1]["kind"] == "PyTorchJob"
+    job = as_created(children[-1])
+    # Trainer v2 is installed afterwards: the next attempt is a PyTorchJob all the same.
+    failed = observe(body, with_conditions(job, ("Failed", "PyTorchJobFailed", "boom")))
+    assert failed.delete_job["kind"] == "PyTorchJob"
+    assert failed.create[-1]["kind"] == "PyTorchJob"
+    assert failed.status.get("plan", body["status"]["plan"])["launcher"] == "pytorchjob"
+    # Its CRD uninstalled, the object says so instead of moving to another launcher.
+    body = applied(body, failed)
+    gone = observe(body, served=frozenset({"trainjob", "mpijob"}))
+    assert gone.create == []
+    assert condition(gone.status, "Valid") == ("False", "LauncherNotInstalled")
+    assert cond.find(gone.status["conditions"], "Valid")["message"] == (
+        "PyTorchJob (kubeflow.org/v1) is not served by this cluster (spec.launcher auto chose it for this object): "
+        "install the CRD pytorchjobs.kubeflow.org or create a new InternVLFinetune to use another launcher"
+    )
+
+
+def test_the_handlers_read_the_job_of_the_launcher_reconciling_chooses(auto):
+    assert reconciliation.launcher_of(auto, frozenset(LAUNCHERS)) is LAUNCHERS["trainjob"]
+    assert reconciliation.launcher_of(auto, frozenset()) is None
+    body, _, _ = act(auto, served=frozenset({"mpijob"}))
+    assert reconciliation.launcher_of(body, frozenset(LAUNCHERS)) is LAUNCHERS["mpijob"], "the recorded one"
+    auto["spec"]["launcher"] = "slurm"
+    assert reconciliation.launcher_of(auto, frozenset(LAUNCHERS)) is None
+
+
+def test_the_job_is_looked_up_under_the_name_it_was_created_with(body):
+    # An operator that cut names differently (the stem once left room for 46 characters) created
+    # the job of this attempt: it is still found, and the next attempt is named as this one names it.
+    body["metadata"]["name"] = "x" * 45
+    recorded = Record(
+        attempt=1, job=JobRecord(api_version="kubeflow.org/v1", kind="PyTorchJob", name="old-a1", uid="u")
+    )
+    body["metadata"]["annotations"] = {RECORD_ANNOTATION: recorded.to_annotation()}
+    assert job_name(body) == "old-a1"
+    started = Record(attempt=2)
+    body["metadata"]["annotations"] = {RECORD_ANNOTATION: started.to_annotation()}
+    assert job_name(body) == f"{'x' * 31}-{hashlib.sha256(b'x' * 45).hexdigest()[:8]}-a2"

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from internvl_operator import conditions as cond
 from internvl_operator.crd import crd_schema
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.reconcile import Observed, reconcile
 from internvl_operator.settings import OperatorSettings
 from tests.unit.operator.strategies import SPEC_SCHEMA, VALID_SPECS, from_schema
@@ -85,8 +86,8 @@ JOB_CONDITIONS = {
 POD_CAUSES = ["unschedulable", "image", "oom", "bad-input", "running"]
 
 
-def observe(body, job=None, pods=(), launcher_installed=True, queue_message=None, operator_settings=None):
-    observed = Observed(body, job, list(pods), launcher_installed, NOW, queue_message)
+def observe(body, job=None, pods=(), served=frozenset(LAUNCHERS), queue_message=None, operator_settings=None):
+    observed = Observed(body, job, list(pods), served, NOW, queue_message)
     return reconcile(observed, operator_settings or OperatorSettings())
 
 
@@ -138,18 +139,16 @@ PROPERTY = settings(
 @PROPERTY
 @given(
     obj=stored_objects(),
-    launcher_installed=st.booleans(),
+    served=st.frozensets(st.sampled_from(sorted(LAUNCHERS))),
     allow_host_network=st.booleans(),
     conditions=st.sampled_from(sorted(JOB_CONDITIONS)),
     pods=st.lists(st.sampled_from(POD_CAUSES), max_size=2),
     owned=st.booleans(),
     queue_message=st.none() | st.text(max_size=40),
 )
-def test_every_stored_object_reaches_a_status(
-    obj, launcher_installed, allow_host_network, conditions, pods, owned, queue_message
-):
+def test_every_stored_object_reaches_a_status(obj, served, allow_host_network, conditions, pods, owned, queue_message):
     operator_settings = OperatorSettings(allow_host_network=allow_host_network)
-    first = observe(obj, launcher_installed=launcher_installed, operator_settings=operator_settings)
+    first = observe(obj, served=served, operator_settings=operator_settings)
     body = check(obj, first)
     if not first.create:
         assert cond.find(body["status"].get("conditions") or [], cond.VALID) is not None
@@ -168,7 +167,7 @@ def test_every_stored_object_reaches_a_status(
         body,
         job,
         [pod(cause) for cause in pods],
-        launcher_installed=launcher_installed,
+        served=served,
         queue_message=queue_message,
         operator_settings=operator_settings,
     )
@@ -193,7 +192,7 @@ def test_a_huge_global_batch_on_one_gpu_creates_its_job(lora_cr):
     body["spec"]["resources"] = {"gpus": 1, "gpusPerNode": 1}
     body["spec"]["training"] = {"globalBatchSize": 1048576}
     actions = observe(body)
-    assert [c["kind"] for c in actions.create][-1] == "PyTorchJob"
+    assert [c["kind"] for c in actions.create][-1] == "TrainJob"
     assert cond.find(actions.status["conditions"], cond.JOB_CREATED)["status"] == "True"
 
 

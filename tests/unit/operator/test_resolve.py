@@ -1,6 +1,7 @@
 """train.yaml resolved from an object and its plan: the spec's sections with the plan's values."""
 
 from internvl_operator.api import InternVLFinetune
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.planner import plan
 from internvl_operator.render.pod import trainer_env
 from internvl_operator.resolve import OFFLINE_UID, render_context, train_config
@@ -37,7 +38,7 @@ def test_spec_values_are_kept_and_credentials_stay_out(full_cr):
 def test_render_context_carries_the_plan_status(lora_cr):
     resource = InternVLFinetune.model_validate(lora_cr)
     result = plan(resource.spec)
-    context = render_context(resource, result, 2, OperatorSettings())
+    context = render_context(resource, result, 2, OperatorSettings(), LAUNCHERS["pytorchjob"])
     assert context.plan == result.to_status()
     assert (context.attempt, context.job_name) == (2, "charts-lora-a2")
 
@@ -46,7 +47,7 @@ def test_operator_defaults_fill_storage_the_spec_leaves_out(lora_cr):
     del lora_cr["spec"]["storage"]
     resource = InternVLFinetune.model_validate(lora_cr)
     settings = OperatorSettings(default_storage_endpoint="http://minio.ml:9000", default_credentials_secret="s3")
-    context = render_context(resource, plan(resource.spec), 1, settings)
+    context = render_context(resource, plan(resource.spec), 1, settings, LAUNCHERS["pytorchjob"])
     assert context.train_config.storage.endpoint == "http://minio.ml:9000"
     secrets = [
         e["valueFrom"]["secretKeyRef"]["name"] for e in trainer_env(context) if "secretKeyRef" in e.get("valueFrom", {})

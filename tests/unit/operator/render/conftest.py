@@ -10,7 +10,7 @@ import yaml
 
 from internvl_operator import validation
 from internvl_operator.api import InternVLFinetune, PlanStatus
-from internvl_operator.launchers import LAUNCHERS
+from internvl_operator.launchers import LAUNCHERS, Launcher, chosen
 from internvl_operator.render import RenderContext
 from internvl_operator.settings import OperatorSettings
 from internvl_trainer.config import TrainConfig
@@ -75,8 +75,13 @@ def context_for(cr: dict, plan: PlanStatus | None = None, attempt: int = 1, **se
         }
     )
     return RenderContext(
-        resource, plan, train_config, attempt, OperatorSettings(**settings), LAUNCHERS[resource.spec.launcher]
+        resource, plan, train_config, attempt, OperatorSettings(**settings), on_every_launcher(resource)
     )
+
+
+def on_every_launcher(resource: InternVLFinetune) -> Launcher:
+    """The launcher the operator runs the object as on a cluster serving every launcher."""
+    return chosen(resource.spec, None, frozenset(LAUNCHERS))
 
 
 @functools.cache
@@ -153,3 +158,36 @@ def core_errors(obj: dict) -> list[str]:
     except kubernetes_validate.ValidationError as error:
         return [str(error)]
     return []
+
+
+# What Kueue writes into an admitted TrainJob (kubeflow-jobs §4): its own runtime patch, with the
+# flavor's node selector and tolerations and its pod labels on each replicated job, and the time
+# Trainer's webhook stamps on every patch.
+KUEUE_PATCH = {
+    "manager": "kueue.x-k8s.io/manager",
+    "time": "2026-12-06T18:00:00Z",
+    "trainingRuntimeSpec": {
+        "template": {
+            "spec": {
+                "replicatedJobs": [
+                    {
+                        "name": "node",
+                        "template": {
+                            "spec": {
+                                "template": {
+                                    "metadata": {"labels": {"kueue.x-k8s.io/podset": "node"}},
+                                    "spec": {
+                                        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+                                        "tolerations": [
+                                            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                                        ],
+                                    },
+                                }
+                            }
+                        },
+                    }
+                ]
+            }
+        }
+    },
+}

@@ -21,6 +21,7 @@ NOT_A_LABEL = "is not a DNS-1035 label (lower case, starts with a letter, at mos
 
 @pytest.fixture
 def pytorchjob(lora_cr):
+    lora_cr["spec"]["launcher"] = "pytorchjob"
     return render(context_for(lora_cr, plan=plan_for(nodes=2)))[-1]
 
 

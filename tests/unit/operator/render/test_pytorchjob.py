@@ -8,6 +8,8 @@ from tests.unit.operator.render.conftest import UID, context_for, plan_for
 
 
 def job_of(cr, **kwargs):
+    cr = copy.deepcopy(cr)
+    cr["spec"]["launcher"] = "pytorchjob"
     *_, job = render(context_for(cr, **kwargs))
     return job
 

@@ -5,6 +5,8 @@ import copy
 
 import pytest
 
+from internvl_operator.launchers import LAUNCHERS
+from internvl_operator.naming import MOST_NODES
 from internvl_operator.render import render
 from internvl_trainer.config import MODEL_NAMES
 from tests.unit.operator.render.conftest import context_for, plan_for, schema_errors
@@ -98,6 +100,7 @@ def test_host_network_where_allowed_is_the_one_departure_from_restricted(full_cr
 
 
 def test_the_schema_check_catches_misspelt_fields(lora_cr):
+    lora_cr["spec"]["launcher"] = "pytorchjob"
     *_, job = render(context_for(lora_cr))
     job["spec"]["nprocPerNod"] = "8"
     job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
@@ -108,3 +111,27 @@ def test_the_schema_check_catches_misspelt_fields(lora_cr):
 
 def test_rendering_is_deterministic(lora_cr):
     assert render(context_for(lora_cr)) == render(context_for(lora_cr))
+
+
+def object_names(length: int) -> list[str]:
+    """Two valid object names of ``length`` characters: a DNS-1035 label as long as the object
+    name allows, which the stem keeps while it fits, and a dotted subdomain, which it rewrites."""
+    label = ("run-" * 64)[:length]
+    dotted = ("v1.2-" * 51)[:length]
+    return [name[:-1] + "z" if name[-1] in "-." else name for name in (label, dotted)]
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_every_object_name_renders_with_every_launcher(lora_cr, launcher):
+    # The largest job (one pod per GPU), so the longest pod name each launcher's controller makes.
+    plan = plan_for(nodes=MOST_NODES, gpus_per_node=1)
+    cr = copy.deepcopy(lora_cr)
+    cr["spec"]["launcher"] = launcher
+    problems = {}
+    for length in range(1, 254):
+        for name in object_names(length):
+            cr["metadata"]["name"] = name
+            job = LAUNCHERS[launcher].render(context_for(cr, plan))
+            problems[name] = LAUNCHERS[launcher].problems(job)
+    assert len(problems) == 2 * 253
+    assert {name: found for name, found in problems.items() if found} == {}

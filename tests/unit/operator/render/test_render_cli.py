@@ -4,18 +4,41 @@ import pytest
 import yaml
 
 from internvl_operator.cli import main
-from tests.conftest import EXAMPLES
+from internvl_operator.launchers import AUTO_ORDER, LAUNCHERS
+from tests.conftest import EXAMPLES, load_example
 from tests.unit.operator.render.conftest import schema_errors
 
 OBJECT_EXAMPLES = sorted(path.name for path in EXAMPLES.glob("*.yaml") if path.name != "train.yaml")
+# The examples that set fields a TrainJob cannot carry (auto runs them as the next launcher).
+NOT_FOR_TRAINJOB = {"full-internvl2_5-26b.yaml"}
 
 
+def rendered_kind(example: str, launcher: str | None) -> str:
+    """The job kind the operator creates for the example on a cluster serving only ``launcher``
+    (None: every launcher)."""
+    named = load_example(example)["spec"].get("launcher", "auto")
+    if named != "auto":
+        return LAUNCHERS[named].kind
+    if launcher is None:
+        return LAUNCHERS["pytorchjob" if example in NOT_FOR_TRAINJOB else "trainjob"].kind
+    return LAUNCHERS[launcher].kind
+
+
+@pytest.mark.parametrize("launcher", [None, *AUTO_ORDER])
 @pytest.mark.parametrize("example", OBJECT_EXAMPLES)
-def test_every_example_renders_valid_children(example, capsys):
-    assert main(["render", str(EXAMPLES / example)]) == 0
+def test_every_example_renders_valid_children_with_each_launcher(example, launcher, capsys):
+    flag = ["--launcher", launcher] if launcher else []
+    code = main(["render", *flag, str(EXAMPLES / example)])
+    if launcher == "trainjob" and example in NOT_FOR_TRAINJOB:
+        assert code == 2
+        assert "the launchers this cluster serves cannot carry the spec: TrainJob (spec.pod.priorityClassName" in (
+            capsys.readouterr().err
+        )
+        return
+    assert code == 0
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [d["kind"] for d in documents[:4]] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding"]
-    assert documents[-1]["kind"] in ("PyTorchJob", "MPIJob")
+    assert documents[-1]["kind"] == rendered_kind(example, launcher)
     for document in documents:
         assert schema_errors(document) == [], document["kind"]
 
@@ -32,7 +55,7 @@ def test_an_invalid_object_is_bad_input(tmp_path, capsys, lora_cr):
     source.write_text(yaml.safe_dump(lora_cr))
     assert main(["render", str(source)]) == 2
     assert capsys.readouterr().err == (
-        "spec.launcher: Input should be 'pytorchjob', 'mpijob' or 'trainjob', got 'slurm'\n"
+        "spec.launcher: Input should be 'auto', 'trainjob', 'pytorchjob' or 'mpijob', got 'slurm'\n"
     )
 
 

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from internvl_operator.launchers import LAUNCHERS
 from internvl_operator.planner import plan
 from internvl_operator.render.kubeflow_rules import trainjob_problems
 from internvl_operator.render.trainjob import PATCHABLE_POD_FIELDS, pod_patch, trainjob, unsupported_fields
@@ -44,7 +45,7 @@ def test_every_example_renders_a_valid_trainjob(example):
     document["spec"].get("pod", {}).pop("priorityClassName", None)
     document["spec"].pop("ttlSecondsAfterFinished", None)
     resource = parse(document)
-    job = trainjob(render_context(resource, plan(resource.spec), 1, OperatorSettings()))
+    job = trainjob(render_context(resource, plan(resource.spec), 1, OperatorSettings(), LAUNCHERS["trainjob"]))
     assert schema_errors(job) == []
     assert trainjob_problems(job) == []
     for name, template in pod_templates(job).items():
