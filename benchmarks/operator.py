@@ -27,6 +27,7 @@ import kmock
 import yaml
 
 from benchmarks import Table
+from internvl_operator.launchers import AUTO_ORDER, LAUNCHERS
 from internvl_operator.reconcile import Observed, reconcile
 from internvl_operator.settings import OperatorSettings
 from tests.emulated_cluster import client_for, serve
@@ -96,7 +97,8 @@ async def _measure() -> tuple[float, float, int]:
                         raise RuntimeError(f"{done} of {OBJECTS} reached JobCreated; operator log:\n{tail}")
                 elapsed = time.perf_counter() - start
                 peak = _peak_rss_mib(operator.pid)
-                jobs = await asyncio.to_thread(user.list, "kubeflow.org/v1", "PyTorchJob", NAMESPACE, {})
+                launcher = LAUNCHERS[AUTO_ORDER[0]]  # what auto picks where every launcher is served
+                jobs = await asyncio.to_thread(user.list, launcher.api_version, launcher.kind, NAMESPACE, {})
             finally:
                 operator.terminate()
                 await asyncio.to_thread(operator.wait, 30)
@@ -114,7 +116,7 @@ def _reconcile_seconds() -> float:
     settings, now = OperatorSettings(), datetime.now(UTC)
     start = time.perf_counter()
     for body in bodies:
-        actions = reconcile(Observed(body, None, [], True, now), settings)
+        actions = reconcile(Observed(body, None, [], frozenset(LAUNCHERS), now), settings)
         assert len(actions.create) == 5
     return time.perf_counter() - start
 

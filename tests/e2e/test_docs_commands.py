@@ -35,8 +35,9 @@ from pathlib import Path
 
 import pytest
 
+from internvl_operator.launchers import LAUNCHERS
 from tests.conftest import REPO
-from tests.e2e.conftest import TIMEOUT, E2ECluster, job_succeeded
+from tests.e2e.conftest import TIMEOUT, E2ECluster, played_status
 
 pytestmark = pytest.mark.e2e
 
@@ -191,13 +192,16 @@ def test_the_readme_fine_tunes_the_example(walkthrough: Walkthrough, tmp_path):
     walkthrough.wait_condition("Suspended", "False")
 
     # The end of training, played: the job succeeds (a real one needs GPUs and the trainer image).
-    job = e2e.client.get(FINETUNE, "InternVLFinetune", NAMESPACE, NAME)["status"]["job"]["name"]
+    job = e2e.client.get(FINETUNE, "InternVLFinetune", NAMESPACE, NAME)["status"]["job"]
+    [launcher] = [launcher for launcher in LAUNCHERS.values() if launcher.kind == job["kind"]]
+    if launcher.name not in e2e.played:
+        pytest.skip(f"a real {launcher.kind} controller runs here: the end of training needs GPUs and the trainer")
     e2e.client.patch(
-        "kubeflow.org/v1",
-        "PyTorchJob",
+        launcher.api_version,
+        launcher.kind,
         NAMESPACE,
-        job,
-        {"status": {"conditions": [job_succeeded()]}},
+        job["name"],
+        {"status": played_status(launcher, "succeeded")},
         subresource="status",
     )
     walkthrough.run(WAIT)

@@ -1,31 +1,19 @@
-"""The operator on a real cluster: children and owner references, conditions, pod-level causes or
-a played training operator, `kubectl wait`, the output, and garbage collection on delete; a child
+"""The operator on a real cluster beyond a run (tests/e2e/test_launchers.py runs one on each
+launcher): the API server refusing an invalid object and a change of an immutable field; a child
 the API server refuses and a name taken by someone else shown in the status with an event; a
-status forged as the trainer could forge it, reverted."""
+status forged as the trainer could forge it, reverted. Where a test reaches the job, the object
+names its launcher: PyTorchJob."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from internvl_operator.cluster import ApiError
-from internvl_operator.record import RECORD_ANNOTATION
-from tests.e2e.conftest import E2ECluster, example, job_succeeded
+from tests.e2e.conftest import FINETUNE, E2ECluster, condition_is, conditions_of, example, named
 
 pytestmark = pytest.mark.e2e
 
-FINETUNE = "internvl.dev/v1alpha1"
-
-
-def conditions_of(e2e: E2ECluster, name: str) -> dict[str, dict]:
-    obj = e2e.client.get(FINETUNE, "InternVLFinetune", e2e.namespace, name) or {}
-    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
-
-
-def condition_is(e2e: E2ECluster, name: str, type_: str, status: str = "True", reason: str | None = None) -> bool:
-    condition = conditions_of(e2e, name).get(type_, {})
-    return condition.get("status") == status and reason in (None, condition.get("reason"))
+LAUNCHER = "pytorchjob"
 
 
 def event_of(e2e: E2ECluster, name: str, reason: str) -> dict | None:
@@ -34,57 +22,6 @@ def event_of(e2e: E2ECluster, name: str, reason: str) -> dict | None:
         if event["involvedObject"].get("name") == name and event.get("reason") == reason:
             return event
     return None
-
-
-def named(example_file: str, e2e: E2ECluster, name: str) -> dict:
-    obj = example(example_file, e2e.namespace)
-    obj["metadata"]["name"] = name
-    return obj
-
-
-def test_a_lora_run_from_apply_to_delete(e2e: E2ECluster):
-    obj = example("lora-internvl3-8b.yaml", e2e.namespace)
-    created = e2e.client.create(obj)
-    uid = created["metadata"]["uid"]
-    job = e2e.wait_for(lambda: e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "charts-lora-a1"), "job")
-    assert job["metadata"]["ownerReferences"][0]["uid"] == uid
-    for kind, name in [("ConfigMap", "charts-lora-a1-train"), ("ServiceAccount", "charts-lora-trainer")]:
-        child = e2e.client.get("v1", kind, e2e.namespace, name)
-        assert child is not None and child["metadata"]["ownerReferences"][0]["uid"] == uid
-    e2e.wait_for(lambda: condition_is(e2e, "charts-lora", "JobCreated"), "JobCreated")
-    assert conditions_of(e2e, "charts-lora")["Valid"]["reason"] == "Planned"
-
-    if e2e.play_training_operator:
-        status = {"conditions": [job_succeeded()]}
-        e2e.client.patch(
-            "kubeflow.org/v1", "PyTorchJob", e2e.namespace, "charts-lora-a1", {"status": status}, subresource="status"
-        )
-        waited = e2e.kubectl("wait", "--for=condition=Succeeded", "internvlfinetune/charts-lora", "--timeout=120s")
-        assert waited.returncode == 0, waited.stderr
-        finished = e2e.client.get(FINETUNE, "InternVLFinetune", e2e.namespace, "charts-lora")
-        assert finished["status"]["output"] == {
-            "modelUri": "s3://models/finetuned/charts-lora/model",
-            "manifestUri": "s3://models/finetuned/charts-lora/manifest.json",
-        }
-        record = json.loads(finished["metadata"]["annotations"][RECORD_ANNOTATION])
-        assert record["job"]["uid"] == job["metadata"]["uid"] and record["result"]["type"] == "Succeeded"
-    else:
-        # A real training operator creates pods that ask for GPUs this cluster may not have: the
-        # reason then shows on the object, not only on the pods.
-        e2e.wait_for(
-            lambda: (
-                conditions_of(e2e, "charts-lora").get("Running", {}).get("reason")
-                in ("Unschedulable", "JobRunning", "JobPending", "ImagePullBackOff", "ErrImagePull")
-            ),
-            "a Running condition with a reason",
-        )
-
-    e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "charts-lora")
-    e2e.wait_for(
-        lambda: e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "charts-lora-a1") is None,
-        "the job to be garbage-collected",
-    )
-    assert e2e.client.get("v1", "ConfigMap", e2e.namespace, "charts-lora-a1-train") is None
 
 
 def test_an_invalid_object_is_refused_by_the_api_server(e2e: E2ECluster):
@@ -116,13 +53,14 @@ def test_a_taken_child_name_is_a_conflict_and_nothing_is_adopted(e2e: E2ECluster
         "metadata": {"name": "planted-a1-train", "namespace": e2e.namespace},
         "data": {"train.yaml": "output: {uri: s3://someone-else/}"},
     }
+    launcher = e2e.launcher(LAUNCHER)
     e2e.client.create(planted)
-    e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "planted"))
+    e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "planted", LAUNCHER))
     e2e.wait_for(lambda: condition_is(e2e, "planted", "JobCreated", "False", "NameConflict"), "NameConflict")
     message = conditions_of(e2e, "planted")["JobCreated"]["message"]
     assert message.startswith("ConfigMap planted-a1-train exists and is not owned by this InternVLFinetune")
     e2e.wait_for(lambda: event_of(e2e, "planted", "NameConflict"), "a NameConflict event")
-    assert e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "planted-a1") is None
+    assert e2e.client.get(launcher.api_version, launcher.kind, e2e.namespace, "planted-a1") is None
     kept = e2e.client.get("v1", "ConfigMap", e2e.namespace, "planted-a1-train")
     assert kept["data"] == planted["data"] and not kept["metadata"].get("ownerReferences")
     e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "planted")
@@ -130,24 +68,27 @@ def test_a_taken_child_name_is_a_conflict_and_nothing_is_adopted(e2e: E2ECluster
 
 
 def test_a_child_the_api_server_refuses_shows_in_the_status(e2e: E2ECluster):
-    # A quota of no PyTorchJobs: the API server's ResourceQuota admission refuses the job (403).
-    quota = e2e.kubectl("create", "quota", "no-pytorchjobs", "--hard=count/pytorchjobs.kubeflow.org=0")
+    # A quota of no jobs of the kind: the API server's ResourceQuota admission refuses the job (403).
+    launcher = e2e.launcher(LAUNCHER)
+    quota_name = f"no-{launcher.plural}"
+    quota = e2e.kubectl("create", "quota", quota_name, f"--hard=count/{launcher.crd}=0")
     assert quota.returncode == 0, quota.stderr
     try:
-        e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "refused-job"))
+        e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "refused-job", LAUNCHER))
         e2e.wait_for(lambda: condition_is(e2e, "refused-job", "JobCreated", "False", "CreateRefused"), "refusal")
         message = conditions_of(e2e, "refused-job")["JobCreated"]["message"]
-        assert message.startswith("the API server refused PyTorchJob refused-job-a1 (HTTP 403): ")
-        assert "no-pytorchjobs" in message
+        assert message.startswith(f"the API server refused {launcher.kind} refused-job-a1 (HTTP 403): ")
+        assert quota_name in message
         e2e.wait_for(lambda: event_of(e2e, "refused-job", "CreateRefused"), "a CreateRefused event")
-        assert e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "refused-job-a1") is None
+        assert e2e.client.get(launcher.api_version, launcher.kind, e2e.namespace, "refused-job-a1") is None
     finally:
-        e2e.kubectl("delete", "quota", "no-pytorchjobs")
+        e2e.kubectl("delete", "quota", quota_name)
         e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "refused-job")
 
 
 def test_a_status_forged_as_the_trainer_could_is_reverted(e2e: E2ECluster):
-    e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "forged"))
+    launcher = e2e.launcher(LAUNCHER)
+    e2e.client.create(named("lora-internvl3-8b.yaml", e2e, "forged", LAUNCHER))
     e2e.wait_for(lambda: condition_is(e2e, "forged", "JobCreated"), "JobCreated")
     forged = {
         "conditions": [
@@ -174,5 +115,5 @@ def test_a_status_forged_as_the_trainer_could_is_reverted(e2e: E2ECluster):
 
     status = e2e.wait_for(reverted, "the forged status reverted")
     assert status["progress"]["step"] == 3, "progress is the trainer's"
-    assert e2e.client.get("kubeflow.org/v1", "PyTorchJob", e2e.namespace, "forged-a5") is None
+    assert e2e.client.get(launcher.api_version, launcher.kind, e2e.namespace, "forged-a5") is None
     e2e.client.delete(FINETUNE, "InternVLFinetune", e2e.namespace, "forged")
