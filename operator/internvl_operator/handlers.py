@@ -168,8 +168,8 @@ def _reconcile_once(memo: kopf.Memo, namespace: str, name: str) -> bool:
 
 
 def _queue_message(cluster: Cluster, namespace: str, launcher: Launcher, job: dict[str, Any]) -> str | None:
-    """The message of the Kueue Workload holding a suspended, queued job; None where Kueue is
-    absent or its Workloads are not readable."""
+    """The message of the Kueue Workload holding a suspended, queued job, or what to configure
+    when there is none; None where Kueue's Workloads are not readable."""
     if not launcher.suspended(job) or QUEUE_LABEL not in job["metadata"].get("labels", {}):
         return None
     try:
@@ -177,6 +177,11 @@ def _queue_message(cluster: Cluster, namespace: str, launcher: Launcher, job: di
     except ApiError as error:
         logger.debug("Kueue Workloads not readable: %s", error)
         return None
+    if not workloads:
+        return (
+            f"Kueue has no Workload for this {launcher.kind} yet; if none comes, Kueue does not manage the kind: "
+            f"add {launcher.kueue_framework} to integrations.frameworks in Kueue's configuration"
+        )
     for workload in workloads:
         for condition in (workload.get("status") or {}).get("conditions") or []:
             if condition.get("type") in ("QuotaReserved", "Admitted") and condition.get("status") == "False":

@@ -351,6 +351,22 @@ async def test_a_kueue_held_job_is_left_to_kueue(harness, name, reason):
     assert launcher.suspended(job) is True, "never unsuspended by the operator"
 
 
+@pytest.mark.parametrize("name", ["pytorchjob", "trainjob"])
+async def test_a_queued_job_without_a_workload_names_kueues_integration(harness, name):
+    launcher = LAUNCHERS[name]
+    await harness.call(harness.user.create, finetune(launcher=name, queueName="team-a"))
+    await harness.wait_for(
+        lambda: harness.user.get(launcher.api_version, launcher.kind, NAMESPACE, "charts-lora-a1"), "job"
+    )
+    await harness.job_status("charts-lora-a1", ("Suspended", "Suspended", "held"), api_version=launcher.api_version)
+    obj = await harness.condition("charts-lora", "Suspended")
+    [message] = [c["message"] for c in obj["status"]["conditions"] if c["type"] == "Suspended"]
+    assert message.endswith(
+        f"Kueue has no Workload for this {launcher.kind} yet; if none comes, Kueue does not manage the kind: "
+        f"add {launcher.kueue_framework} to integrations.frameworks in Kueue's configuration"
+    )
+
+
 async def test_an_invalid_spec_is_reported_and_the_operator_runs_on(harness):
     bad = finetune(uid="uid-bad")
     bad["metadata"]["name"] = "broken"
