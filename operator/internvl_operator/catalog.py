@@ -1,4 +1,4 @@
-"""The model catalog: the architecture of every InternVL 2.5 and InternVL3 size the planner knows.
+"""The model catalog: the architecture of every InternVL 2.5, InternVL3 and InternVL3.5 size the planner knows.
 
 Each entry names the vision tower and the language model its model card lists and carries the
 dimensions of both from the ``vision_config`` and ``llm_config`` of the model's ``config.json``
@@ -7,7 +7,9 @@ counts are computed from those dimensions, layer by layer, and agree with the to
 pages report (``card_total``; a test holds them within 0.5 %). docs/sizing.md prints the table.
 
 InternVL unties the LM head from the input embeddings for every size (``tie_word_embeddings`` is
-forced to false), so the head is counted separately even for the Qwen2.5 models that tie them.
+forced to false), so the head is counted separately even for the Qwen2.5 and Qwen3 models that tie
+them. A mixture-of-experts LLM (``MoELanguageModel``: InternVL3.5's Qwen3-MoE and GPT-OSS) has
+``params`` of all its experts and ``active_params`` of those a token is routed to.
 """
 
 from __future__ import annotations
@@ -68,10 +70,10 @@ class VisionTower(_Frozen):
 
 
 class LanguageModel(_Frozen):
-    """The decoder-only LLM behind the projector."""
+    """The decoder-only LLM behind the projector, with a dense SwiGLU MLP in every layer."""
 
     name: str
-    family: Literal["qwen2", "internlm2", "internlm3"]
+    family: Literal["qwen2", "internlm2", "internlm3", "qwen3", "qwen3_moe", "gpt_oss"]
     hidden_size: int
     layers: int
     heads: int
@@ -82,19 +84,42 @@ class LanguageModel(_Frozen):
     vocabulary plus InternVL's special tokens)."""
     qkv_bias: bool
     bos_token: str | None
-    """The token the tokenizer puts first, or None (Qwen2.5 adds none; InternLM adds ``<s>``, so
-    InternVL's label masking shifts by one)."""
+    """The token the tokenizer puts first, or None (Qwen2.5 and Qwen3 add none; InternLM adds
+    ``<s>``, so InternVL's label masking shifts by one)."""
+    head_size: int | None = None
+    """The config's ``head_dim`` where it is not hidden_size / heads (Qwen3, GPT-OSS)."""
+    qk_norm: bool = False
+    """An RMSNorm over each query and key head (Qwen3's ``q_norm`` and ``k_norm``, head_dim weights each)."""
+    output_bias: bool = False
+    """A bias on the attention's output projection too (GPT-OSS)."""
+    attention_sinks: bool = False
+    """A learned sink logit per query head (GPT-OSS's ``sinks``)."""
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.heads
+        return self.head_size or self.hidden_size // self.heads
+
+    @property
+    def attention_params(self) -> int:
+        """q, k, v and o projections with their biases, the q/k norms and the sinks of one layer."""
+        h, d = self.hidden_size, self.head_dim
+        q, kv = self.heads * d, self.kv_heads * d
+        params = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if self.qkv_bias else 0) + (h if self.output_bias else 0)
+        return params + (2 * d if self.qk_norm else 0) + (self.heads if self.attention_sinks else 0)
+
+    @property
+    def mlp_params(self) -> int:
+        """gate, up and down projections of one layer."""
+        return 3 * self.hidden_size * self.intermediate_size
+
+    @property
+    def active_mlp_params(self) -> int:
+        """The MLP parameters one token goes through."""
+        return self.mlp_params
 
     @property
     def layer_params(self) -> int:
-        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
-        q, kv = self.heads * d, self.kv_heads * d
-        attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if self.qkv_bias else 0)
-        return attention + 3 * h * i + 2 * h  # gate/up/down projections, two RMSNorms
+        return self.attention_params + self.mlp_params + 2 * self.hidden_size  # two RMSNorms
 
     @property
     def embedding_params(self) -> int:
@@ -105,19 +130,117 @@ class LanguageModel(_Frozen):
         # input embedding + layers + final norm + the untied LM head
         return 2 * self.embedding_params + self.layers * self.layer_params + self.hidden_size
 
+    @property
+    def active_params(self) -> int:
+        """The parameters one token goes through (every one, for a dense model)."""
+        return self.params - self.layers * (self.mlp_params - self.active_mlp_params)
+
+    @property
+    def routed_intermediate_size(self) -> int:
+        """Intermediate activations per token and layer: the MLP's width, or the routed experts' together."""
+        return self.intermediate_size
+
+    @property
+    def routes(self) -> int:
+        """Experts each token is routed to (0: no router)."""
+        return 0
+
+    @property
+    def router_width(self) -> int:
+        """Router logits per token (0: no router)."""
+        return 0
+
+    @property
+    def largest_gathered(self) -> int:
+        """The most parameters ZeRO-3 gathers as one: the largest tensor, the embedding or the
+        gate (up) projection."""
+        return max(self.embedding_params, self.hidden_size * self.intermediate_size)
+
+    @property
+    def lora_on_mlp(self) -> bool:
+        """Whether LoRA targets the MLP projections too, not only the attention's."""
+        return True
+
     def lora_layer_params(self, rank: int) -> int:
-        """LoRA parameters per decoder layer on the seven projections InternVL targets
-        (q, k, v, o, gate, up, down): rank x (in + out) each."""
+        """LoRA parameters per decoder layer on the projections InternVL targets: q, k, v, o and,
+        where ``lora_on_mlp``, gate, up and down; rank x (in + out) each."""
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return rank * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h))
+        attention = (h + q) + 2 * (h + kv) + (q + h)
+        return rank * (attention + (2 * (h + i) + (i + h) if self.lora_on_mlp else 0))
+
+    def expert_lora_layer_params(self, rank: int) -> int:
+        """LoRA parameters per decoder layer on the experts' projections (none without experts)."""
+        return 0
+
+
+class MoELanguageModel(LanguageModel):
+    """A mixture-of-experts LLM: every layer's MLP is ``experts`` SwiGLU experts of width
+    ``intermediate_size`` (Qwen3-MoE's ``moe_intermediate_size``, GPT-OSS's ``intermediate_size``)
+    behind a linear router that sends each token to ``experts_per_token`` of them.
+
+    Weights, gradients and optimizer states are those of all experts (``params``); a token's
+    compute and activations are those of the experts it is routed to (``active_params``). The MoE
+    block is a ZeRO-3 leaf module, so ZeRO-3 gathers all of a layer's experts at once. LoRA
+    targets the attention projections; expert projections are optional and not planned for."""
+
+    experts: int
+    experts_per_token: int
+    expert_bias: bool = False
+    """Biases on each expert's gate/up and down projections (GPT-OSS)."""
+    router_bias: bool = False
+    """A bias per expert on the router (GPT-OSS)."""
+
+    @property
+    def expert_params(self) -> int:
+        h, i = self.hidden_size, self.intermediate_size
+        return 3 * h * i + ((2 * i + h) if self.expert_bias else 0)
+
+    @property
+    def router_params(self) -> int:
+        return self.experts * self.hidden_size + (self.experts if self.router_bias else 0)
+
+    @property
+    def mlp_params(self) -> int:
+        return self.experts * self.expert_params + self.router_params
+
+    @property
+    def active_mlp_params(self) -> int:
+        return self.experts_per_token * self.expert_params + self.router_params
+
+    @property
+    def routed_intermediate_size(self) -> int:
+        return self.experts_per_token * self.intermediate_size
+
+    @property
+    def routes(self) -> int:
+        return self.experts_per_token
+
+    @property
+    def router_width(self) -> int:
+        return self.experts
+
+    @property
+    def largest_gathered(self) -> int:
+        """The embedding, or the MoE block of one layer (a ZeRO-3 leaf module, gathered whole)."""
+        return max(self.embedding_params, self.mlp_params)
+
+    @property
+    def lora_on_mlp(self) -> bool:
+        return False
+
+    def expert_lora_layer_params(self, rank: int) -> int:
+        """A rank-r pair per expert on its gate/up (h -> 2 i) and down (i -> h) projections, as PEFT
+        adapts the experts' E x ... parameters (the trainer's ``experts`` LoRA target)."""
+        h, i = self.hidden_size, self.intermediate_size
+        return self.experts * rank * ((h + 2 * i) + (i + h))
 
 
 class ModelSpec(_Frozen):
     """One catalog entry: an InternVL model and its parts."""
 
     name: str
-    generation: Literal["2.5", "3"]
+    generation: Literal["2.5", "3", "3.5"]
     vision: VisionTower
     llm: LanguageModel
     card_total: str
@@ -138,10 +261,19 @@ class ModelSpec(_Frozen):
         return self.vision.params + self.projector_params + self.llm.params
 
     @property
-    def largest_tensor(self) -> int:
-        """The biggest single weight: ZeRO-3 must gather it whole."""
-        llm = self.llm
-        return max(llm.embedding_params, llm.hidden_size * llm.intermediate_size, self.vision.largest_tensor)
+    def active_params(self) -> int:
+        """The parameters one token goes through: all but the experts it is not routed to."""
+        return self.vision.params + self.projector_params + self.llm.active_params
+
+    @property
+    def is_moe(self) -> bool:
+        return isinstance(self.llm, MoELanguageModel)
+
+    @property
+    def largest_gathered(self) -> int:
+        """The most parameters ZeRO-3 must gather at once: the biggest single weight, or an MoE
+        layer's experts."""
+        return max(self.llm.largest_gathered, self.vision.largest_tensor)
 
     def vision_lora_layer_params(self, rank: int) -> int:
         """LoRA parameters per vision layer on attn.qkv, attn.proj, mlp.fc1 and mlp.fc2."""
@@ -219,6 +351,77 @@ INTERNLM3_8B = LanguageModel(
     bos_token="<s>",
 )
 
+_QWEN3_VOCAB = 151936
+
+
+def _qwen3(size: str, hidden: int, layers: int, heads: int, kv: int, inter: int) -> LanguageModel:
+    """A dense Qwen3: no q/k/v bias, a q and a k RMSNorm per head, head_dim 128 whatever the width."""
+    return LanguageModel(
+        name=f"Qwen/Qwen3-{size}",
+        family="qwen3",
+        hidden_size=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv,
+        intermediate_size=inter,
+        vocab_size=_QWEN3_VOCAB,
+        qkv_bias=False,
+        bos_token=None,
+        head_size=128,
+        qk_norm=True,
+    )
+
+
+def _qwen3_moe(size: str, hidden: int, layers: int, heads: int, expert_inter: int) -> MoELanguageModel:
+    """A Qwen3-MoE: Qwen3's attention (4 KV heads), 128 experts of ``moe_intermediate_size``, 8 per
+    token, a router without bias, every layer sparse."""
+    return MoELanguageModel(
+        name=f"Qwen/Qwen3-{size}",
+        family="qwen3_moe",
+        hidden_size=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=4,
+        intermediate_size=expert_inter,
+        vocab_size=_QWEN3_VOCAB,
+        qkv_bias=False,
+        bos_token=None,
+        head_size=128,
+        qk_norm=True,
+        experts=128,
+        experts_per_token=8,
+    )
+
+
+GPT_OSS_20B = MoELanguageModel(
+    # https://huggingface.co/openai/gpt-oss-20b/blob/main/config.json: 24 layers alternating
+    # sliding-window (128 tokens) and full attention, which changes no parameter count.
+    name="openai/gpt-oss-20b",
+    family="gpt_oss",
+    hidden_size=2880,
+    layers=24,
+    heads=64,
+    kv_heads=8,
+    intermediate_size=2880,
+    vocab_size=201088,
+    qkv_bias=True,
+    bos_token=None,
+    head_size=64,
+    output_bias=True,
+    attention_sinks=True,
+    experts=32,
+    experts_per_token=4,
+    expert_bias=True,
+    router_bias=True,
+)
+"""InternVL3.5's GPT-OSS is bf16, which this stack trains as it is: InternVL's maintainers answer
+that it was trained entirely in BF16, not in GPT-OSS's MXFP4
+(https://github.com/OpenGVLab/InternVL/issues/1134); InternVL's stage-0 script
+internvl_chat_gpt_oss/shell/internvl3_5_gpt_oss/internvl3_5_gpt_oss_20b_stage0_mlp_warmup.sh starts
+from openai/gpt-oss-20b (``--llm_path``), whose MXFP4 experts transformers dequantizes on load, and
+every later stage trains and saves the LLM in bf16 under ZeRO-3 (``--bf16 True``, ``--freeze_llm
+False`` in ..._stage2_sft.sh). So no InternVL3.5 checkpoint is refused for its weight format."""
+
 _ENTRIES = [
     # InternVL 2.5: the model cards' "Vision part" and "Language part" columns.
     ("InternVL2_5-1B", "2.5", VIT_300M, _qwen("0.5B", 896, 24, 14, 2, 4864), "938M"),
@@ -236,6 +439,18 @@ _ENTRIES = [
     ("InternVL3-14B", "3", VIT_300M, _qwen("14B", 5120, 48, 40, 8, 13824, base=True), "15.1B"),
     ("InternVL3-38B", "3", VIT_6B, _qwen("32B", 5120, 64, 40, 8, 27648, base=True), "38.4B"),
     ("InternVL3-78B", "3", VIT_6B, _qwen("72B", 8192, 80, 64, 8, 29568, base=True), "78.4B"),
+    # InternVL3.5: the model cards' table (https://huggingface.co/OpenGVLab/InternVL3_5-8B: vision
+    # encoder, language model, "#Total Param"); the LLM dimensions are the config.json of the Qwen3
+    # or GPT-OSS model it names, which InternVL3.5's llm_config carries.
+    ("InternVL3_5-1B", "3.5", VIT_300M, _qwen3("0.6B", 1024, 28, 16, 8, 3072), "1.06B"),
+    ("InternVL3_5-2B", "3.5", VIT_300M, _qwen3("1.7B", 2048, 28, 16, 8, 6144), "2.35B"),
+    ("InternVL3_5-4B", "3.5", VIT_300M, _qwen3("4B", 2560, 36, 32, 8, 9728), "4.73B"),
+    ("InternVL3_5-8B", "3.5", VIT_300M, _qwen3("8B", 4096, 36, 32, 8, 12288), "8.53B"),
+    ("InternVL3_5-14B", "3.5", VIT_300M, _qwen3("14B", 5120, 40, 40, 8, 17408), "15.12B"),
+    ("InternVL3_5-38B", "3.5", VIT_6B, _qwen3("32B", 5120, 64, 64, 8, 25600), "38.40B"),
+    ("InternVL3_5-30B-A3B", "3.5", VIT_300M, _qwen3_moe("30B-A3B", 2048, 48, 32, 768), "30.85B"),
+    ("InternVL3_5-241B-A28B", "3.5", VIT_6B, _qwen3_moe("235B-A22B", 4096, 94, 64, 1536), "240.70B"),
+    ("InternVL3_5-GPT-OSS-20B-A4B-Preview", "3.5", VIT_300M, GPT_OSS_20B, "21.23B"),
 ]
 
 CATALOG: dict[str, ModelSpec] = {

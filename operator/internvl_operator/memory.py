@@ -28,6 +28,10 @@ prefetch bucket plus the current layer, whichever is larger, capped by ``max_liv
 unless one tensor is larger. DeepSpeed allocates its reduce buckets at full size whatever the
 number of trained parameters, twice over with ``overlap_comm`` on ZeRO 1 and 2.
 
+A mixture-of-experts LLM keeps the weights, gradients and optimizer states of all its experts (P
+counts them all), while its activations are those of the experts each token is routed to (below);
+``expert_placement`` says which experts' states each GPU holds.
+
 Sequences are planned at full length: a micro-batch holds per-device batch x maxSeqLength tokens
 (packing fills them), and each sequence brings ``tiles_per_sequence`` tiles to the vision tower
 (the planner's ``tiles_per_sequence`` says how many).
@@ -81,15 +85,24 @@ the two RMSNorm inputs (2), the two normalised outputs that feed q/k/v and gate/
 query (1) and the attention output (1) = 6 h; plus key and value (2 x kv_heads x head_dim)."""
 LLM_LAYER_SAVED_INTERMEDIATE = 4
 """... and, in units of the intermediate size i: gate output, up output, SiLU(gate), and the
-product feeding the down projection = 4 i. Flash attention keeps no sequence x sequence scores."""
+product feeding the down projection = 4 i. Flash attention keeps no sequence x sequence scores.
+In an MoE layer i is the routed experts' together: experts per token x each expert's width."""
+MOE_ROUTE_SAVED_HIDDEN = 2
+"""An MoE layer also saves, for each expert a token is routed to, the token's copy gathered as
+that expert's input and the expert's output before the routing weight scales it = 2 h per route."""
+MOE_ROUTER_SAVED = 2
+"""... and the router's logits and softmax probabilities, one per expert each = 2 x experts."""
 VISION_LAYER_SAVED_HIDDEN = 8
 """An InternViT layer (pre-norm, GELU MLP) saves, in units of its width C: two norm inputs, two
 norm outputs, q, k, v and the attention output = 8 C ..."""
 VISION_LAYER_SAVED_INTERMEDIATE = 2
 """... and fc1's output and GELU's output = 2 I."""
-LORA_TARGET_INPUTS_HIDDEN = 6
-"""LoRA's dropout copies the input of each of the seven targets: q, k, v, o, gate and up read a
-hidden-size input (6 h), down reads an intermediate-size one (1 i); each copy has a mask."""
+LORA_ATTENTION_INPUTS_HIDDEN = 4
+"""LoRA's dropout copies the input of each target, each copy with a mask: q, k, v and o read a
+hidden-size input (4 h) ..."""
+LORA_MLP_INPUTS_HIDDEN = 2
+"""... and, where LoRA targets the MLP (not on MoE models), gate and up read a hidden-size input
+(2 h) and down an intermediate-size one (1 i)."""
 
 # --- fixed costs ----------------------------------------------------------------------------
 FRAMEWORK_GIB = 2.0
@@ -126,6 +139,10 @@ class Trainable(BaseModel):
     lora_rank: int | None = None
     lora_llm: bool = False
     lora_vision: bool = False
+    lora_experts: bool = False
+    """LoRA on an MoE LLM's expert projections too (the trainer's ``experts`` target)."""
+    lora_dropout: bool = True
+    """Whether LoRA's dropout is on (rate above 0), so that it copies each adapted input."""
 
     def lora_params(self, model: ModelSpec) -> int:
         if self.lora_rank is None:
@@ -133,6 +150,8 @@ class Trainable(BaseModel):
         params = 0
         if self.lora_llm:
             params += model.llm.layers * model.llm.lora_layer_params(self.lora_rank)
+        if self.lora_experts:
+            params += model.llm.layers * model.llm.expert_lora_layer_params(self.lora_rank)
         if self.lora_vision:
             params += model.vision.layers * model.vision_lora_layer_params(self.lora_rank)
         return params
@@ -179,14 +198,19 @@ def llm_layer_saved(model: ModelSpec) -> int:
     return (
         LLM_LAYER_SAVED_HIDDEN * llm.hidden_size
         + 2 * llm.kv_heads * llm.head_dim
-        + LLM_LAYER_SAVED_INTERMEDIATE * llm.intermediate_size
+        + LLM_LAYER_SAVED_INTERMEDIATE * llm.routed_intermediate_size
+        + MOE_ROUTE_SAVED_HIDDEN * llm.routes * llm.hidden_size
+        + MOE_ROUTER_SAVED * llm.router_width
     )
 
 
 def lora_layer_saved_bytes(model: ModelSpec) -> int:
-    """Bytes per token LoRA's input dropout adds to one decoder layer."""
+    """Bytes per token LoRA's input dropout adds to one decoder layer (the ``llm`` target's
+    projections; expert adapters have no dropout)."""
     llm = model.llm
-    inputs = LORA_TARGET_INPUTS_HIDDEN * llm.hidden_size + llm.intermediate_size
+    inputs = LORA_ATTENTION_INPUTS_HIDDEN * llm.hidden_size
+    if llm.lora_on_mlp:
+        inputs += LORA_MLP_INPUTS_HIDDEN * llm.hidden_size + llm.intermediate_size
     return inputs * (ACTIVATION_BYTES + DROPOUT_MASK_BYTES)
 
 
@@ -223,7 +247,7 @@ def estimate(
     else:
         parts["weights"] = 0.0 if zero.offload_params else WEIGHT_BYTES * weights_total / gpus
         layer = max(model.llm.layer_params, model.vision.layer_params)
-        live = max(model.largest_tensor, min(zero.max_live_parameters, zero.prefetch_bucket_size + layer))
+        live = max(model.largest_gathered, min(zero.max_live_parameters, zero.prefetch_bucket_size + layer))
         parts["gathered weights (ZeRO-3)"] = WEIGHT_BYTES * live
     if zero.offload_optimizer:
         parts["gradients"] = 0.0
@@ -243,7 +267,7 @@ def estimate(
     llm = model.llm
     tokens = per_device_batch_size * max_seq_length
     layer_bytes = llm_layer_saved(model) * ACTIVATION_BYTES + (
-        lora_layer_saved_bytes(model) if trainable.lora_llm and trainable.lora_rank else 0
+        lora_layer_saved_bytes(model) if trainable.lora_llm and trainable.lora_dropout and trainable.lora_rank else 0
     )
     if gradient_checkpointing:
         kept = llm.layers * llm.hidden_size * ACTIVATION_BYTES * tokens
@@ -287,3 +311,48 @@ def estimate(
         total_gib=round(total / GIB, 2),
         peak=peak,
     )
+
+
+def expert_placement(model: ModelSpec, trainable: Trainable, *, gpus: int, stage: int, offload: bool) -> str | None:
+    """Which experts' weights and states each of ``gpus`` GPUs holds under a ZeRO stage (None for
+    a dense model). Transformers keeps a layer's experts as tensors whose first dimension is the
+    expert: ZeRO-3 cuts each tensor into equal flat shards, so a GPU holds a run of whole experts
+    of every layer; ZeRO-1 and 2 split one flat buffer of all trained parameters in model order, so
+    a GPU holds the optimizer states of whole consecutive layers."""
+    llm = model.llm
+    if not model.is_moe:
+        return None
+    experts = llm.router_width
+    if trainable.llm:
+        held = "weights, gradients and optimizer states"
+    else:
+        held = "frozen weights" + (" (and LoRA pairs)" if trainable.lora_experts else "")
+    lead = (
+        f"mixture of experts: the {held} of all {experts} experts of each of the {llm.layers} layers are planned "
+        f"for ({model.total_params / 1e9:.1f} B parameters), the activations of the {llm.routes} each token is "
+        f"routed to ({model.active_params / 1e9:.1f} B active)"
+    )
+    if stage == 3 and offload:
+        where = "ZeRO-3 + CPU offload keeps them in host memory; a GPU gathers one layer's experts at a time"
+    elif stage == 3 and experts % gpus == 0:
+        share = experts // gpus
+        where = (
+            f"ZeRO-3 shards every expert tensor over the {gpus} GPUs: GPU r holds experts {share}r to "
+            f"{share}r+{share - 1} of every layer and gathers a layer's {experts} experts to run it"
+        )
+    elif stage == 3:
+        where = (
+            f"ZeRO-3 shards every expert tensor over the {gpus} GPUs: each holds {experts / gpus:.3g} experts' "
+            f"worth of every layer ({experts} experts do not split evenly over {gpus}, so shards cross experts)"
+        )
+    elif trainable.llm:
+        split = "optimizer states" if stage == 1 else "gradients and optimizer states"
+        whole = "weights and gradients" if stage == 1 else "weights"
+        where = (
+            f"ZeRO-{stage}: every GPU holds the bf16 {whole} of all experts; the {split} are one flat buffer "
+            f"split in {gpus} in model order, so each GPU holds those of all experts of about "
+            f"{llm.layers / gpus:.3g} consecutive layers, not a share of every expert"
+        )
+    else:
+        where = f"ZeRO-{stage}: every GPU holds all of them"
+    return f"{lead}; {where}"

@@ -38,6 +38,7 @@ from internvl_operator.memory import (
     Trainable,
     budget_gib,
     estimate,
+    expert_placement,
     offload_host_gib,
 )
 from internvl_operator.recipes import Recipe, recipe_for
@@ -136,13 +137,18 @@ class Plan(Section):
 
 def trainable_of(method: MethodConfig, model: ModelSpec) -> Trainable:
     """What a method trains, the freeze flags and LoRA targets resolved. Raises BadInput when the
-    method unfreezes more vision layers than the model's tower has (the trainer would refuse it)."""
+    method unfreezes more vision layers than the model's tower has, or puts LoRA on the experts of
+    a model without any (the trainer would refuse both)."""
     freeze = method.resolved_freeze()
     lora = method.resolved_lora()
     depth = model.vision.layers
     beyond = vision_layers_beyond_depth(method.unfreeze_vision_layers, depth)
     if beyond:
         raise BadInput([Problem("spec.method.unfreezeVisionLayers", beyond)])
+    if lora and "experts" in lora.targets and not model.is_moe:
+        raise BadInput(
+            [Problem("spec.method.lora.targets", f"experts, but {model.name}'s language model has no experts")]
+        )
     return Trainable(
         vision_layers=depth if not freeze.vision else method.unfreeze_vision_layers,
         projector=not freeze.projector,
@@ -150,6 +156,8 @@ def trainable_of(method: MethodConfig, model: ModelSpec) -> Trainable:
         lora_rank=lora.rank if lora else None,
         lora_llm=bool(lora and "llm" in lora.targets),
         lora_vision=bool(lora and "vision" in lora.targets),
+        lora_experts=bool(lora and "experts" in lora.targets),
+        lora_dropout=bool(lora and lora.dropout > 0),
     )
 
 
@@ -324,6 +332,16 @@ def plan(spec: InternVLFinetuneSpec) -> Plan:
     zero = layout.zero
 
     notes = [layout.lead, *context.recipe_notes, *layout.notes]
+    if context.recipe.trains_vision and context.trainable.vision_layers < context.model.vision.layers:
+        notes.append(
+            f"InternVL's {context.recipe.script} trains the vision tower too (--freeze_backbone False); "
+            "spec.method.freeze.vision: false does the same"
+        )
+    placement = expert_placement(
+        context.model, context.trainable, gpus=layout.gpus, stage=zero.stage, offload=zero.offload
+    )
+    if placement:
+        notes.append(placement)
     if spec.method.type == "lora" and zero.stage == 3:
         notes.append(
             "LoRA under ZeRO-3: InternVL issue #905 reports adapters that never change with InternVL's own code; "

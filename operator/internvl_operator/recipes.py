@@ -1,14 +1,23 @@
-"""InternVL's official 2nd-finetune recipes, one row per script (reference/internvl-recipe.md §8.2, §8.3).
+"""InternVL's official fine-tuning recipes, one row per script: the 2nd-finetune scripts of
+InternVL 2.5 and 3 (reference/internvl-recipe.md §8.2, §8.3) and InternVL3.5's SFT scripts.
 
 ``RECIPES`` holds the scripts' numbers as published: GPUs, global and per-device batch,
 accumulation, learning rate, weight decay, sequence and tile limits, the DeepSpeed config file
 and the drop-path rate. ``recipe_for`` answers for any catalog model and method: the script's
 row where one exists, otherwise a row derived by a documented rule, with notes saying which.
 
-Only InternVL3 LoRA has no script. Its layout, learning rate and weight decay come from the
-InternVL 2.5 LoRA script of the nearest size (nearest by the ratio of total parameters, so 14B
-takes 26B's and 9B takes 8B's), and its sequence and tile limits from InternVL3's own full
-recipes (16384 tokens, 12 tiles), which is what the API promises for unset limits.
+InternVL3.5's full recipes are its SFT scripts under InternVL's internvl_chat_gpt_oss/shell/
+(``internvl3_5_qwen3/internvl3_5_<size>_sft.sh``, and ``internvl3_5_gpt_oss/..._stage2_sft.sh`` for
+GPT-OSS): 512 samples a step at 1 per device, ZeRO-3 (``zero_stage3_config.json``), 32768 tokens,
+12 tiles, weight decay 0.05, the vision tower trained (``--freeze_backbone False``), and per size
+the learning rate and drop path below. The scripts take their node count from the launcher
+(``--nnodes=$WORLD_SIZE``) and run 8 processes a node (``NPROC_PER_NODE``); the recipe takes one
+node, so the 512 samples are 64 accumulation steps.
+
+InternVL3 and InternVL3.5 LoRA have no script. Their layout, learning rate and weight decay come
+from the InternVL 2.5 LoRA script of the nearest size (nearest by the ratio of total parameters,
+so 14B takes 26B's and 9B takes 8B's), and their sequence and tile limits from the family's own
+full recipes, which is what the API promises for unset limits.
 
 The sequence and tile limits of each family and the LoRA rank are ``RECIPE_LIMITS`` and
 ``LORA_RANK`` of the trainer's config, which the trainer's own defaults read too.
@@ -34,7 +43,8 @@ class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     script: str
-    """The shell script under internvl_chat/shell/ that the numbers come from."""
+    """The shell script the numbers come from: under internvl_chat/shell/ of InternVL's repository
+    for InternVL 2.5 and 3, from the repository's root for InternVL3.5."""
     gpus: int
     global_batch_size: int
     per_device_batch_size: int
@@ -46,6 +56,8 @@ class Recipe(BaseModel):
     deepspeed_variant: str
     drop_path_rate: float
     lora_rank: int | None = None
+    trains_vision: bool = False
+    """Whether the script trains the vision tower too (``--freeze_backbone False``)."""
     derived: bool = False
     """True when no script exists for the model and method and the row follows the rule above."""
 
@@ -93,6 +105,27 @@ def _v25(size: str, method: Method, gpus: int, per_device: int, accumulation: in
     )
 
 
+_V35 = "internvl_chat_gpt_oss/shell/internvl3_5_qwen3/internvl3_5_{size}_sft.sh"
+_V35_GPT_OSS = "internvl_chat_gpt_oss/shell/internvl3_5_gpt_oss/internvl3_5_gpt_oss_20b_stage2_sft.sh"
+
+
+def _v35(script: str, lr: float, drop: float) -> Recipe:
+    return Recipe(
+        script=script,
+        gpus=8,
+        global_batch_size=512,
+        per_device_batch_size=1,
+        gradient_accumulation_steps=64,
+        learning_rate=lr,
+        weight_decay=0.05,
+        max_seq_length=RECIPE_LIMITS["InternVL3_5"].max_seq_length,
+        max_tiles=RECIPE_LIMITS["InternVL3_5"].max_tiles,
+        deepspeed_variant="zero_stage3_config",
+        drop_path_rate=drop,
+        trains_vision=True,
+    )
+
+
 Z1, Z3, Z3_34B, Z3_100B = (
     "zero_stage1_config",
     "zero_stage3_config",
@@ -109,6 +142,16 @@ RECIPES: dict[tuple[str, Method], Recipe] = {
     ("InternVL3-14B", "full"): _v3("14B", 8, 4, 4, 2e-5, Z1, 0.1),
     ("InternVL3-38B", "full"): _v3("38B", 16, 2, 4, 2e-5, Z3_34B, 0.2),
     ("InternVL3-78B", "full"): _v3("78B", 32, 2, 2, 2e-5, Z3_100B, 0.4),
+    # InternVL3.5: its SFT scripts' --learning_rate and --drop_path_rate.
+    ("InternVL3_5-1B", "full"): _v35(_V35.format(size="1b"), 8e-5, 0.0),
+    ("InternVL3_5-2B", "full"): _v35(_V35.format(size="2b"), 8e-5, 0.0),
+    ("InternVL3_5-4B", "full"): _v35(_V35.format(size="4b"), 8e-5, 0.0),
+    ("InternVL3_5-8B", "full"): _v35(_V35.format(size="8b"), 8e-5, 0.1),
+    ("InternVL3_5-14B", "full"): _v35(_V35.format(size="14b"), 8e-5, 0.1),
+    ("InternVL3_5-38B", "full"): _v35(_V35.format(size="38b"), 8e-5, 0.4),
+    ("InternVL3_5-30B-A3B", "full"): _v35(_V35.format(size="30b"), 8e-5, 0.1),
+    ("InternVL3_5-241B-A28B", "full"): _v35(_V35.format(size="241b"), 2e-5, 0.4),
+    ("InternVL3_5-GPT-OSS-20B-A4B-Preview", "full"): _v35(_V35_GPT_OSS, 8e-5, 0.1),
     # §8.3 InternVL 2.5: full and LoRA (rank 16 on the LLM).
     ("InternVL2_5-1B", "full"): _v25("1B", "full", 8, 4, 4, 4e-5, 0.01, Z1, 0.1),
     ("InternVL2_5-1B", "lora"): _v25("1B", "lora", 2, 4, 2, 4e-5, 0.01, Z1, 0.0),

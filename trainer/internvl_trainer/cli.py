@@ -69,7 +69,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 # internvl_trainer.model.original_config.LLM_ARCHITECTURES, spelled out here to keep torch out
-ORIGINAL_LLMS = ("Qwen2ForCausalLM", "LlamaForCausalLM", "InternLM2ForCausalLM", "InternLM3ForCausalLM")
+ORIGINAL_LLMS = (
+    "Qwen2ForCausalLM",
+    "LlamaForCausalLM",
+    "InternLM2ForCausalLM",
+    "InternLM3ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "GptOssForCausalLM",
+)
 
 
 def _destinations(args: argparse.Namespace, config: TrainConfig | None) -> dict[str, str | None]:

@@ -73,6 +73,15 @@ MODEL_NAMES = (
     "InternVL3-14B",
     "InternVL3-38B",
     "InternVL3-78B",
+    "InternVL3_5-1B",
+    "InternVL3_5-2B",
+    "InternVL3_5-4B",
+    "InternVL3_5-8B",
+    "InternVL3_5-14B",
+    "InternVL3_5-38B",
+    "InternVL3_5-30B-A3B",
+    "InternVL3_5-241B-A28B",
+    "InternVL3_5-GPT-OSS-20B-A4B-Preview",
 )
 ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
 
@@ -145,8 +154,32 @@ LORA_RANK = 16
 """InternVL's LoRA rank (its 2nd-finetune LoRA scripts' ``use_llm_lora 16``)."""
 
 
+LoraTarget = Literal["llm", "vision", "experts"]
+LORA_TARGET_TOWERS: dict[str, str] = {"llm": "llm", "vision": "vision", "experts": "llm"}
+"""The tower whose weights each LoRA target adapts (a mixture-of-experts LLM holds the experts)."""
+
+
+EXPERT_ADAPTERS_WITHOUT_DROPOUT = (
+    "must be 0 with target experts: PEFT adapts the experts' stacked tensors without dropout"
+)
+
+
 class LoraConfig(Section):
     """LoRA adapter settings (method lora only)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.targets) || !('experts' in self.targets)"
+                    " || (has(self.dropout) && self.dropout == 0.0)",
+                    "message": EXPERT_ADAPTERS_WITHOUT_DROPOUT,
+                    "fieldPath": ".dropout",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    )
 
     rank: Int = Field(LORA_RANK, ge=1, le=1024)
     """LoRA rank r."""
@@ -157,9 +190,21 @@ class LoraConfig(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA input."""
 
-    targets: list[Literal["llm", "vision"]] = Field(default_factory=lambda: ["llm"], min_length=1, max_length=2)
-    """Which towers get adapters: llm (q/k/v/o/gate/up/down projections of the language model)
-    and optionally vision (the vision tower's attention and MLP)."""
+    targets: list[LoraTarget] = Field(default_factory=lambda: ["llm"], min_length=1, max_length=3)
+    """Which parts get adapters: llm (the language model's q/k/v/o projections, and gate/up/down
+    where its MLP is dense), optionally vision (the vision tower's attention and MLP) and experts (a
+    mixture-of-experts LLM's expert projections, a pair per expert; dropout must then be 0)."""
+
+    @model_validator(mode="after")
+    def _expert_adapters_without_dropout(self) -> LoraConfig:
+        if "experts" in self.targets and self.dropout != 0:
+            problem = InitErrorDetails(
+                type=PydanticCustomError("lora_dropout", EXPERT_ADAPTERS_WITHOUT_DROPOUT),
+                loc=("dropout",),
+                input=self.dropout,
+            )
+            raise ValidationError.from_exception_data(type(self).__name__, [problem])
+        return self
 
 
 class FreezeConfig(Section):
@@ -183,11 +228,12 @@ METHOD_FREEZE_DEFAULTS = {
 }
 
 
-def lora_on_a_trained_tower(tower: str) -> str:
-    """Why LoRA cannot target a tower that ``method.freeze.<tower>: false`` trains in full: PEFT keeps
-    adapters out of modules that train in full, which would leave that target without any."""
+def lora_on_a_trained_tower(tower: str, target: str | None = None) -> str:
+    """Why LoRA cannot target (``target``, by default the tower itself) a tower that
+    ``method.freeze.<tower>: false`` trains in full: PEFT keeps adapters out of modules that train
+    in full, which would leave that target without any."""
     return (
-        f"false trains the whole {tower} tower in full, so LoRA target {tower} has nothing to adapt;"
+        f"false trains the whole {tower} tower in full, so LoRA target {target or tower} has nothing to adapt;"
         " keep the tower frozen or drop the target"
     )
 
@@ -228,6 +274,13 @@ class MethodConfig(Section):
                     "fieldPath": ".freeze.vision",
                     "reason": "FieldValueInvalid",
                 },
+                {
+                    "rule": "self.type != 'lora' || !has(self.freeze) || !has(self.freeze.llm) || self.freeze.llm"
+                    " || !has(self.lora) || !has(self.lora.targets) || !('experts' in self.lora.targets)",
+                    "message": lora_on_a_trained_tower("llm", "experts"),
+                    "fieldPath": ".freeze.llm",
+                    "reason": "FieldValueInvalid",
+                },
             ]
         }
     )
@@ -262,12 +315,12 @@ class MethodConfig(Section):
             return self
         problems = [
             InitErrorDetails(
-                type=PydanticCustomError("lora_target", lora_on_a_trained_tower(tower)),
+                type=PydanticCustomError("lora_target", lora_on_a_trained_tower(tower, target)),
                 loc=("freeze", tower),
                 input=False,
             )
-            for tower in lora.targets
-            if getattr(freeze, tower) is False
+            for target in lora.targets
+            if getattr(freeze, tower := LORA_TARGET_TOWERS[target]) is False
         ]
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
@@ -347,9 +400,15 @@ class RecipeLimits(NamedTuple):
     max_tiles: int
 
 
-RECIPE_LIMITS = {"InternVL2_5": RecipeLimits(8192, 6), "InternVL3": RecipeLimits(16384, 12)}
-"""What unset ``data.maxSeqLength`` and ``data.maxTiles`` become, by model family
-(reference/internvl-recipe.md §8.2, §8.3)."""
+RECIPE_LIMITS = {
+    "InternVL2_5": RecipeLimits(8192, 6),
+    "InternVL3": RecipeLimits(16384, 12),
+    "InternVL3_5": RecipeLimits(32768, 12),
+}
+"""What unset ``data.maxSeqLength`` and ``data.maxTiles`` become, by model family, the part of the
+model name before the first hyphen (reference/internvl-recipe.md §8.2, §8.3; InternVL3.5: the
+``--max_seq_length 32768`` and ``--max_dynamic_patch 12`` of every SFT script under InternVL's
+internvl_chat_gpt_oss/shell/)."""
 
 DEFAULT_MAX_TILES = RECIPE_LIMITS["InternVL3"].max_tiles
 """InternVL's ``max_dynamic_patch`` where nothing else sets one: its chat model's config default,
@@ -358,7 +417,7 @@ and InternVL3's recipe."""
 
 def recipe_limits(model_name: str) -> RecipeLimits:
     """The recipe limits of a catalog model's family."""
-    return RECIPE_LIMITS["InternVL2_5" if model_name.startswith("InternVL2_5") else "InternVL3"]
+    return RECIPE_LIMITS[model_name.split("-", 1)[0]]
 
 
 class DataConfig(Section):
@@ -369,11 +428,12 @@ class DataConfig(Section):
     JSONL, repeat_time and data_augment."""
 
     max_seq_length: OptionalInt = Field(None, ge=128, le=1048576)
-    """Longest token sequence. Unset: the recipe's (8192 for InternVL 2.5, 16384 for InternVL3)."""
+    """Longest token sequence. Unset: the recipe's (8192 for InternVL 2.5, 16384 for InternVL3, 32768
+    for InternVL3.5)."""
 
     max_tiles: OptionalInt = Field(None, ge=1, le=64)
     """Most 448-pixel tiles per image (max_dynamic_patch). Unset: the recipe's (6 for InternVL 2.5,
-    12 for InternVL3). A dataset in meta.json may override it."""
+    12 for InternVL3 and 3.5). A dataset in meta.json may override it."""
 
     min_tiles: Int = Field(1, ge=1, le=64)
     """Fewest tiles per image (min_dynamic_patch)."""

@@ -211,7 +211,11 @@ def _catalog_section() -> list[str]:
         "model's `config.json` (`vision_config`, `llm_config`) on Hugging Face, linked per row. Parameter counts",
         "are computed from the dimensions, layer by layer (`internvl_operator.catalog`), and agree with the",
         "totals the model pages report within 0.5 %. InternVL unties the LM head from the input embeddings for",
-        "every size, so the LLM counts hold both. A 448-pixel tile is",
+        "every size, so the LLM counts hold both. A mixture-of-experts LLM keeps all its experts (Total) but",
+        "routes each token to a few (Active: all parameters but the experts a token is not routed to).",
+        "InternVL3.5-GPT-OSS is trained and released in bf16, not GPT-OSS's MXFP4",
+        "([InternVL#1134](https://github.com/OpenGVLab/InternVL/issues/1134)), so no checkpoint is refused for",
+        "its weight format. A 448-pixel tile is",
         f"{VISION_TOKENS_PER_TILE} tokens in the vision tower and {LLM_TOKENS_PER_TILE} in the LLM.",
         "",
     ]
@@ -226,7 +230,7 @@ def _catalog_section() -> list[str]:
                 llm.family,
                 str(llm.hidden_size),
                 str(llm.layers),
-                f"{llm.heads} / {llm.kv_heads}",
+                f"{llm.heads} / {llm.kv_heads} x {llm.head_dim}",
                 str(llm.intermediate_size),
                 f"{llm.vocab_size:,}",
                 f"`{llm.bos_token}`" if llm.bos_token else "none",
@@ -235,6 +239,8 @@ def _catalog_section() -> list[str]:
                 _params(llm.params),
                 _params(spec.total_params),
                 spec.card_total,
+                f"{llm.router_width} ({llm.routes})" if spec.is_moe else "dense",
+                _params(spec.active_params),
             ]
         )
     columns = [
@@ -244,7 +250,7 @@ def _catalog_section() -> list[str]:
         "Family",
         "Hidden",
         "Layers",
-        "Heads / KV",
+        "Heads / KV x head dim",
         "Intermediate",
         "Vocabulary",
         "BOS",
@@ -253,6 +259,8 @@ def _catalog_section() -> list[str]:
         "LLM params",
         "Total",
         "Model page",
+        "Experts (routed)",
+        "Active",
     ]
     lines += _table(columns, rows)
     lines += ["", "Vision towers:", ""]
@@ -316,6 +324,9 @@ def _comparison_section() -> list[str]:
         "same setup at full-length sequences, with InternVL's loss, which holds the logits of every token (this",
         "trainer's holds one chunk of them, so its plans below are lower).",
         f"**{within} of {len(results)} are within ±{TOLERANCE:.0%}.**",
+        "",
+        "There are no InternVL3.5 rows: neither InternVL's InternVL3.5 scripts and documents nor the peers",
+        "consulted (ms-swift, NeMo AutoModel, MindSpeed-MM) give per-GPU memory figures for fine-tuning it.",
         "",
     ]
     rows = []
@@ -390,9 +401,10 @@ def _plans_section() -> list[str]:
         "",
         "### Policy recipe, 80 GiB GPUs",
         "",
-        "InternVL's scripts reproduced exactly (InternVL3 LoRA follows the rule in `internvl_operator.recipes`,",
-        "marked derived). The estimate assumes full-length sequences; where it exceeds the budget, InternVL's",
-        "scripts rely on most batches being shorter, and the plan says so.",
+        "InternVL's scripts reproduced exactly (InternVL3 and InternVL3.5 LoRA follow the rule in",
+        "`internvl_operator.recipes`, marked derived; InternVL3.5's SFT scripts run one node of 8 GPUs here). The",
+        "estimate assumes full-length sequences; where it exceeds the budget, InternVL's scripts rely on most",
+        "batches being shorter, and the plan says so.",
         "",
     ]
     rows = []

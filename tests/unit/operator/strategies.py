@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from internvl_operator.api import is_reserved_env_name
 from internvl_operator.crd import crd_schema
 from internvl_operator.rules import Rule
+from internvl_trainer.config import LORA_TARGET_TOWERS
 
 SPEC_SCHEMA = crd_schema()["properties"]["spec"]
 # Map keys are qualified names (the models check them; the CRD cannot).
@@ -86,9 +87,12 @@ def satisfy_rules(spec: dict) -> dict:
     if method.get("type", "lora") != "lora":
         method.pop("lora", None)
     else:
-        for tower in method.get("lora", {}).get("targets", ["llm"]):
+        for target in method.get("lora", {}).get("targets", ["llm"]):
+            tower = LORA_TARGET_TOWERS[target]
             if method.get("freeze", {}).get(tower) is False:
                 method["freeze"][tower] = True
+        if "experts" in method.get("lora", {}).get("targets", []):
+            method["lora"]["dropout"] = 0.0
     resources = spec.get("resources", {})
     per_node = resources.get("gpusPerNode", 8)
     if "gpus" in resources and resources["gpus"] > per_node:

@@ -137,14 +137,25 @@ def test_rules_without_the_models_refuse_lora_settings_on_full(lora_cr):
         ({"type": "lora", "freeze": {"llm": False}}, "llm"),
         ({"type": "lora", "lora": {"rank": 8}, "freeze": {"llm": False}}, "llm"),
         ({"type": "lora", "lora": {"targets": ["llm", "vision"]}, "freeze": {"vision": False}}, "vision"),
+        ({"type": "lora", "lora": {"targets": ["experts"], "dropout": 0}, "freeze": {"llm": False}}, "llm"),
     ],
 )
 def test_rules_without_the_models_refuse_lora_on_a_tower_trained_in_full(lora_cr, method, tower):
     spec = with_changes(lora_cr, method=method)["spec"]
     schema = crd_schema()["properties"]["spec"]
+    target = "experts" if "experts" in method.get("lora", {}).get("targets", []) else tower
     assert [str(p) for p in cel_problems(schema, spec, location=("spec",))] == [
-        f"spec.method.freeze.{tower}: false trains the whole {tower} tower in full, so LoRA target {tower} has"
+        f"spec.method.freeze.{tower}: false trains the whole {tower} tower in full, so LoRA target {target} has"
         " nothing to adapt; keep the tower frozen or drop the target"
+    ]
+
+
+def test_rules_without_the_models_refuse_dropout_on_expert_adapters(lora_cr):
+    spec = with_changes(lora_cr, method={"type": "lora", "lora": {"targets": ["llm", "experts"]}})["spec"]
+    schema = crd_schema()["properties"]["spec"]
+    assert [str(p) for p in cel_problems(schema, spec, location=("spec",))] == [
+        "spec.method.lora.dropout: must be 0 with target experts: PEFT adapts the experts' stacked tensors"
+        " without dropout"
     ]
 
 

@@ -175,3 +175,92 @@ def test_the_planned_loss_chunk_is_the_trainers():
     from internvl_trainer.loss import LOSS_CHUNK_TOKENS
 
     assert memory.LOSS_CHUNK_TOKENS == LOSS_CHUNK_TOKENS
+
+
+# --- mixture of experts ----------------------------------------------------------------------
+
+MOE = "InternVL3_5-30B-A3B"
+
+
+def test_an_moe_layer_saves_the_activations_of_the_routed_experts():
+    # 6 h + 2 kv_heads head_dim, 4 i for each of the 8 routed experts, 2 h per route, 2 x 128 router outputs
+    assert llm_layer_saved(model_spec(MOE)) == 6 * 2048 + 2 * 4 * 128 + 4 * 8 * 768 + 2 * 8 * 2048 + 2 * 128 == 70_912
+    # a dense model has no routes: the formula it always had
+    assert llm_layer_saved(model_spec("InternVL3_5-8B")) == 6 * 4096 + 2 * 8 * 128 + 4 * 12288
+
+
+def test_lora_on_moe_copies_the_attention_inputs_only():
+    assert lora_layer_saved_bytes(model_spec(MOE)) == 4 * 2048 * 3
+    assert lora_layer_saved_bytes(model_spec("InternVL3_5-8B")) == (6 * 4096 + 12288) * 3
+
+
+def test_moe_states_are_of_all_experts_and_activations_of_the_routed_ones():
+    spec = model_spec(MOE)
+    result = run(MOE, gpus=8, variant="zero_stage3_config", batch=1, seq=32768, tiles=128, chunk=1024)
+    trained = spec.projector_params + spec.llm.params  # every expert
+    assert result.gib("weights") == round(2 * spec.total_params / 8 / GIB, 2) == 7.18
+    assert result.gib("gradients") == round(2 * trained / 8 / GIB, 2) == 7.11
+    assert result.gib("optimizer states") == round(12 * trained / 8 / GIB, 2) == 42.67
+    assert result.gib("gathered weights (ZeRO-3)") == round(2 * 1e9 / GIB, 2)  # the live-parameter cap
+    assert result.gib("layer recompute") == round(70_912 * 2 * 32768 / GIB, 2) == 4.33
+    assert result.total_gib == 73.02
+
+
+def test_zero3_gathers_a_whole_moe_block_beyond_the_live_parameter_cap():
+    spec = model_spec("InternVL3_5-241B-A28B")
+    block = 128 * 3 * 4096 * 1536 + 128 * 4096  # one layer's experts and router: a ZeRO-3 leaf module
+    assert spec.largest_gathered == block > 1e9
+    result = run("InternVL3_5-241B-A28B", gpus=128, variant="zero_stage3_config_100b", batch=1, seq=32768)
+    assert result.gib("gathered weights (ZeRO-3)") == round(2 * block / GIB, 2) == 4.5
+
+
+def test_expert_placement_under_each_zero_stage():
+    spec, full = model_spec(MOE), Trainable(projector=True, llm=True)
+    lead = (
+        "mixture of experts: the weights, gradients and optimizer states of all 128 experts of each of the 48 "
+        "layers are planned for (30.8 B parameters), the activations of the 8 each token is routed to (3.7 B active); "
+    )
+    assert memory.expert_placement(spec, full, gpus=8, stage=3, offload=False) == lead + (
+        "ZeRO-3 shards every expert tensor over the 8 GPUs: GPU r holds experts 16r to 16r+15 of every layer "
+        "and gathers a layer's 128 experts to run it"
+    )
+    assert memory.expert_placement(spec, full, gpus=6, stage=3, offload=False) == lead + (
+        "ZeRO-3 shards every expert tensor over the 6 GPUs: each holds 21.3 experts' worth of every layer "
+        "(128 experts do not split evenly over 6, so shards cross experts)"
+    )
+    assert memory.expert_placement(spec, full, gpus=8, stage=1, offload=False) == lead + (
+        "ZeRO-1: every GPU holds the bf16 weights and gradients of all experts; the optimizer states are one flat "
+        "buffer split in 8 in model order, so each GPU holds those of all experts of about 6 consecutive layers, "
+        "not a share of every expert"
+    )
+    assert "ZeRO-2: every GPU holds the bf16 weights of all experts; the gradients and optimizer states" in (
+        memory.expert_placement(spec, full, gpus=16, stage=2, offload=False)
+    )
+    assert memory.expert_placement(spec, full, gpus=8, stage=3, offload=True).endswith(
+        "ZeRO-3 + CPU offload keeps them in host memory; a GPU gathers one layer's experts at a time"
+    )
+    frozen = memory.expert_placement(spec, LORA, gpus=2, stage=1, offload=False)
+    assert frozen.startswith("mixture of experts: the frozen weights of all 128 experts")
+    assert frozen.endswith("ZeRO-1: every GPU holds all of them")
+    adapted = Trainable(lora_rank=16, lora_llm=True, lora_experts=True, lora_dropout=False)
+    assert memory.expert_placement(spec, adapted, gpus=2, stage=3, offload=False).startswith(
+        "mixture of experts: the frozen weights (and LoRA pairs) of all 128 experts"
+    )
+    assert memory.expert_placement(model_spec("InternVL3_5-8B"), full, gpus=8, stage=3, offload=False) is None
+
+
+def test_lora_on_the_experts_adds_a_pair_per_expert_and_no_dropout_copies():
+    spec = model_spec(MOE)
+    experts = Trainable(lora_rank=16, lora_llm=True, lora_experts=True, lora_dropout=False)
+    per_layer = 128 * 16 * ((2048 + 2 * 768) + (768 + 2048))  # gate_up h -> 2i, down i -> h, per expert
+    assert experts.lora_params(spec) - LORA.lora_params(spec) == 48 * per_layer == 629_145_600
+    # the experts target needs dropout 0, so no adapted input is copied: only the adapters' states grow
+    with_experts = run(MOE, experts, gpus=2, batch=1, seq=32768, chunk=1024)
+    attention_only = run(MOE, Trainable(lora_rank=16, lora_llm=True, lora_dropout=False), gpus=2, batch=1, seq=32768,
+                         chunk=1024)  # fmt: skip
+    assert with_experts.gib("layer recompute") == attention_only.gib("layer recompute")
+    assert run(MOE, LORA, gpus=2, batch=1, seq=32768, chunk=1024).gib("layer recompute") == round(
+        (70_912 * 2 + 4 * 2048 * 3) * 32768 / GIB, 2
+    )
+    # a dense model has no experts to adapt
+    assert Trainable(lora_rank=16, lora_experts=True).lora_params(model_spec("InternVL3_5-8B")) == 0

@@ -5,6 +5,7 @@ import json
 import yaml
 
 from internvl_operator.cli import main
+from internvl_trainer.config import MODEL_NAMES
 from tests.conftest import EXAMPLES
 
 
@@ -84,3 +85,27 @@ def test_file_without_objects(tmp_path, capsys):
     source = write(tmp_path, "empty.yaml", {"kind": "ConfigMap"})
     assert main(["plan", source]) == 2
     assert capsys.readouterr().err == f"{source}: no InternVLFinetune object in the file\n"
+
+
+def test_every_internvl3_5_name_plans(tmp_path, capsys, lora_cr, full_cr):
+    names = [name for name in MODEL_NAMES if name.startswith("InternVL3_5-")]
+    documents = []
+    for name in names:
+        for document in (lora_cr, full_cr):
+            copy = json.loads(json.dumps(document))
+            copy["spec"]["model"]["name"] = name
+            documents.append(copy)
+    assert main(["plan", "--output", "json", write(tmp_path, "all.yaml", *documents)]) == 0
+    plans = [entry["plan"] for entry in json.loads(capsys.readouterr().out)["plans"]]
+    assert [(plan["model"], plan["method"]) for plan in plans] == [
+        (name, method) for name in names for method in ("lora", "full")
+    ]
+
+
+def test_the_moe_example_says_which_experts_each_gpu_holds(capsys):
+    source = str(EXAMPLES / "full-internvl3_5-30b-a3b.yaml")
+    assert main(["plan", source]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("InternVL3_5-30B-A3B full, policy explicit: fits")
+    assert lines[-1].endswith("ZeRO-3 shards every expert tensor over the 16 GPUs: GPU r holds experts 8r to 8r+7 "
+                              "of every layer and gathers a layer's 128 experts to run it")  # fmt: skip

@@ -67,6 +67,64 @@ DERIVED_RECIPES = [
     ("InternVL3-78B", "InternVL2_5-78B", 8, 16, 1, 2, 2e-5, 0.05, 16384, 12, Z3_100B, 0.0),
 ]
 
+# InternVL3.5's SFT scripts (internvl_chat_gpt_oss/shell/), typed from the scripts: one node of 8,
+# 512 samples at 1 per device, ZeRO-3, 32768 tokens, 12 tiles; the learning rate and drop path per size.
+# model, script, GPUs, global batch, per device, accumulation, LR, weight decay, tokens, tiles, config, drop path
+INTERNVL3_5_RECIPES = [
+    ("InternVL3_5-1B", "internvl3_5_qwen3/internvl3_5_1b_sft.sh", 8, 512, 1, 64, 8e-5, 0.05, 32768, 12, Z3, 0.0),
+    ("InternVL3_5-2B", "internvl3_5_qwen3/internvl3_5_2b_sft.sh", 8, 512, 1, 64, 8e-5, 0.05, 32768, 12, Z3, 0.0),
+    ("InternVL3_5-4B", "internvl3_5_qwen3/internvl3_5_4b_sft.sh", 8, 512, 1, 64, 8e-5, 0.05, 32768, 12, Z3, 0.0),
+    ("InternVL3_5-8B", "internvl3_5_qwen3/internvl3_5_8b_sft.sh", 8, 512, 1, 64, 8e-5, 0.05, 32768, 12, Z3, 0.1),
+    ("InternVL3_5-14B", "internvl3_5_qwen3/internvl3_5_14b_sft.sh", 8, 512, 1, 64, 8e-5, 0.05, 32768, 12, Z3, 0.1),
+    ("InternVL3_5-38B", "internvl3_5_qwen3/internvl3_5_38b_sft.sh", 8, 512, 1, 64, 8e-5, 0.05, 32768, 12, Z3, 0.4),
+    ("InternVL3_5-30B-A3B", "internvl3_5_qwen3/internvl3_5_30b_sft.sh", 8, 512, 1, 64, 8e-5, 0.05, 32768, 12, Z3, 0.1),
+    ("InternVL3_5-241B-A28B", "internvl3_5_qwen3/internvl3_5_241b_sft.sh", 8, 512, 1, 64, 2e-5, 0.05, 32768, 12, Z3,
+     0.4),
+    ("InternVL3_5-GPT-OSS-20B-A4B-Preview", "internvl3_5_gpt_oss/internvl3_5_gpt_oss_20b_stage2_sft.sh", 8, 512, 1, 64,
+     8e-5, 0.05, 32768, 12, Z3, 0.1),
+]  # fmt: skip
+
+# Every InternVL3.5 plan of the smallest spec on 80 GiB GPUs: model, method, policy ->
+# verdict, nodes, GPUs per node, DeepSpeed config, per device, accumulation, GiB per GPU
+INTERNVL3_5_PLANS = [
+    ("InternVL3_5-1B", "full", "recipe", ("fits", 1, 8, "zero_stage3_config", 1, 64, 11.21)),
+    ("InternVL3_5-1B", "full", "minimal", ("fits", 1, 1, "zero_stage1_config", 8, 64, 49.6)),
+    ("InternVL3_5-1B", "lora", "recipe", ("fits", 1, 2, "zero_stage1_config", 4, 2, 23.81)),
+    ("InternVL3_5-1B", "lora", "minimal", ("fits", 1, 1, "zero_stage1_config", 16, 1, 71.91)),
+    ("InternVL3_5-2B", "full", "recipe", ("fits", 1, 8, "zero_stage3_config", 1, 64, 15.48)),
+    ("InternVL3_5-2B", "full", "minimal", ("fits", 1, 1, "zero_stage1_config", 4, 128, 60.25)),
+    ("InternVL3_5-2B", "lora", "recipe", ("fits", 1, 2, "zero_stage1_config", 4, 2, 40.51)),
+    ("InternVL3_5-2B", "lora", "minimal", ("fits", 1, 1, "zero_stage1_config", 8, 2, 70.86)),
+    ("InternVL3_5-4B", "full", "recipe", ("fits", 1, 8, "zero_stage3_config", 1, 64, 23.11)),
+    ("InternVL3_5-4B", "full", "minimal", ("fits", 1, 2, "zero_stage1_config", 2, 128, 65.66)),
+    ("InternVL3_5-4B", "lora", "recipe", ("fits", 1, 2, "zero_stage1_config", 4, 2, 60.29)),
+    ("InternVL3_5-4B", "lora", "minimal", ("fits", 1, 1, "zero_stage1_config", 4, 4, 60.47)),
+    ("InternVL3_5-8B", "full", "recipe", ("fits", 1, 8, "zero_stage3_config", 1, 64, 34.74)),
+    ("InternVL3_5-8B", "full", "minimal", ("fits", 1, 4, "zero_stage2_config", 1, 128, 58.69)),
+    ("InternVL3_5-8B", "lora", "recipe", ("exceeds", 1, 2, "zero_stage1_config", 4, 2, 90.02)),
+    ("InternVL3_5-8B", "lora", "minimal", ("fits", 1, 1, "zero_stage1_config", 2, 8, 56.26)),
+    ("InternVL3_5-14B", "full", "recipe", ("fits", 1, 8, "zero_stage3_config", 1, 64, 52.14)),
+    ("InternVL3_5-14B", "full", "minimal", ("fits", 1, 8, "zero_stage3_config", 2, 32, 70.89)),
+    ("InternVL3_5-14B", "lora", "recipe", ("fits", 1, 2, "zero_stage3_config", 2, 4, 66.6)),
+    ("InternVL3_5-14B", "lora", "minimal", ("fits", 1, 1, "zero_stage1_config", 1, 16, 58.0)),
+    ("InternVL3_5-38B", "full", "recipe", ("exceeds", 1, 8, "zero_stage3_config", 1, 64, 96.46)),
+    ("InternVL3_5-38B", "full", "minimal", ("fits", 2, 8, "zero_stage3_config_34b", 1, 32, 65.22)),
+    ("InternVL3_5-38B", "lora", "recipe", ("exceeds", 1, 2, "zero_stage3_config_34b", 2, 4, 109.29)),
+    ("InternVL3_5-38B", "lora", "minimal", ("fits", 1, 4, "zero_stage3_config_34b", 1, 4, 57.51)),
+    ("InternVL3_5-30B-A3B", "full", "recipe", ("exceeds", 1, 8, "zero_stage3_config", 1, 64, 73.02)),
+    ("InternVL3_5-30B-A3B", "full", "minimal", ("fits", 2, 8, "zero_stage3_config_34b", 2, 16, 54.86)),
+    ("InternVL3_5-30B-A3B", "lora", "recipe", ("fits", 1, 2, "zero_stage3_config", 2, 4, 56.71)),
+    ("InternVL3_5-30B-A3B", "lora", "minimal", ("fits", 1, 1, "zero_stage2_config", 1, 16, 71.11)),
+    ("InternVL3_5-241B-A28B", "full", "recipe", ("exceeds", 1, 8, "zero_stage3_config", 1, 64, 479.76)),
+    ("InternVL3_5-241B-A28B", "full", "minimal", ("fits", 16, 8, "zero_stage3_config_100b", 1, 4, 67.9)),
+    ("InternVL3_5-241B-A28B", "lora", "recipe", ("exceeds", 1, 8, "zero_stage3_config_100b", 1, 2, 98.08)),
+    ("InternVL3_5-241B-A28B", "lora", "minimal", ("fits", 2, 8, "zero_stage3_config_100b", 1, 1, 70.01)),
+    ("InternVL3_5-GPT-OSS-20B-A4B-Preview", "full", "recipe", ("fits", 1, 8, "zero_stage3_config", 1, 64, 54.35)),
+    ("InternVL3_5-GPT-OSS-20B-A4B-Preview", "full", "minimal", ("fits", 1, 8, "zero_stage3_config", 2, 32, 63.91)),
+    ("InternVL3_5-GPT-OSS-20B-A4B-Preview", "lora", "recipe", ("fits", 1, 2, "zero_stage3_config", 2, 4, 46.79)),
+    ("InternVL3_5-GPT-OSS-20B-A4B-Preview", "lora", "minimal", ("fits", 1, 1, "zero_stage1_config", 2, 8, 66.63)),
+]  # fmt: skip
+
 
 def spec_of(name="InternVL2_5-8B", kind="full", policy="recipe", memory=80, **sections) -> InternVLFinetuneSpec:
     """A spec of a model and method kind; keyword sections are merged into the document."""
@@ -116,6 +174,69 @@ def test_internvl3_lora_follows_the_nearest_internvl2_5_lora_script(row):
     assert layout(result) == tuple(expected)
     assert result.recipe.endswith(f"internvl2_5_{source.split('-')[1].lower()}_dynamic_res_2nd_finetune_lora.sh")
     assert any(note.startswith(f"{name} has no LoRA recipe") and source in note for note in result.notes)
+
+
+@pytest.mark.parametrize("row", INTERNVL3_5_RECIPES, ids=lambda row: row[0])
+def test_policy_recipe_reproduces_every_internvl3_5_sft_script(row):
+    name, script, *expected = row
+    result = plan(spec_of(name, "full"))
+    assert layout(result) == tuple(expected)
+    assert result.recipe == f"internvl_chat_gpt_oss/shell/{script}"
+    assert result.notes[0] == f"recipe: InternVL's {result.recipe}"
+    # the scripts train the vision tower; the default method does not, and the plan says how to
+    assert f"InternVL's {result.recipe} trains the vision tower too (--freeze_backbone False); " in " ".join(
+        result.notes
+    )
+    trained = plan(spec_of(name, "full", method={"type": "full", "freeze": {"vision": False}}))
+    assert not any("trains the vision tower too" in note for note in trained.notes)
+
+
+@pytest.mark.parametrize("row", INTERNVL3_5_PLANS, ids=lambda row: f"{row[0]}-{row[1]}-{row[2]}")
+def test_every_internvl3_5_plan(row):
+    name, method, policy, expected = row
+    result = plan(spec_of(name, method, policy, 80))
+    assert (
+        result.verdict,
+        result.nodes,
+        result.gpus_per_node,
+        result.deepspeed_variant,
+        result.per_device_batch_size,
+        result.gradient_accumulation_steps,
+        result.memory.total_gib,
+    ) == expected
+    placement = [note for note in result.notes if note.startswith("mixture of experts: ")]
+    assert len(placement) == (1 if model_spec(name).is_moe else 0)
+
+
+def test_an_moe_plan_says_which_experts_each_gpu_holds():
+    result = plan(spec_of("InternVL3_5-30B-A3B", "full", "minimal", 80))
+    assert (result.gpus, result.zero_stage) == (16, 3)
+    assert result.notes[-1] == (
+        "mixture of experts: the weights, gradients and optimizer states of all 128 experts of each of the 48 "
+        "layers are planned for (30.8 B parameters), the activations of the 8 each token is routed to (3.7 B active); "
+        "ZeRO-3 shards every expert tensor over the 16 GPUs: GPU r holds experts 8r to 8r+7 of every layer and "
+        "gathers a layer's 128 experts to run it"
+    )
+    lora = plan(spec_of("InternVL3_5-30B-A3B", "lora", "minimal", 80))
+    assert lora.notes[-1].startswith("mixture of experts: the frozen weights of all 128 experts")
+    assert lora.notes[-1].endswith("ZeRO-2: every GPU holds all of them")
+
+
+def test_lora_on_the_experts_is_planned_and_refused_on_a_dense_model():
+    experts = {"type": "lora", "lora": {"targets": ["llm", "experts"], "dropout": 0.0}}
+    with_experts = plan(spec_of("InternVL3_5-30B-A3B", "lora", method=experts))
+    attention = plan(spec_of("InternVL3_5-30B-A3B", "lora"))
+    trainable = trainable_of(MethodConfig.model_validate(experts), model_spec("InternVL3_5-30B-A3B"))
+    assert (trainable.lora_experts, trainable.lora_dropout) == (True, False)
+    # 629 M adapter parameters more (a rank-16 pair per expert): 12 bytes each over the recipe's 2 GPUs
+    assert (with_experts.gpus, with_experts.zero_stage) == (2, 3)
+    assert (attention.memory.gib("optimizer states"), with_experts.memory.gib("optimizer states")) == (0.07, 3.59)
+    assert round(12 * 629_145_600 / 2 / GIB, 2) == 3.52
+    with pytest.raises(BadInput) as error:
+        plan(spec_of("InternVL3_5-8B", "lora", method=experts))
+    assert [str(p) for p in error.value.problems] == [
+        "spec.method.lora.targets: experts, but InternVL3_5-8B's language model has no experts"
+    ]
 
 
 def test_a_recipe_that_fits_and_one_that_does_not():

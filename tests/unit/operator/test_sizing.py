@@ -69,8 +69,21 @@ def test_every_memory_constant_is_documented_in_the_doc():
     names = [name for name, _, _ in found]
     imported = {"VISION_TOKENS_PER_TILE"}  # the catalog's, not the memory model's
     assert set(names) == {name for name in vars(memory) if name.isupper()} - imported
-    assert len(names) == 16
+    assert len(names) == 19
     document = sizing_markdown()
     for name, value, doc in found:
         assert doc, f"{name} has no derivation"
         assert f"| `{name}` | `{value}` |" in document
+
+
+def test_the_catalog_rows_say_total_and_active_parameters_of_the_moe_models():
+    lines = sizing_markdown().splitlines()
+
+    def row(name):
+        [line] = [line for line in lines if line.startswith(f"| [{name}](")]
+        return line
+
+    assert row("InternVL3_5-30B-A3B").endswith("| 30.849 B | 30.85B | 128 (8) | 3.670 B |")
+    assert row("InternVL3_5-GPT-OSS-20B-A4B-Preview").endswith("| 21.239 B | 21.23B | 32 (4) | 4.512 B |")
+    assert row("InternVL3_5-8B").endswith("| 8.528 B | 8.53B | dense | 8.528 B |")
+    assert "| 16 / 8 x 128 |" in row("InternVL3_5-1B")  # Qwen3's head_dim is not hidden / heads

@@ -139,6 +139,20 @@ def test_lora_targets_on_a_tower_trained_in_full_are_refused(train_yaml, method,
     ]
 
 
+def test_expert_adapters_sit_in_the_llm_and_take_no_dropout(train_yaml):
+    experts = "  lora:\n    targets: [llm, experts]\n"
+    accepted = load_train_config(train_yaml.replace("  type: lora\n", "  type: lora\n" + experts + "    dropout: 0\n"))
+    assert accepted.method.resolved_lora().targets == ["llm", "experts"]
+    assert problems(train_yaml.replace("  type: lora\n", "  type: lora\n" + experts)) == [
+        "method.lora.dropout: must be 0 with target experts: PEFT adapts the experts' stacked tensors without dropout"
+    ]
+    trained_llm = "  lora:\n    targets: [experts]\n    dropout: 0\n  freeze:\n    llm: false\n"
+    assert problems(train_yaml.replace("  type: lora\n", "  type: lora\n" + trained_llm)) == [
+        "method.freeze.llm: false trains the whole llm tower in full, so LoRA target experts has nothing"
+        " to adapt; keep the tower frozen or drop the target"
+    ]
+
+
 def test_lora_on_one_tower_may_train_the_other_in_full():
     method = MethodConfig(type="lora", lora={"targets": ["vision"]}, freeze={"llm": False})
     assert method.resolved_freeze().llm is False

@@ -37,7 +37,8 @@ class PlaceholderError(SampleError):
 
 
 class ConversationError(SampleError):
-    """The conversation has an unknown role, a misplaced system turn, or nothing to learn from."""
+    """The conversation has an unknown role, a misplaced system turn, a malformed thinking answer,
+    or nothing to learn from."""
 
     kind = "conversation"
 

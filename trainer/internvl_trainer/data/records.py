@@ -9,7 +9,8 @@ A record is InternVL's (reference: internvl-recipe.md §1.3, §1.4)::
 
 with what the InternVL3 fine-tuning guide's data adds: roles ``user``/``assistant`` besides
 ``human``/``gpt`` (and ``role``/``content`` keys besides ``from``/``value``), and a leading
-``system`` turn. The kinds of sample, routed as InternVL routes them:
+``system`` turn, and InternVL3.5's thinking answers (``<think>…</think>`` then the answer,
+checked by ``template.check_thinking``). The kinds of sample, routed as InternVL routes them:
 
 - ``text``: no ``image`` (missing, empty string or empty list) and no ``video``.
 - ``image``: one image; ``<image>\\n`` is put before the first user turn when no user turn holds
@@ -38,6 +39,7 @@ from internvl_trainer.data.template import (
     IMAGE_TOKENS,
     INTERNVL2_5,
     Turn,
+    check_thinking,
     conversation_turns,
     count_placeholders,
     insert_placeholder,
@@ -127,6 +129,7 @@ def record_from(data: Mapping[str, Any]) -> Record:
             raise RecordFieldError(f"turn {index} must be an object with from and value, not {_json_type(message)}")
     turns = conversation_turns(conversations)
     check_order(turns)
+    check_thinking(turns)
     for role, text in turns:
         for token in _RESERVED:
             if token in text:

@@ -1,29 +1,63 @@
-"""The ``internvl2_5`` chat template: prompt text, token ids, image tokens and loss labels.
+"""The chat templates of InternVL's fine-tuning code: prompt text, token ids, image tokens and loss
+labels.
 
-Every catalog model (InternVL 2.5 and 3, 1B to 78B) is fine-tuned with InternVL's ``internvl2_5``
-template (reference: internvl-recipe.md §4), a ChatML dialect::
+InternVL 2.5, 3 and the Qwen3-based InternVL3.5 (1B to 241B-A28B) are fine-tuned with InternVL's
+``internvl2_5`` template (reference: internvl-recipe.md §4; InternVL3.5's scripts pass
+``--conv_style internvl2_5``), a ChatML dialect::
 
     <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{question}<|im_end|>\\n
     <|im_start|>assistant\\n{answer}<|im_end|>\\n ...
 
-The system message is InternVL's default (Chinese) unless the sample starts with its own
-``system`` turn. Each ``<image>`` of a user turn, left to right, becomes ``<img>`` +
-``<IMG_CONTEXT>`` × (tokens per tile × the image's tiles) + ``</img>``; tokens per tile follow
-from the tile size, the vision patch size and the pixel-shuffle ratio (448, 14, 0.5 → 256).
+InternVL3.5-GPT-OSS is fine-tuned with ``internvl3_5_gpt_oss``, GPT-OSS's harmony format
+(InternVL's ``internvl_chat_gpt_oss/internvl/train/dataset.py``)::
 
-Tokenization follows ``preprocess_internvl2_5``: each turn's text (header, content and separator
+    <|start|>system<|message|>{system}<|end|><|start|>user<|message|>{question}<|end|>
+    <|start|>assistant<|channel|>final<|message|>{answer}<|return|>
+
+where an assistant turn before the last ends with ``<|end|>`` instead of ``<|return|>``: the rule
+that InternVL's ``preprocess_internvl3_5_gpt_oss`` states in its comment and its conversation
+template's ``MPT_TWO`` style applies. (Its code tests a loop variable left over from the image
+expansion instead of the turn's index, and fails on text-only samples; its ``_with_think`` variant
+ends every assistant turn with ``<|return|>``. A single-turn answer ends with ``<|return|>`` in
+both this module and ``_with_think``.)
+
+The system message is the template's default (InternVL's Chinese one for ``internvl2_5``, the
+harmony header with ``Reasoning: low`` and the ``final`` channel only for ``internvl3_5_gpt_oss``)
+unless the sample starts with its own ``system`` turn. Each ``<image>`` of a user turn, left to
+right, becomes ``<img>`` + ``<IMG_CONTEXT>`` × (tokens per tile × the image's tiles) + ``</img>``;
+tokens per tile follow from the tile size, the vision patch size and the pixel-shuffle ratio (448,
+14, 0.5 → 256).
+
+Thinking samples are written as InternVL3.5's data writes them: the assistant turn's text is
+``<think>{reasoning}</think>{answer}`` (nothing but blanks before ``<think>``, one think block, an
+answer after it), usually with the model card's thinking system prompt as the sample's system
+turn. ``internvl2_5`` trains the text as it is; ``internvl3_5_gpt_oss`` writes the reasoning to
+harmony's ``analysis`` channel and the answer to ``final``, both stripped, as InternVL's
+``preprocess_internvl3_5_gpt_oss_with_think`` does (InternVL's finetune script selects the variant
+without thinking, which would leave the tags as text in the ``final`` channel)::
+
+    <|start|>assistant<|channel|>analysis<|message|>{reasoning}<|end|>
+    <|start|>assistant<|channel|>final<|message|>{answer}<|return|>
+
+A malformed thinking answer (an unclosed block, two blocks, text before ``<think>``, no answer
+after ``</think>``) is a bad sample (``ConversationError``).
+
+Tokenization follows InternVL's preprocess functions: each turn's text (header, content and end
 together) is tokenized on its own without special tokens, and the pieces are concatenated, so no
 token spans two turns. Models whose LLM tokenizer starts sequences with a BOS token (InternLM2,
-InternLM2.5, InternLM3: ``<s>``) get one BOS at the very start; Qwen2.5-based ones get none.
+InternLM2.5, InternLM3: ``<s>``) get one BOS at the very start; Qwen2.5-, Qwen3- and GPT-OSS-based
+ones get none.
 
-Labels are -100 everywhere except the content of assistant turns and the ``<|im_end|>`` that ends
-each of them: the BOS, the system and user turns, the ``<|im_start|>assistant\\n`` header and the
-newline after ``<|im_end|>`` are masked. InternVL masks as many leading tokens of an assistant
-turn as its header alone tokenizes to; if the answer's first characters merge with the header's
-newline (an answer starting with blank lines, for some tokenizers), this module tokenizes the
-header and the rest separately so that no answer token is masked. The attention mask covers the
-sequence's true length; it is never derived from token ids (InternVL's ``input_ids != 0``
-hides every real token with id 0, "!" in Qwen's vocabulary).
+Labels are -100 everywhere except in assistant turns, where InternVL masks the header
+(``<|im_start|>assistant\\n``; harmony's ``<|start|>assistant``, so that the channel tokens,
+the analysis turn's end and the final turn's header are learned) and whatever follows the
+turn's end token (``internvl2_5``'s newline after ``<|im_end|>``; nothing in harmony). InternVL
+masks as many leading tokens of an assistant turn as its header alone tokenizes to; if the
+answer's first characters merge with the header's newline (an answer starting with blank lines,
+for some tokenizers), this module tokenizes the header and the rest separately so that no answer
+token is masked. The attention mask covers the sequence's true length; it is never derived from
+token ids (InternVL's ``input_ids != 0`` hides every real token with id 0, "!" in Qwen's
+vocabulary).
 """
 
 from __future__ import annotations
@@ -52,45 +86,119 @@ DEFAULT_SYSTEM_MESSAGE = (
 )
 """InternVL's default system message of the internvl2_5 template."""
 
+HARMONY_SYSTEM_MESSAGE = (
+    "You are InternVL, a large language model trained by Shanghai AI Laboratory.\n"
+    "Knowledge cutoff: 2024-06\n"
+    "Current date: 2025-08-06\n\n"
+    "Reasoning: low\n\n"
+    "# Valid channels: final. Channel must be included for every message."
+)
+"""InternVL's default system message of the internvl3_5_gpt_oss template (its conversation.py)."""
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+
 
 def tokens_per_tile(image_size: int = 448, patch_size: int = 14, downsample_ratio: float = 0.5) -> int:
     """LLM tokens one tile becomes: (image_size / patch_size)² patches, pixel-shuffled by the ratio."""
     return int((image_size // patch_size) ** 2 * downsample_ratio**2)
 
 
+def split_thinking(text: str) -> tuple[str, str] | None:
+    """(reasoning, answer) of a thinking answer ``<think>{reasoning}</think>{answer}``, None for an
+    answer without thinking. Raises ConversationError when the think block is malformed."""
+    starts, ends = text.count(THINK_START), text.count(THINK_END)
+    if not starts and not ends:
+        return None
+    if starts != 1 or ends != 1:
+        raise ConversationError(
+            f"a thinking answer holds one {THINK_START}…{THINK_END} block, "
+            f"not {starts} {THINK_START} and {ends} {THINK_END}"
+        )
+    before, rest = text.split(THINK_START)
+    if before.strip():
+        raise ConversationError(f"a thinking answer starts with {THINK_START}, not with {before.strip()[:40]!r}")
+    reasoning, answer = rest.split(THINK_END)
+    if not answer.strip():
+        raise ConversationError(f"a thinking answer needs an answer after {THINK_END}")
+    return reasoning, answer
+
+
 # ---------------------------------------------------------------------------------------------
-# template and models
+# templates and models
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A ChatML-style conversation template (InternVL's MPT separator style)."""
+    """A conversation template: each turn a header, its content and an end (InternVL's MPT and
+    MPT_TWO separator styles)."""
 
     name: str
     system_message: str
     system_prefix: str = "<|im_start|>system\n"
     user_prefix: str = "<|im_start|>user\n"
     assistant_prefix: str = "<|im_start|>assistant\n"
+    """The assistant header: the part of an assistant turn InternVL masks."""
     separator: str = "<|im_end|>\n"
+    last_separator: str | None = None
+    """What ends the conversation's last assistant turn, when not ``separator``."""
+    channels: bool = False
+    """Harmony channels: an answer goes to the ``final`` channel, a thinking answer's reasoning to
+    the ``analysis`` channel before it."""
     control_tokens: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")
     """Tokens that structure the conversation; sample text holding them is refused."""
 
-    def segment(self, role: Role, text: str) -> str:
-        """One turn as text: header, content, separator."""
-        prefix = {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}[role]
-        return prefix + text + self.separator
+    def answer(self, text: str) -> str:
+        """An assistant turn's content as the template writes it. Raises ConversationError for a
+        malformed thinking answer."""
+        thinking = split_thinking(text)
+        if not self.channels:
+            return text
+        final = "<|channel|>final<|message|>"
+        if thinking is None:
+            return final + text
+        reasoning, answer = thinking
+        analysis = f"<|channel|>analysis<|message|>{reasoning.strip()}{self.separator}"
+        return f"{analysis}{self.assistant_prefix}{final}{answer.strip()}"
+
+    def end(self, last: bool) -> str:
+        """What ends an assistant turn: the last one's end, or the separator."""
+        return self.last_separator if last and self.last_separator is not None else self.separator
+
+    def segments(self, turns: Sequence[Turn]) -> list[str]:
+        """Each turn as text: header, content, end."""
+        assistants = [index for index, (role, _) in enumerate(turns) if role == "assistant"]
+        last = assistants[-1] if assistants else -1
+        prefixes = {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}
+        return [
+            prefixes[role] + self.answer(text) + self.end(index == last)
+            if role == "assistant"
+            else prefixes[role] + text + self.separator
+            for index, (role, text) in enumerate(turns)
+        ]
 
     def prompt(self, turns: Sequence[Turn], add_generation_prompt: bool = False) -> str:
         """The whole conversation as text, the default system message first unless the turns have
         their own; with ``add_generation_prompt``, ending in the assistant header."""
-        turns = with_system(turns, self.system_message)
-        text = "".join(self.segment(role, content) for role, content in turns)
+        text = "".join(self.segments(with_system(turns, self.system_message)))
         return text + self.assistant_prefix if add_generation_prompt else text
 
 
 INTERNVL2_5 = ChatTemplate(name="internvl2_5", system_message=DEFAULT_SYSTEM_MESSAGE)
 
-LlmFamily = Literal["qwen2", "internlm2", "internlm3"]
+INTERNVL3_5_GPT_OSS = ChatTemplate(
+    name="internvl3_5_gpt_oss",
+    system_message=HARMONY_SYSTEM_MESSAGE,
+    system_prefix="<|start|>system<|message|>",
+    user_prefix="<|start|>user<|message|>",
+    assistant_prefix="<|start|>assistant",
+    separator="<|end|>",
+    last_separator="<|return|>",
+    channels=True,
+    control_tokens=("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>"),
+)
+
+LlmFamily = Literal["qwen2", "qwen3", "internlm2", "internlm3", "gpt_oss"]
 
 LLM_FAMILIES: dict[str, LlmFamily] = {
     "InternVL2_5-1B": "qwen2",  # Qwen2.5-0.5B-Instruct
@@ -107,14 +215,35 @@ LLM_FAMILIES: dict[str, LlmFamily] = {
     "InternVL3-14B": "qwen2",  # Qwen2.5-14B
     "InternVL3-38B": "qwen2",  # Qwen2.5-32B
     "InternVL3-78B": "qwen2",  # Qwen2.5-72B
+    "InternVL3_5-1B": "qwen3",  # Qwen3-0.6B
+    "InternVL3_5-2B": "qwen3",  # Qwen3-1.7B
+    "InternVL3_5-4B": "qwen3",  # Qwen3-4B
+    "InternVL3_5-8B": "qwen3",  # Qwen3-8B
+    "InternVL3_5-14B": "qwen3",  # Qwen3-14B
+    "InternVL3_5-38B": "qwen3",  # Qwen3-32B
+    "InternVL3_5-30B-A3B": "qwen3",  # Qwen3-30B-A3B (MoE; Qwen3's tokenizer)
+    "InternVL3_5-241B-A28B": "qwen3",  # Qwen3-235B-A22B (MoE; Qwen3's tokenizer)
+    "InternVL3_5-GPT-OSS-20B-A4B-Preview": "gpt_oss",  # gpt-oss-20b
 }
-"""The LLM family behind each catalog model."""
+"""The LLM family (its tokenizer and chat format) behind each catalog model."""
 
-BOS_TOKENS: dict[LlmFamily, str | None] = {"qwen2": None, "internlm2": "<s>", "internlm3": "<s>"}
+BOS_TOKENS: dict[LlmFamily, str | None] = {
+    "qwen2": None,
+    "qwen3": None,
+    "internlm2": "<s>",
+    "internlm3": "<s>",
+    "gpt_oss": None,
+}
 """The token each family's tokenizer starts a sequence with (``add_bos_token``), if any."""
 
-TEMPLATES: dict[str, ChatTemplate] = {name: INTERNVL2_5 for name in MODEL_NAMES}
-"""The fine-tuning template of each catalog model: internvl2_5 for all of them."""
+TEMPLATES: dict[LlmFamily, ChatTemplate] = {
+    "qwen2": INTERNVL2_5,
+    "qwen3": INTERNVL2_5,
+    "internlm2": INTERNVL2_5,
+    "internlm3": INTERNVL2_5,
+    "gpt_oss": INTERNVL3_5_GPT_OSS,
+}
+"""The fine-tuning template of each family, as InternVL's scripts pass it (``--conv_style``)."""
 
 
 def llm_family(model_name: str) -> LlmFamily:
@@ -132,8 +261,7 @@ def bos_token(model_name: str) -> str | None:
 
 def template_for(model_name: str) -> ChatTemplate:
     """The chat template a catalog model is fine-tuned with."""
-    llm_family(model_name)
-    return TEMPLATES[model_name]
+    return TEMPLATES[llm_family(model_name)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +298,16 @@ def conversation_turns(conversations: Sequence[Mapping[str, Any]]) -> list[Turn]
             raise ConversationError(f"turn {index}: a system turn may only come first")
         turns.append((role, text))
     return turns
+
+
+def check_thinking(turns: Sequence[Turn]) -> None:
+    """Raise ConversationError naming the turn when an assistant turn is a malformed thinking answer."""
+    for index, (role, text) in enumerate(turns):
+        if role == "assistant":
+            try:
+                split_thinking(text)
+            except ConversationError as error:
+                raise ConversationError(f"turn {index}: {error}") from None
 
 
 def with_system(turns: Sequence[Turn], default: str) -> list[Turn]:
@@ -316,8 +454,8 @@ class ConversationEncoder:
         if block != [self.img_start_id, self.context_id, self.img_end_id]:
             raise ValueError(f"the tokenizer splits the image tokens: {block}")
         self._assistant_prefix = self._ids(template.assistant_prefix)
-        # Tokens after the end-of-turn token: the separator's newline, masked like the header.
-        self._separator_tail = len(self._ids(template.separator)) - 1
+        # Tokens after the end-of-turn token (internvl2_5's newline), masked like the header.
+        self._tail = {last: len(self._ids(template.end(last))) - 1 for last in (False, True)}
         self._reserved = (*IMAGE_TOKENS, *template.control_tokens)
 
     @classmethod
@@ -339,7 +477,9 @@ class ConversationEncoder:
     def tokenize(self, turns: Sequence[Turn], images: int) -> Tokenized:
         """``turns`` tokenized with one context token per image. Raises PlaceholderError when the
         user turns do not hold exactly ``images`` placeholders or any text holds a reserved token,
-        and ConversationError when no assistant turn gives something to learn."""
+        and ConversationError when no assistant turn gives something to learn or a thinking answer
+        is malformed (naming the turn as the sample numbers it)."""
+        check_thinking(turns)
         turns = with_system(turns, self.template.system_message)
         for role, text in turns:
             for token in self._reserved:
@@ -348,19 +488,19 @@ class ConversationEncoder:
         found = count_placeholders(turns)
         if found != images:
             raise PlaceholderError(f"{found} {IMAGE_PLACEHOLDER} placeholders in the user turns but {images} images")
-        if not any(role == "assistant" for role, _ in turns):
+        assistants = [index for index, (role, _) in enumerate(turns) if role == "assistant"]
+        if not assistants:
             raise ConversationError("the conversation has no assistant turn to learn from")
         block = IMG_START_TOKEN + IMG_CONTEXT_TOKEN + IMG_END_TOKEN
-        segments = [
-            self.template.segment(role, text.replace(IMAGE_PLACEHOLDER, block) if role == "user" else text)
-            for role, text in turns
-        ]
+        segments = self.template.segments(
+            [(role, text.replace(IMAGE_PLACEHOLDER, block) if role == "user" else text) for role, text in turns]
+        )
         pieces = self._batch_ids(segments)
         ids: list[int] = [] if self.bos_id is None else [self.bos_id]
         labels: list[int] = [] if self.bos_id is None else [IGNORE_INDEX]
-        for (role, text), piece in zip(turns, pieces, strict=True):
+        for index, ((role, _), segment, piece) in enumerate(zip(turns, segments, pieces, strict=True)):
             if role == "assistant":
-                piece, piece_labels = self._assistant(text, piece)
+                piece, piece_labels = self._assistant(segment, piece, last=index == assistants[-1])
             else:
                 piece_labels = [IGNORE_INDEX] * len(piece)
             ids += piece
@@ -368,15 +508,16 @@ class ConversationEncoder:
         slots = [position for position, token in enumerate(ids) if token == self.context_id]
         return Tokenized(ids=ids, labels=labels, slots=slots, context_id=self.context_id)
 
-    def _assistant(self, text: str, piece: list[int]) -> tuple[list[int], list[int]]:
+    def _assistant(self, segment: str, piece: list[int], last: bool) -> tuple[list[int], list[int]]:
         prefix = self._assistant_prefix
         if piece[: len(prefix)] != prefix:
             # The answer's first characters merged with the header's newline: keep them apart.
-            piece = prefix + self._ids(text + self.template.separator)
+            piece = prefix + self._ids(segment[len(self.template.assistant_prefix) :])
         labels = list(piece)
         labels[: len(prefix)] = [IGNORE_INDEX] * len(prefix)
-        if self._separator_tail:
-            labels[-self._separator_tail :] = [IGNORE_INDEX] * self._separator_tail
+        tail = self._tail[last]
+        if tail:
+            labels[-tail:] = [IGNORE_INDEX] * tail
         return piece, labels
 
     def encode(self, turns: Sequence[Turn], tiles_per_image: Sequence[int] = ()) -> Encoded:

@@ -15,6 +15,8 @@ Modules, one concept each:
 - ``freeze``: freeze flags, last N vision layers unfrozen, frozen vision pieces kept in eval mode.
 - ``lora``: PEFT adapters by module-path pattern; merging.
 - ``optim``: AdamW groups without decay for norms, biases and embeddings.
+- ``moe``: the MoE blocks of Qwen3-MoE and GPT-OSS as ZeRO-3 leaves; their routers'
+  load-balancing loss as InternVL adds it.
 - ``prepare``: ``MethodConfig`` applied to a loaded model.
 - ``export``: either layout written with tokenizer and processor, published with a manifest.
 - ``checkpoint``: existing checkpoint folders merged (LoRA) or re-exported; what

@@ -17,13 +17,22 @@ and read in both directions, so a rename cannot be right one way and wrong the o
   ``ls1``/``ls2`` → ``lambda_1``/``lambda_2``; ``mlp.fc1``/``fc2`` keep their names. The fused
   ``attn.qkv`` is three equal row blocks q, k, v.
 - Projector: ``mlp1.0``/``mlp1.1``/``mlp1.3`` → ``layer_norm``/``linear_1``/``linear_2``.
-- Qwen2, LLaMA and InternLM3 LLMs: ``language_model.model.*`` → ``model.language_model.*`` and
-  ``language_model.lm_head`` → ``lm_head``.
+- Qwen2, LLaMA, InternLM3, Qwen3 (q/k norms), Qwen3-MoE (router ``mlp.gate``) and GPT-OSS
+  (attention ``sinks``, router ``mlp.router``, fused experts with biases) LLMs:
+  ``language_model.model.*`` → ``model.language_model.*`` and ``language_model.lm_head`` →
+  ``lm_head``. GPT-OSS experts are one tensor per layer in both layouts (``gate_up_proj``, E × H ×
+  2I with gate and up columns interleaved, as transformers 4.55 and 5 both hold them).
+- Qwen3-MoE experts: InternVL3.5's remote code runs transformers 4.55, whose experts are a list of
+  MLPs (``mlp.experts.{e}.gate_proj/up_proj/down_proj.weight``, I × H and H × I); transformers 5
+  holds them as one tensor per layer: ``mlp.experts.gate_up_proj`` (E × 2I × H, each expert's gate
+  rows then its up rows) and ``mlp.experts.down_proj`` (E × H × I).
 - InternLM2 LLMs (converted to LLaMA): ``tok_embeddings`` → ``embed_tokens``, ``attention.wo`` →
   ``self_attn.o_proj``, ``feed_forward.w1/w2/w3`` → ``mlp.gate_proj/down_proj/up_proj``,
   ``attention_norm``/``ffn_norm`` → ``input_layernorm``/``post_attention_layernorm``, ``output`` →
   ``lm_head``. The fused ``attention.wqkv`` is interleaved per key-value head: for each of the
   ``n_kv`` heads, its ``n_heads / n_kv`` query heads, then its key head, then its value head.
+
+Quantized experts (GPT-OSS's MXFP4 ``*_blocks``/``*_scales``) are refused: nothing here trains them.
 
 Original checkpoints saved with LoRA wrapped in (``use_llm_lora``/``use_backbone_lora`` > 0) hold
 PEFT keys; ``fold_original_lora`` merges them into plain weights first.
@@ -38,9 +47,10 @@ from typing import Literal
 
 import torch
 
-LlmKeys = Literal["hf", "internlm2"]
-"""How the LLM's keys are spelled in the original layout: ``hf`` (Qwen2, LLaMA, InternLM3: the
-transformers names) or ``internlm2`` (InternLM2's own names and fused ``wqkv``)."""
+LlmKeys = Literal["hf", "hf_expert_list", "internlm2"]
+"""How the LLM's keys are spelled in the original layout: ``hf`` (Qwen2, LLaMA, InternLM3, Qwen3,
+GPT-OSS: the transformers names), ``hf_expert_list`` (Qwen3-MoE: the transformers names, each
+expert its own MLP) or ``internlm2`` (InternLM2's own names and fused ``wqkv``)."""
 
 PARAM = "{param}"
 LAYER = "{layer}"
@@ -148,6 +158,17 @@ _FUSED_NATIVE = {
 }
 
 
+EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+_EXPERT_LIST = re.compile(
+    r"language_model\.model\.layers\.(?P<layer>\d+)\.mlp\.experts\.(?P<expert>\d+)"
+    r"\.(?P<proj>gate_proj|up_proj|down_proj)\.weight"
+)
+_STACKED_EXPERTS = re.compile(
+    r"model\.language_model\.layers\.(?P<layer>\d+)\.mlp\.experts\.(?P<proj>gate_up_proj|down_proj)"
+)
+_QUANTIZED = re.compile(r".+\.experts\.\w+_(blocks|scales)")
+
+
 def rules(llm: LlmKeys) -> tuple[Rule, ...]:
     """The one-to-one renames for an LLM key style (the fused projections apart)."""
     llm_rules = INTERNLM2_LLM_RULES if llm == "internlm2" else HF_LLM_RULES
@@ -233,6 +254,31 @@ def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: Attentio
     return fused.reshape(shape.num_kv_heads * (shape.groups + 2) * shape.head_dim, *rest)
 
 
+def stack_experts(experts: Mapping[int, Mapping[str, torch.Tensor]], layer: str) -> dict[str, torch.Tensor]:
+    """One layer's ``gate_up_proj`` (E × 2I × H) and ``down_proj`` (E × H × I) from its experts'
+    ``gate_proj``/``up_proj``/``down_proj`` weights, experts numbered 0 to E-1."""
+    if sorted(experts) != list(range(len(experts))):
+        raise LayoutError(f"layer {layer}: experts {sorted(experts)} are not numbered 0 to {len(experts) - 1}")
+    for expert, projections in experts.items():
+        if set(projections) != set(EXPERT_PROJECTIONS):
+            raise LayoutError(f"layer {layer} expert {expert}: only {sorted(projections)} of {EXPERT_PROJECTIONS}")
+    ordered = [experts[index] for index in range(len(experts))]
+    return {
+        "gate_up_proj": torch.stack([torch.cat([e["gate_proj"], e["up_proj"]]) for e in ordered]),
+        "down_proj": torch.stack([e["down_proj"] for e in ordered]),
+    }
+
+
+def unstack_experts(gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Each expert's ``gate_proj``, ``up_proj`` and ``down_proj`` weights (the inverse of
+    ``stack_experts``)."""
+    experts = []
+    for gate_up, down in zip(gate_up_proj, down_proj, strict=True):
+        gate, up = gate_up.chunk(2, dim=0)
+        experts.append({"gate_proj": gate.clone(), "up_proj": up.clone(), "down_proj": down.clone()})
+    return experts
+
+
 # ---------------------------------------------------------------------------------------------
 # whole state dicts
 
@@ -242,11 +288,19 @@ def to_native(
 ) -> dict[str, torch.Tensor]:
     """An original-layout state dict in native names; ``shape`` is needed for InternLM2.
     Raises LayoutError naming the keys that fit no rule."""
+    quantized = [key for key in state if _QUANTIZED.fullmatch(key)]
+    if quantized:
+        raise LayoutError(_listing("quantized expert weights (train from a bf16 release of the model)", quantized))
     table = rules(llm)
     native: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     unknown: list[str] = []
     for key, tensor in state.items():
         if IGNORED_ORIGINAL_KEYS.fullmatch(key):
+            continue
+        expert = _EXPERT_LIST.fullmatch(key) if llm == "hf_expert_list" else None
+        if expert is not None:
+            experts.setdefault(expert["layer"], {}).setdefault(int(expert["expert"]), {})[expert["proj"]] = tensor
             continue
         fused = _split_fused(key, tensor, llm, shape)
         if fused is not None:
@@ -258,6 +312,9 @@ def to_native(
             unknown.append(key)
     if unknown:
         raise LayoutError(_listing("keys that are not InternVLChatModel weights", unknown))
+    for layer, layer_experts in experts.items():
+        for proj, stacked in stack_experts(layer_experts, layer).items():
+            native[f"model.language_model.layers.{layer}.mlp.experts.{proj}"] = stacked
     return native
 
 
@@ -286,8 +343,13 @@ def to_original(
     table = rules(llm)
     original: dict[str, torch.Tensor] = {}
     pending: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    stacked: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
     for key, tensor in state.items():
+        experts = _STACKED_EXPERTS.fullmatch(key) if llm == "hf_expert_list" else None
+        if experts is not None:
+            stacked.setdefault(experts["layer"], {})[experts["proj"]] = tensor
+            continue
         fused_kind = _fused_kind(key, llm)
         if fused_kind is not None:
             kind, match = fused_kind
@@ -310,6 +372,12 @@ def to_original(
                 raise LayoutError("fusing InternLM2's wqkv needs the attention shape")
             fused = fuse_wqkv(blocks["q"], blocks["k"], blocks["v"], shape)
             original[INTERNLM2_WQKV.render("original", parts)] = fused
+    for layer, tensors in stacked.items():
+        if set(tensors) != {"gate_up_proj", "down_proj"}:
+            raise LayoutError(f"layer {layer}: only {sorted(tensors)} of the experts' gate_up_proj and down_proj")
+        for index, expert in enumerate(unstack_experts(tensors["gate_up_proj"], tensors["down_proj"])):
+            for proj, weight in expert.items():
+                original[f"language_model.model.layers.{layer}.mlp.experts.{index}.{proj}.weight"] = weight
     return original
 
 

@@ -16,7 +16,10 @@ No code of the folder is run, nor asked about: every transformers load has
 
 Both paths are strict: a missing or unexpected weight is an error, never a random initialisation.
 The attention is flash-attention 2 when it can be used (package installed, CUDA present), sdpa
-otherwise.
+otherwise; GPT-OSS's LLM runs eager attention, the one path of transformers that applies its
+attention sinks without a hub kernel (flash-attention 2 has no sinks, sdpa is refused for it).
+Its packed rows get their masks from ``position_ids`` (``packed_masks``). Quantized weights
+(GPT-OSS's MXFP4 release) are refused: nothing here trains them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from transformers.utils import is_flash_attn_2_available
 from internvl_trainer.config import DEFAULT_MAX_TILES
 from internvl_trainer.model import original_config as oc
 from internvl_trainer.model.layouts import LayoutError, fold_original_lora, has_original_lora, to_native
+from internvl_trainer.model.packed_masks import derive_packed_masks
 from internvl_trainer.model.processor import InternVLCpuProcessor, has_tokenizer, load_processor, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -61,11 +65,19 @@ class Loaded:
     folder: Path
 
 
-def attention_implementation(requested: str | None = None) -> str:
-    """``requested``, else flash_attention_2 when usable, else sdpa."""
+SINK_ATTENTION_MODEL_TYPES = ("gpt_oss",)
+"""Text model types with attention sinks, which only eager attention (or a hub kernel) applies."""
+
+
+def attention_implementation(requested: str | None = None, text_model_type: str | None = None) -> str | dict[str, str]:
+    """``requested``, else flash_attention_2 when usable, else sdpa; for an LLM with attention
+    sinks, eager for the LLM and that choice for the vision tower."""
     if requested:
         return requested
-    return "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+    default = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+    if text_model_type in SINK_ATTENTION_MODEL_TYPES:
+        return {"text_config": "eager", "vision_config": default}
+    return default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,11 +114,18 @@ def read_config(folder: Path) -> dict[str, Any]:
     if (folder / ADAPTER_CONFIG).is_file() and not path.is_file():
         raise ModelFolderError(f"{folder}: holds a LoRA adapter, not a model; merge it with its base first")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelFolderError(f"{folder}: no config.json") from None
     except json.JSONDecodeError as error:
         raise ModelFolderError(f"{path}: invalid JSON ({error})") from None
+    for section in ("", "text_config", "llm_config"):
+        quantization = (config.get(section) if section else config) or {}
+        if isinstance(quantization, dict) and "quantization_config" in quantization:
+            method = (quantization["quantization_config"] or {}).get("quant_method", "unnamed")
+            field = ".".join(filter(None, (section, "quantization_config")))
+            raise ModelFolderError(f"{path}: {field}: {method} quantized weights cannot be trained; use a bf16 release")
+    return config
 
 
 def detect_layout(config: dict[str, Any], folder: Path) -> Layout:
@@ -182,12 +201,17 @@ def _check_loading(info: dict[str, Any], folder: Path) -> None:
 
 
 def load_hf_model(
-    folder: Path, *, dtype: torch.dtype | str | None = "auto", attn_implementation: str | None = None
+    folder: Path,
+    config: dict[str, Any],
+    *,
+    dtype: torch.dtype | str | None = "auto",
+    attn_implementation: str | None = None,
 ) -> InternVLForConditionalGeneration:
+    text_model_type = (config.get("text_config") or {}).get("model_type")
     model, info = InternVLForConditionalGeneration.from_pretrained(
         str(folder),
         dtype=dtype if dtype is not None else "auto",
-        attn_implementation=attention_implementation(attn_implementation),
+        attn_implementation=attention_implementation(attn_implementation, text_model_type),
         output_loading_info=True,
         trust_remote_code=False,
     )
@@ -221,11 +245,17 @@ def load_original_model(
         config=native,
         state_dict=state,
         dtype=resolved,
-        attn_implementation=attention_implementation(attn_implementation),
+        attn_implementation=attention_implementation(attn_implementation, native.text_config.model_type),
         output_loading_info=True,
         trust_remote_code=False,
     )
     _check_loading(info, folder)
+    # transformers records the key conversions a load applied, and save_pretrained reverts them. A
+    # state dict in native names needs none, and an empty record would have save_pretrained write
+    # the names the model holds in memory (Qwen3-MoE's experts stacked) instead of those of
+    # transformers' own checkpoints (one tensor per expert); without it, as for a model built from
+    # its config, save_pretrained writes the architecture's checkpoint names.
+    vars(model).pop("_weight_conversions", None)
     return model
 
 
@@ -271,7 +301,8 @@ def load(
             folder, config, image_token_id=image_token_id, dtype=dtype, attn_implementation=attn_implementation
         )
     else:
-        model = load_hf_model(folder, dtype=dtype, attn_implementation=attn_implementation)
+        model = load_hf_model(folder, config, dtype=dtype, attn_implementation=attn_implementation)
+    derive_packed_masks(model)
     location = str(source)
     model.name_or_path = name or (location if location.startswith("s3://") else str(folder))
     model.config._name_or_path = model.name_or_path

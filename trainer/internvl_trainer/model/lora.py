@@ -5,7 +5,14 @@ attention also has ``q_proj``/``k_proj``/``v_proj``, so a plain name list would 
 vision tower too.
 
 - ``llm``: ``q/k/v/o_proj`` and ``gate/up/down_proj`` of every language-model layer (InternVL's
-  Qwen2/LLaMA targets; InternLM2's ``wqkv``/``wo``/``w1..w3`` are the same weights once converted).
+  Qwen2/LLaMA/Qwen3 targets; InternLM2's ``wqkv``/``wo``/``w1..w3`` are the same weights once
+  converted). In a mixture-of-experts layer (Qwen3-MoE, GPT-OSS) that is the attention only: its
+  MLP is a router and experts, which this target leaves frozen and without adapters.
+- ``experts`` (on request, MoE LLMs): every expert's ``gate_up_proj`` and ``down_proj``, which
+  transformers holds as one E × … tensor per layer; PEFT adapts such parameters
+  (``target_parameters``) with a rank-r pair per expert, and its merge adds each expert's
+  ``scaling · B @ A`` back into that expert's slice, so the merged model is the adapted one.
+  PEFT has no dropout for such parameters, hence ``LoraConfig``'s rule: dropout 0 with this target.
 - ``vision`` (on request): ``q/k/v_proj``, ``projection_layer``, ``mlp.fc1``, ``mlp.fc2`` of every
   vision layer (InternVL's ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``).
 
@@ -32,18 +39,35 @@ VISION_TARGETS = (
     r"model\.vision_tower\.encoder\.layer\.\d+\.(attention\.(q_proj|k_proj|v_proj|projection_layer)|mlp\.(fc1|fc2))"
 )
 TARGETS = {"llm": LLM_TARGETS, "vision": VISION_TARGETS}
+EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+"""The experts' projections of Qwen3-MoE and GPT-OSS, as PEFT's ``target_parameters`` (names that
+end parameter paths; nothing but a language model's MoE block has ``experts``)."""
 
 
-def target_pattern(targets: Sequence[str]) -> str:
-    """The module-path regex (PEFT matches it against the whole path) for the requested towers."""
-    unknown = sorted(set(targets) - set(TARGETS))
+def target_pattern(targets: Sequence[str]) -> str | None:
+    """The module-path regex (PEFT matches it against the whole path) for the requested towers;
+    None when only the experts' parameters are targeted."""
+    unknown = sorted(set(targets) - {*TARGETS, "experts"})
     if unknown or not targets:
-        raise ValueError(f"method.lora.targets: expected llm and/or vision, got {list(targets)}")
-    return "|".join(f"({TARGETS[name]})" for name in ("llm", "vision") if name in targets)
+        raise ValueError(f"method.lora.targets: expected llm, vision and/or experts, got {list(targets)}")
+    modules = [f"({TARGETS[name]})" for name in ("llm", "vision") if name in targets]
+    return "|".join(modules) or None
 
 
-def peft_config(lora: LoraConfig, trainable: TrainablePlan | None = None) -> PeftLoraConfig:
-    """PEFT's LoraConfig for our settings; parts the plan trains in full become modules_to_save."""
+def expert_parameters(model: nn.Module) -> list[str]:
+    """``EXPERT_PARAMETERS`` when ``model`` has them; a dense model has none to adapt."""
+    names = {name for name, _ in model.named_parameters()}
+    present = [suffix for suffix in EXPERT_PARAMETERS if any(name.endswith(f".{suffix}") for name in names)]
+    if not present:
+        raise ValueError("method.lora.targets: experts, but the language model has no mixture-of-experts layers")
+    return present
+
+
+def peft_config(
+    lora: LoraConfig, trainable: TrainablePlan | None = None, experts: Sequence[str] = ()
+) -> PeftLoraConfig:
+    """PEFT's LoraConfig for our settings; parts the plan trains in full become modules_to_save,
+    ``experts`` (suffixes of ``EXPERT_PARAMETERS``) become target parameters."""
     modules_to_save = None
     if trainable is not None:
         modules_to_save = trainable.module_paths() or None
@@ -52,6 +76,7 @@ def peft_config(lora: LoraConfig, trainable: TrainablePlan | None = None) -> Pef
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=target_pattern(lora.targets),
+        target_parameters=list(experts) or None,
         modules_to_save=modules_to_save,
         bias="none",
         task_type="CAUSAL_LM",
@@ -61,7 +86,8 @@ def peft_config(lora: LoraConfig, trainable: TrainablePlan | None = None) -> Pef
 def add_lora(model: nn.Module, lora: LoraConfig, trainable: TrainablePlan | None = None) -> PeftModel:
     """Wrap a native model with LoRA adapters; only the adapters (and ``trainable``'s parts) train.
     ``MethodConfig`` has already refused a target whose tower trains in full."""
-    return get_peft_model(model, peft_config(lora, trainable))
+    experts = expert_parameters(model) if "experts" in lora.targets else ()
+    return get_peft_model(model, peft_config(lora, trainable, experts))
 
 
 def adapted_modules(model: nn.Module) -> list[str]:

@@ -1,10 +1,12 @@
 """AdamW parameter groups with the standard no-decay set (reference: internvl-recipe.md §11 item 8).
 
 Weight decay applies to the weight matrices of linear and convolution layers (LoRA's A and B
-included). It does not apply to biases, to normalisation weights (LayerNorm, RMSNorm), to
-embeddings (token embeddings, the vision tower's CLS token and position embeddings) or to the
-vision layers' per-channel scales (``lambda_1``/``lambda_2``). InternVL's DeepSpeed route decays
-everything; that defect is not copied. Only parameters that require a gradient are grouped.
+included; a mixture-of-experts LLM's stacked expert matrices and router too). It does not apply to
+biases (GPT-OSS's stacked expert biases ``*_proj_bias`` included), to normalisation weights
+(LayerNorm, RMSNorm), to embeddings (token embeddings, the vision tower's CLS token and position
+embeddings), to GPT-OSS's attention sinks or to the vision layers' per-channel scales
+(``lambda_1``/``lambda_2``). InternVL's DeepSpeed route decays everything; that defect is not
+copied. Only parameters that require a gradient are grouped.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def no_decay_names(model: nn.Module) -> set[str]:
             if (
                 exempt_module
                 or param_name in NO_DECAY_NAMES
+                or param_name.endswith("_bias")
                 or len(getattr(parameter, "ds_shape", parameter.shape)) < 2
             ):
                 names.add(full)

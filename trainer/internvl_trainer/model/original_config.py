@@ -7,8 +7,10 @@ Native from original (reference: internvl-recipe.md §7.3, config part):
   ``dropout`` → ``projection_dropout``, ``initializer_factor`` → ``layer_scale_init_value``; no
   final LayerNorm (``use_mean_pooling``), absolute position embeddings. ``drop_path_rate`` is kept
   (the trainer's stochastic depth reads it, see ``drop_path``).
-- ``llm_config``: Qwen2 stays Qwen2; InternLM2, InternLM3 and LLaMA become LLaMA (InternLM2's
-  ``bias`` → ``attention_bias``; InternLM3's ``qkv_bias`` must equal its ``bias``).
+- ``llm_config``: Qwen2, Qwen3, Qwen3-MoE and GPT-OSS (InternVL3.5) keep their transformers config,
+  field for field (GPT-OSS's ``layer_types``, ``sliding_window`` and yarn ``rope_scaling``
+  included); InternLM2, InternLM3 and LLaMA become LLaMA (InternLM2's ``bias`` →
+  ``attention_bias``; InternLM3's ``qkv_bias`` must equal its ``bias``).
 - ``select_layer`` → ``vision_feature_layer``; ``downsample_ratio`` kept; ``image_seq_length`` =
   (image size / patch size)² × ratio²; ``image_token_id`` from the tokenizer's ``<IMG_CONTEXT>``
   (InternVLChatModel reads it from the tokenizer at run time; an export also records it as
@@ -40,12 +42,19 @@ LLM_ARCHITECTURES: dict[str, tuple[str, LlmKeys]] = {
     "LlamaForCausalLM": ("llama", "hf"),
     "InternLM3ForCausalLM": ("llama", "hf"),
     "InternLM2ForCausalLM": ("llama", "internlm2"),
+    "Qwen3ForCausalLM": ("qwen3", "hf"),
+    "Qwen3MoeForCausalLM": ("qwen3_moe", "hf_expert_list"),
+    "GptOssForCausalLM": ("gpt_oss", "hf"),
 }
 """Original LLM architectures: the native text model type each becomes and its key style."""
 
-IMAGE_CONTEXT_IDS = {"qwen2": 151667, "llama": 92546}
-"""``<IMG_CONTEXT>`` ids of released checkpoints (Qwen2-based; InternLM2/LLaMA-based), used only
-when a folder has no tokenizer to read it from."""
+OWN_CONFIG_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe", "gpt_oss")
+"""Text model types whose original ``llm_config`` is transformers' own config, field for field."""
+
+IMAGE_CONTEXT_IDS = {"qwen2": 151667, "llama": 92546, "qwen3": 151671, "qwen3_moe": 151671}
+"""``<IMG_CONTEXT>`` ids of released checkpoints (Qwen2-based; InternLM2/LLaMA-based; Qwen3-based,
+whose vocabulary has ``<think>`` and ``</think>`` before InternVL's tokens), used only when a folder
+has no tokenizer to read it from."""
 
 _LOADER_KEYS = ("attn_implementation", "_attn_implementation", "auto_map", "_name_or_path", "transformers_version")
 
@@ -154,9 +163,10 @@ _LLAMA_KEYS = (
 def native_text_config(llm: dict[str, Any], architecture: str) -> PreTrainedConfig:
     _require(llm, "llm_config", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
     model_type = LLM_ARCHITECTURES[architecture][0]
-    if model_type == "qwen2":
-        fields = {k: v for k, v in llm.items() if k not in (*_LOADER_KEYS, "model_type")}
-        return AutoConfig.for_model("qwen2", **fields)
+    if model_type in OWN_CONFIG_MODEL_TYPES:
+        # A copy: transformers writes rope_theta into the rope_scaling dict it is given.
+        fields = copy.deepcopy({k: v for k, v in llm.items() if k not in (*_LOADER_KEYS, "model_type")})
+        return AutoConfig.for_model(model_type, **fields)
     fields = {key: llm[key] for key in _LLAMA_KEYS if key in llm}
     if architecture == "InternLM2ForCausalLM":
         fields["attention_bias"] = bool(llm.get("bias", False))
@@ -186,7 +196,9 @@ def native_config(original: dict[str, Any], *, image_token_id: int | None = None
     image_size = _size(original.get("force_image_size") or vision.image_size)
     patch_size = _size(vision.patch_size)
     if image_token_id is None:
-        image_token_id = original.get("img_context_token_id") or IMAGE_CONTEXT_IDS[text.model_type]
+        image_token_id = original.get("img_context_token_id") or IMAGE_CONTEXT_IDS.get(text.model_type)
+    if image_token_id is None:
+        raise LayoutError("img_context_token_id: missing, and the folder has no tokenizer to read <IMG_CONTEXT> from")
     config = InternVLConfig(
         vision_config=vision,
         text_config=text,
@@ -208,12 +220,17 @@ def native_config(original: dict[str, Any], *, image_token_id: int | None = None
 
 def native_llm_architecture(config: InternVLConfig) -> str:
     """The original LLM architecture of a native model: the one it was converted from, else the
-    one its text model type means (qwen2 → Qwen2, llama → LLaMA)."""
+    one its text model type means (qwen2 → Qwen2, llama → LLaMA, qwen3 → Qwen3, …)."""
     stash = getattr(config, STASH, None) or {}
     architectures = (stash.get("llm_config") or {}).get("architectures") or []
     if architectures and architectures[0] in LLM_ARCHITECTURES:
         return architectures[0]
-    return {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}.get(config.text_config.model_type, "")
+    meant = {"llama": "LlamaForCausalLM"} | {
+        model_type: architecture
+        for architecture, (model_type, _) in LLM_ARCHITECTURES.items()
+        if model_type in OWN_CONFIG_MODEL_TYPES
+    }
+    return meant.get(config.text_config.model_type, "")
 
 
 def _check_exportable(config: InternVLConfig) -> None:
@@ -261,13 +278,15 @@ def _original_vision(vision: InternVLVisionConfig, stash: dict[str, Any]) -> dic
     }
 
 
-def _rope_fields(text: PreTrainedConfig) -> dict[str, Any]:
+def _rope_fields(text: PreTrainedConfig, type_key: str) -> dict[str, Any]:
+    """``rope_theta`` and ``rope_scaling`` with its kind under ``type_key``: transformers' configs
+    spell it ``rope_type``, InternLM2's and LLaMA's remote code read ``type``."""
     rope = dict(getattr(text, "rope_parameters", None) or {})
     fields: dict[str, Any] = {"rope_theta": rope.get("rope_theta", getattr(text, "rope_theta", 10000.0))}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "rope_type", "type")}
-        fields["rope_scaling"] = {"type": rope_type, **scaling}
+        fields["rope_scaling"] = {type_key: rope_type, **scaling}
     else:
         fields["rope_scaling"] = None
     return fields
@@ -293,12 +312,12 @@ def _original_llm(text: PreTrainedConfig, architecture: str, stash: dict[str, An
         "bos_token_id": text.bos_token_id,
         "eos_token_id": text.eos_token_id,
         "pad_token_id": text.pad_token_id,
-        **_rope_fields(text),
+        **_rope_fields(text, "rope_type" if expected in OWN_CONFIG_MODEL_TYPES else "type"),
     }
-    if architecture == "Qwen2ForCausalLM":
+    if expected in OWN_CONFIG_MODEL_TYPES:
         llm = {k: v for k, v in text.to_dict().items() if k not in ("rope_parameters", "dtype")}
         llm.update(common)
-        llm["model_type"] = "qwen2"
+        llm["model_type"] = expected
     elif architecture == "InternLM2ForCausalLM":
         if getattr(text, "mlp_bias", False):
             raise LayoutError("text_config.mlp_bias: InternLM2's feed-forward has no bias")

@@ -1,8 +1,10 @@
 """Progress of a run: ``metrics.jsonl``, TensorBoard event files, and the object's ``status.progress``.
 
 Everything here runs on the main process only. One JSON object per logged step goes to
-``metrics.jsonl`` (step, epoch, loss, learningRate, gradNorm, samplesPerSecond, and evalLoss when
-the held-out split was evaluated); the same scalars go to a TensorBoard event file; both are
+``metrics.jsonl`` (step, epoch, loss, learningRate, gradNorm, samplesPerSecond, evalLoss when
+the held-out split was evaluated, and for a mixture-of-experts LLM whose recipe balances its
+routers auxLoss, the unweighted load-balancing loss, and auxLossCoef, its weight in loss); the
+same scalars go to a TensorBoard event file; both are
 uploaded with every checkpoint (``runs/<uid>/metrics.jsonl`` and ``runs/<uid>/tensorboard/``), and
 metrics.jsonl is saved in the checkpoint too, for a resumed attempt to continue.
 Inside a cluster the ``StatusReporter`` patches ``status.progress`` (at most every 30 s, and at
@@ -156,7 +158,13 @@ class MetricsLog:
 # ---------------------------------------------------------------------------------------------
 # the callback
 
-_RENAMED = {"learning_rate": "learningRate", "grad_norm": "gradNorm", "eval_loss": "evalLoss"}
+_RENAMED = {
+    "learning_rate": "learningRate",
+    "grad_norm": "gradNorm",
+    "eval_loss": "evalLoss",
+    "aux_loss": "auxLoss",
+    "aux_loss_coef": "auxLossCoef",
+}
 
 
 class ProgressCallback(TrainerAware):
@@ -214,7 +222,7 @@ class ProgressCallback(TrainerAware):
         seen = samples * self.world_size
         record["epoch"] = round(seen / self.epoch_length, 4) if self.epoch_length else None
         for key, value in logs.items():
-            if key in ("loss", "learning_rate", "grad_norm", "eval_loss"):
+            if key in ("loss", *_RENAMED):
                 record[_RENAMED.get(key, key)] = float(value)
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
@@ -229,6 +237,7 @@ class ProgressCallback(TrainerAware):
                 "train/loss": record.get("loss"),
                 "train/learning_rate": record.get("learningRate"),
                 "train/grad_norm": record.get("gradNorm"),
+                "train/aux_loss": record.get("auxLoss"),
                 "train/samples_per_second": record.get("samplesPerSecond"),
                 "eval/loss": record.get("evalLoss"),
             },

@@ -17,6 +17,11 @@ What differs from the stock Trainer, and why:
   and embeddings). Under DeepSpeed's CPU offload accelerate swaps it for ``DeepSpeedCPUAdam`` over
   the same groups, in AdamW mode only because it is torch's AdamW: handed a ``DeepSpeedCPUAdam``,
   accelerate rebuilds it as Adam with L2 decay, a different optimizer.
+- A mixture-of-experts LLM whose recipe balances its routers (``model.moe``) adds, as InternVL
+  does, ``router_aux_loss_coef`` times each micro-batch's load-balancing loss, divided by the
+  accumulation steps and averaged over ranks as InternVL's Trainer and DDP do; the logs carry the
+  unweighted mean (``aux_loss``) and the coefficient (``aux_loss_coef``) beside ``loss``, which
+  includes the weighted term.
 - Evaluation computes the exact held-out loss ``Σ w·CE / Σ w`` over every rank, with the same number
   of forward passes on every rank (ZeRO-3 gathers parameters collectively).
 """
@@ -27,6 +32,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -35,6 +41,7 @@ from transformers import Trainer, TrainerCallback
 from internvl_trainer.data.collate import Collator
 from internvl_trainer.data.loader import ResumableLoader
 from internvl_trainer.loss import loss_normaliser, model_loss
+from internvl_trainer.model.moe import router_balance
 from internvl_trainer.model.optim import parameter_groups
 
 log = logging.getLogger(__name__)
@@ -132,6 +139,9 @@ class InternVLTrainer(Trainer):
         self.samples_seen = 0
         """Samples this rank has trained on in this process."""
         super().__init__(*args, eval_dataset=eval_set if eval_set is not None and len(eval_set) else None, **kwargs)
+        self.router_balance = router_balance(self.model)
+        self.aux_totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        """This rank's sum of load-balancing losses and their count since the last log."""
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, TrainerAware):
                 callback.trainer = self
@@ -184,10 +194,26 @@ class InternVLTrainer(Trainer):
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weight")
         normaliser = num_items_in_batch if num_items_in_batch is not None else weights.sum(dtype=torch.float64)
-        loss = model_loss(model, self.model.get_output_embeddings(), inputs, labels, weights, normaliser)
+        balance = self.router_balance if model.training else None
+        with balance.record() if balance is not None else nullcontext():
+            loss = model_loss(model, self.model.get_output_embeddings(), inputs, labels, weights, normaliser)
         if model.training:
             loss = loss * self.args.world_size
+        if balance is not None:
+            aux = balance.loss(inputs.get("attention_mask"))
+            self.aux_totals[0] += aux.detach().to(self.aux_totals)
+            self.aux_totals[1] += 1
+            loss = loss + balance.coefficient * aux.to(loss) / self.args.gradient_accumulation_steps
         return (loss, None) if return_outputs else loss  # no logits to return: only the last position has any
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.router_balance is not None:
+            totals = _all_reduce(self.aux_totals.clone())  # every rank logs the training loss together
+            self.aux_totals.zero_()
+            if totals[1] > 0:
+                logs["aux_loss"] = float(totals[0] / totals[1])
+                logs["aux_loss_coef"] = self.router_balance.coefficient
+        super().log(logs, start_time)
 
     # -- optimizer -------------------------------------------------------------------------------
 

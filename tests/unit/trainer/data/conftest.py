@@ -29,9 +29,9 @@ QWEN2_PATTERN = (
 )
 
 
-def train_tokenizer():
-    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer (vocabulary 300 + the special tokens)
-    in which, as in Qwen's vocabulary, the real text token "!" has id 0."""
+def train_tokenizer(special_tokens: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer (vocabulary 300 + the special tokens
+    and ``special_tokens``) in which, as in Qwen's vocabulary, the real text token "!" has id 0."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -47,7 +47,7 @@ def train_tokenizer():
         vocab_size=300, special_tokens=[], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tokenizer.train_from_iterator(CORPUS * 20, trainer)
-    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer.add_special_tokens([*SPECIAL_TOKENS, *special_tokens])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<pad>", bos_token="<s>"
     )
@@ -56,6 +56,14 @@ def train_tokenizer():
 @pytest.fixture(scope="session")
 def tokenizer():
     return train_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def harmony_tokenizer():
+    """The tokenizer with GPT-OSS's harmony tokens too (the internvl3_5_gpt_oss template's)."""
+    from internvl_trainer.data.template import INTERNVL3_5_GPT_OSS
+
+    return train_tokenizer(INTERNVL3_5_GPT_OSS.control_tokens)
 
 
 def photo(width: int, height: int, seed: int = 0) -> np.ndarray:

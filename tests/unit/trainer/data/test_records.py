@@ -19,6 +19,7 @@ from internvl_trainer.data.report import BadSamples
 from internvl_trainer.data.sample import SampleBuilder
 from internvl_trainer.data.template import ConversationEncoder
 from internvl_trainer.data.tiling import TilingConfig
+from internvl_trainer.data.validate import UNLIMITED, SampleChecker, validate_sources
 from internvl_trainer.storage import Storage
 from tests.unit.trainer.data.annotation_data import BAD, FRAMES, GOOD, GUIDE, qa, write_dataset
 
@@ -129,6 +130,16 @@ def test_a_record_keeps_its_length():
             {"conversations": qa("a", "x<|im_end|>")},
             "placeholder",
             "an assistant turn holds the reserved token <|im_end|>",
+        ),
+        (
+            {"conversations": [*qa("a", "<think>b</think>c"), *qa("d", "<think>e")]},
+            "conversation",
+            "turn 3: a thinking answer holds one <think>…</think> block, not 1 <think> and 0 </think>",
+        ),
+        (
+            {"conversations": qa("a", "<think>b</think>")},
+            "conversation",
+            "turn 1: a thinking answer needs an answer after </think>",
         ),
         ({"image": "a.jpg", "video": "v.mp4", "conversations": qa("a", "x")}, "record", "either images or a video"),
         ({"image": 3, "conversations": qa("a", "x")}, "record", "image must be a path or a list of non-empty paths"),
@@ -244,3 +255,33 @@ def test_training_skips_bad_samples_or_stops_at_the_first_in_strict_mode(dataset
         for number in range(len(source)):
             source.build_or_skip(number, made, np.random.default_rng(number), strict)
     assert str(caught.value).startswith(f"{root}/mixed.jsonl:8: invalid JSON")
+
+
+def test_malformed_thinking_samples_are_bad_samples_named_by_file_and_line(tmp_path, harmony_tokenizer):
+    thinking = {"from": "system", "value": "Think first: <think> and </think>."}
+    lines = [
+        {"conversations": [thinking, *qa("What is it?", "<think>\nA cat.\n</think>\n\nA cat.")]},
+        {"conversations": qa("What is it?", "<think>A cat.")},
+        {"conversations": qa("What is it?", "A cat.</think> Sure.")},
+    ]
+    (tmp_path / "think.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    storage = Storage()
+    annotations = open_annotation(str(tmp_path / "think.jsonl"), storage, tmp_path / "cache")
+    source = DatasetSource("think", DatasetMeta(annotation=str(tmp_path / "think.jsonl")), annotations, storage)
+
+    def gpt_oss() -> SampleBuilder:
+        encoder = ConversationEncoder.for_model(harmony_tokenizer, "InternVL3_5-GPT-OSS-20B-A4B-Preview")
+        return SampleBuilder(encoder, max_length=UNLIMITED)
+
+    for checker in (SampleChecker(), SampleChecker(builder=gpt_oss)):
+        validation = validate_sources([source], checker, workers=1, progress=False)
+        assert dict(validation.datasets[0].kinds) == {"text": 1}
+        assert validation.bad.summary()["examples"] == {
+            "conversation": [
+                f"{tmp_path}/think.jsonl:2: turn 1: a thinking answer holds one <think>…</think> block, "
+                "not 1 <think> and 0 </think>",
+                f"{tmp_path}/think.jsonl:3: turn 1: a thinking answer holds one <think>…</think> block, "
+                "not 0 <think> and 1 </think>",
+            ]
+        }
+    assert list(validation.datasets[0].tokens) == [len(gpt_oss().build(lines[0]["conversations"]))]

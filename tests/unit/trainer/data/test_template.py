@@ -1,5 +1,6 @@
-"""The internvl2_5 template: prompt text, image expansion, BOS per LLM family, and labels checked
-token by token on multi-turn samples."""
+"""The internvl2_5 and internvl3_5_gpt_oss templates: prompt text, image expansion, BOS and
+template per LLM family, labels checked token by token on multi-turn samples, and thinking
+answers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from internvl_trainer.config import MODEL_NAMES
 from internvl_trainer.data.errors import ConversationError, PlaceholderError
 from internvl_trainer.data.template import (
     DEFAULT_SYSTEM_MESSAGE,
+    HARMONY_SYSTEM_MESSAGE,
     IGNORE_INDEX,
     INTERNVL2_5,
+    INTERNVL3_5_GPT_OSS,
+    LLM_FAMILIES,
     ConversationEncoder,
     bos_token,
     conversation_turns,
@@ -20,6 +24,19 @@ from internvl_trainer.data.template import (
     template_for,
     tokens_per_tile,
 )
+
+GPT_OSS = "InternVL3_5-GPT-OSS-20B-A4B-Preview"
+THINKING_SYSTEM_PROMPT = (
+    "You are an AI assistant that rigorously follows this response protocol:\n\n"
+    "1. First, conduct a detailed analysis of the question. Consider different angles, potential solutions, and "
+    "reason through the problem step-by-step. Enclose this entire thinking process within <think> and </think> "
+    "tags.\n\n"
+    "2. After the thinking section, provide a clear, concise, and direct answer to the user's question. Separate "
+    "the answer from the think section with a newline.\n\n"
+    "Ensure that the thinking process is thorough but remains focused on the query. The final answer should be "
+    "standalone and not reference the thinking section."
+)
+"""The thinking system prompt of InternVL3.5's model card, a thinking sample's own system turn."""
 
 MULTI_TURN = [
     {"from": "human", "value": "<image>\nDescribe the image."},
@@ -50,12 +67,17 @@ def test_tokens_per_tile_from_image_size_patch_and_ratio():
     assert tokens_per_tile(224, 16, 0.5) == 49
 
 
-def test_every_catalog_model_uses_internvl2_5_with_its_familys_bos():
-    assert {name: template_for(name).name for name in MODEL_NAMES} == dict.fromkeys(MODEL_NAMES, "internvl2_5")
+def test_every_catalog_model_has_its_familys_template_and_bos():
+    assert set(LLM_FAMILIES) == set(MODEL_NAMES)
+    templates = {name: template_for(name).name for name in MODEL_NAMES}
+    assert templates == dict.fromkeys(MODEL_NAMES, "internvl2_5") | {GPT_OSS: "internvl3_5_gpt_oss"}
     with_bos = sorted(name for name in MODEL_NAMES if bos_token(name) == "<s>")
     assert with_bos == ["InternVL2_5-26B", "InternVL2_5-2B", "InternVL2_5-8B", "InternVL3-9B"]
-    assert all(bos_token(name) is None for name in MODEL_NAMES if llm_family(name) == "qwen2")
+    assert all(bos_token(name) is None for name in MODEL_NAMES if llm_family(name) in ("qwen2", "qwen3", "gpt_oss"))
     assert llm_family("InternVL3-9B") == "internlm3" and llm_family("InternVL2_5-26B") == "internlm2"
+    qwen3 = sorted(name for name in MODEL_NAMES if llm_family(name) == "qwen3")
+    assert qwen3 == sorted(name for name in MODEL_NAMES if name.startswith("InternVL3_5-") and name != GPT_OSS)
+    assert len(qwen3) == 8 and llm_family(GPT_OSS) == "gpt_oss"
     with pytest.raises(ValueError):
         llm_family("InternVL9-1T")
 
@@ -205,3 +227,140 @@ def test_tokenizer_without_image_tokens_is_refused():
     bare.train_from_iterator(["hello"], trainers.BpeTrainer(vocab_size=50, show_progress=False))
     with pytest.raises(ValueError, match="<img>"):
         ConversationEncoder(PreTrainedTokenizerFast(tokenizer_object=bare))
+
+
+# ---------------------------------------------------------------------------------------------
+# InternVL3.5: the Qwen3 models keep internvl2_5, GPT-OSS speaks harmony; thinking answers
+
+
+def test_gpt_oss_prompt_is_harmony_ending_the_last_answer_with_return():
+    assert HARMONY_SYSTEM_MESSAGE == (
+        "You are InternVL, a large language model trained by Shanghai AI Laboratory.\nKnowledge cutoff: 2024-06\n"
+        "Current date: 2025-08-06\n\nReasoning: low\n\n# Valid channels: final. Channel must be included for every "
+        "message."
+    )
+    assert INTERNVL3_5_GPT_OSS.prompt(conversation_turns(MULTI_TURN)) == (
+        f"<|start|>system<|message|>{HARMONY_SYSTEM_MESSAGE}<|end|>"
+        "<|start|>user<|message|><image>\nDescribe the image.<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>A cat sits on a red mat!<|end|>"
+        "<|start|>user<|message|>What is the dog doing?<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>The dog runs after the ball.<|return|>"
+    )
+    own = conversation_turns([{"from": "system", "value": "Be brief."}, *MULTI_TURN[:1]])
+    assert INTERNVL3_5_GPT_OSS.prompt(own, add_generation_prompt=True) == (
+        "<|start|>system<|message|>Be brief.<|end|><|start|>user<|message|><image>\nDescribe the image.<|end|>"
+        "<|start|>assistant"
+    )
+
+
+def test_gpt_oss_labels_mask_only_the_assistant_header(harmony_tokenizer):
+    encoder = ConversationEncoder.for_model(harmony_tokenizer, GPT_OSS, tokens_per_tile=4)
+    encoded = encoder.encode(conversation_turns(MULTI_TURN), [2])
+    context = "<IMG_CONTEXT>" * 8
+    assert runs(harmony_tokenizer, encoded) == [
+        (
+            False,
+            f"<|start|>system<|message|>{HARMONY_SYSTEM_MESSAGE}<|end|>"
+            f"<|start|>user<|message|><img>{context}</img>\nDescribe the image.<|end|><|start|>assistant",
+        ),
+        (True, "<|channel|>final<|message|>A cat sits on a red mat!<|end|>"),
+        (False, "<|start|>user<|message|>What is the dog doing?<|end|><|start|>assistant"),
+        (True, "<|channel|>final<|message|>The dog runs after the ball.<|return|>"),
+    ]
+    header = harmony_tokenizer("<|start|>assistant", add_special_tokens=False)["input_ids"]
+    ids, labels = encoded.input_ids.tolist(), encoded.labels.tolist()
+    starts = [i for i in range(len(ids)) if ids[i : i + len(header)] == header]
+    assert [labels[i : i + len(header)] for i in starts] == [[IGNORE_INDEX] * len(header)] * 2
+    assert (len(encoded), encoded.supervised_tokens, encoded.media_end) == (308, 53, 209)
+    # The last answer, pinned: <|start|> a ss ist ant | <|channel|> f i n a l <|message|> The dog … . <|return|>
+    last = [308, 64, 286, 265, 280, 311, 69, 72, 77, 64, 75, 310, 51, 257, 220, 67, 78, 70, 220, 81, 84, 266, 263]
+    last += [69, 83, 261, 264, 297, 64, 75, 75, 13, 312]
+    assert ids[-len(last) :] == last and labels[-len(last) :] == [IGNORE_INDEX] * 5 + last[5:]
+
+
+def test_gpt_oss_thinking_answer_goes_to_the_analysis_channel(harmony_tokenizer):
+    conversation = [
+        {"from": "system", "value": THINKING_SYSTEM_PROMPT},
+        {"from": "human", "value": "What is the dog doing?"},
+        {"from": "gpt", "value": "<think>\nThe dog runs.\n</think>\n\nThe dog runs after the ball. "},
+        {"from": "human", "value": "Wow!"},
+        {"from": "gpt", "value": "\n<think></think>Wow!"},
+    ]
+    encoded = ConversationEncoder.for_model(harmony_tokenizer, GPT_OSS).encode(conversation_turns(conversation))
+    assert runs(harmony_tokenizer, encoded) == [
+        (
+            False,
+            f"<|start|>system<|message|>{THINKING_SYSTEM_PROMPT}<|end|>"
+            "<|start|>user<|message|>What is the dog doing?<|end|><|start|>assistant",
+        ),
+        (
+            True,
+            "<|channel|>analysis<|message|>The dog runs.<|end|>"
+            "<|start|>assistant<|channel|>final<|message|>The dog runs after the ball.<|end|>",
+        ),
+        (False, "<|start|>user<|message|>Wow!<|end|><|start|>assistant"),
+        (True, "<|channel|>analysis<|message|><|end|><|start|>assistant<|channel|>final<|message|>Wow!<|return|>"),
+    ]
+
+
+def test_qwen3_models_train_a_thinking_answer_as_written(tokenizer):
+    conversation = [
+        {"from": "system", "value": THINKING_SYSTEM_PROMPT},
+        {"from": "human", "value": "What is the dog doing?"},
+        {"from": "gpt", "value": "<think>\nThe dog runs.\n</think>\n\nThe dog runs after the ball."},
+    ]
+    encoded = ConversationEncoder.for_model(tokenizer, "InternVL3_5-8B").encode(conversation_turns(conversation))
+    assert runs(tokenizer, encoded) == [
+        (
+            False,
+            f"<|im_start|>system\n{THINKING_SYSTEM_PROMPT}<|im_end|>\n"
+            "<|im_start|>user\nWhat is the dog doing?<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (True, "<think>\nThe dog runs.\n</think>\n\nThe dog runs after the ball.<|im_end|>"),
+        (False, "\n"),
+    ]
+    plain = ConversationEncoder.for_model(tokenizer, "InternVL3_5-30B-A3B").encode(conversation_turns(MULTI_TURN), [1])
+    internvl3 = ConversationEncoder.for_model(tokenizer, "InternVL3-8B").encode(conversation_turns(MULTI_TURN), [1])
+    assert (
+        plain.input_ids.tolist() == internvl3.input_ids.tolist() and plain.labels.tolist() == internvl3.labels.tolist()
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("<think>unclosed", "turn 1: a thinking answer holds one <think>…</think> block, not 1 <think> and 0 </think>"),
+        ("no start</think>answer", "not 0 <think> and 1 </think>"),
+        ("<think>a</think><think>b</think>c", "not 2 <think> and 2 </think>"),
+        ("</think>x<think>", "turn 1: a thinking answer starts with <think>, not with '</think>x'"),
+        ("Sure. <think>a</think>b", "turn 1: a thinking answer starts with <think>, not with 'Sure.'"),
+        ("<think>a</think> \n", "turn 1: a thinking answer needs an answer after </think>"),
+    ],
+)
+@pytest.mark.parametrize("model", ["InternVL3_5-8B", GPT_OSS])
+def test_malformed_thinking_answers_are_bad_conversations(harmony_tokenizer, model, answer, message):
+    turns = conversation_turns([{"from": "human", "value": "q"}, {"from": "gpt", "value": answer}])
+    with pytest.raises(ConversationError) as caught:
+        ConversationEncoder.for_model(harmony_tokenizer, model).tokenize(turns, 0)
+    assert message in str(caught.value)
+
+
+def test_gpt_oss_refuses_harmony_tokens_in_the_text_and_tokenizers_without_them(tokenizer, harmony_tokenizer):
+    encoder = ConversationEncoder.for_model(harmony_tokenizer, GPT_OSS)
+    for text in ("a<|channel|>", "b<|return|>", "<|start|>user"):
+        with pytest.raises(PlaceholderError, match="reserved token"):
+            encoder.tokenize(conversation_turns([{"from": "human", "value": "q"}, {"from": "gpt", "value": text}]), 0)
+    with pytest.raises(ValueError, match="lacks the tokens <\\|start\\|>, <\\|end\\|>, <\\|message\\|>"):
+        ConversationEncoder.for_model(tokenizer, GPT_OSS)
+
+
+def test_the_tiny_tokenizer_speaks_harmony_on_request():
+    from internvl_trainer.model.tiny import tiny_tokenizer
+
+    harmony = tiny_tokenizer(harmony=True)
+    encoded = ConversationEncoder.for_model(harmony, GPT_OSS).encode(conversation_turns(MULTI_TURN[:2]), [1])
+    # The answer ends with the end of sequence, learned: generation stops where training ends.
+    assert harmony.eos_token == "<|return|>"
+    assert encoded.input_ids[-1].item() == encoded.labels[-1].item() == harmony.eos_token_id
+    with pytest.raises(ValueError, match="lacks the tokens"):
+        ConversationEncoder.for_model(tiny_tokenizer(), GPT_OSS)

@@ -92,7 +92,7 @@ def one_step(model, inputs, learning_rate=1e-3, weight_decay=0.05):
 
 
 def lora_method(**options) -> MethodConfig:
-    lora = LoraConfig(rank=4, alpha=8, dropout=0.05, **options)
+    lora = LoraConfig(**{"rank": 4, "alpha": 8, "dropout": 0.05, **options})
     return MethodConfig(type="lora", lora=lora, freeze={"projector": False})
 
 

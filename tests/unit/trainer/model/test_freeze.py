@@ -146,3 +146,12 @@ def test_no_decay_for_norms_biases_embeddings_and_layer_scales(tokenizer):
     groups = parameter_groups(model, 0.05)
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_no_decay_for_gpt_oss_sinks_router_and_expert_biases(tokenizer):
+    model = make_model(tokenizer, "gpt_oss")
+    layer = "model.language_model.layers.0."
+    decayed = {name for name, _ in model.named_parameters() if name.startswith(layer)} - no_decay_names(model)
+    projections = {f"{layer}self_attn.{p}_proj.weight" for p in "qkvo"}
+    experts = {f"{layer}mlp.experts.gate_up_proj", f"{layer}mlp.experts.down_proj"}
+    assert decayed == projections | experts | {f"{layer}mlp.router.weight"}

@@ -17,8 +17,10 @@ from internvl_trainer.model.layouts import (
     original_key,
     split_vision_qkv,
     split_wqkv,
+    stack_experts,
     to_native,
     to_original,
+    unstack_experts,
 )
 from internvl_trainer.model.original_config import attention_shape
 from tests.unit.trainer.model.conftest import make_model
@@ -212,7 +214,17 @@ def test_a_whole_internlm2_model_has_exactly_the_original_keys(tokenizer):
     assert original["vision_model.encoder.layers.1.attn.qkv.bias"].shape == (96,)
 
 
-@pytest.mark.parametrize(("llm", "keys"), [("qwen2", "hf"), ("llama", "internlm2"), ("llama", "hf")])
+@pytest.mark.parametrize(
+    ("llm", "keys"),
+    [
+        ("qwen2", "hf"),
+        ("llama", "internlm2"),
+        ("llama", "hf"),
+        ("qwen3", "hf"),
+        ("qwen3_moe", "hf_expert_list"),
+        ("gpt_oss", "hf"),
+    ],
+)
 def test_native_to_original_to_native_is_identical(tokenizer, llm, keys):
     model = make_model(tokenizer, llm=llm, qk_norm=True, norm_type="rms_norm")
     state = model.state_dict()
@@ -247,3 +259,75 @@ def test_original_lora_checkpoints_are_folded():
     ]
     assert torch.allclose(folded["language_model.model.layers.0.self_attn.q_proj.weight"], base + 2.0 * b @ a)
     assert not has_original_lora(folded)
+
+
+# InternVL3.5's LLMs in the original layout: transformers 4.55's names (its InternVLChatModel wraps
+# AutoModelForCausalLM), a Qwen3-MoE expert per MLP, GPT-OSS's experts fused as in transformers 5.
+QWEN3_MOE_LAYER_KEYS = {
+    "language_model.model.layers.0.self_attn.q_norm.weight": (16,),
+    "language_model.model.layers.0.self_attn.k_norm.weight": (16,),
+    "language_model.model.layers.0.mlp.gate.weight": (4, 64),
+    **{
+        f"language_model.model.layers.0.mlp.experts.{expert}.{proj}.weight": shape
+        for expert in range(4)
+        for proj, shape in (("gate_proj", (24, 64)), ("up_proj", (24, 64)), ("down_proj", (64, 24)))
+    },
+}
+GPT_OSS_LAYER_KEYS = {
+    "language_model.model.layers.0.self_attn.sinks": (4,),
+    "language_model.model.layers.0.self_attn.q_proj.bias": (64,),
+    "language_model.model.layers.0.mlp.router.weight": (4, 64),
+    "language_model.model.layers.0.mlp.router.bias": (4,),
+    "language_model.model.layers.0.mlp.experts.gate_up_proj": (4, 64, 48),
+    "language_model.model.layers.0.mlp.experts.gate_up_proj_bias": (4, 48),
+    "language_model.model.layers.0.mlp.experts.down_proj": (4, 24, 64),
+    "language_model.model.layers.0.mlp.experts.down_proj_bias": (4, 64),
+}
+
+
+@pytest.mark.parametrize(
+    ("llm", "keys", "expected"),
+    [("qwen3_moe", "hf_expert_list", QWEN3_MOE_LAYER_KEYS), ("gpt_oss", "hf", GPT_OSS_LAYER_KEYS)],
+)
+def test_internvl35_moe_layers_have_the_original_keys_and_shapes(tokenizer, llm, keys, expected):
+    model = make_model(tokenizer, llm=llm)
+    original = to_original(model.state_dict(), keys, attention_shape(model.config.text_config))
+    assert {key: tuple(original[key].shape) for key in expected} == expected
+    mlp = {key for key in original if key.startswith("language_model.model.layers.0.mlp.")}
+    assert mlp == {key for key in expected if ".mlp." in key}
+
+
+def test_qwen3_moe_experts_are_gate_rows_then_up_rows_of_one_tensor():
+    experts = {
+        index: {
+            "gate_proj": labelled([10 * index, 10 * index + 1], 3),
+            "up_proj": labelled([10 * index + 5, 10 * index + 6], 3),
+            "down_proj": labelled([index + 0.5] * 3, 2),
+        }
+        for index in (1, 0)
+    }
+    stacked = stack_experts(experts, "7")
+    assert stacked["gate_up_proj"][:, :, 0].tolist() == [[0, 1, 5, 6], [10, 11, 15, 16]]
+    assert stacked["down_proj"].shape == (2, 3, 2) and stacked["down_proj"][1, 0, 0] == 1.5
+    back = unstack_experts(stacked["gate_up_proj"], stacked["down_proj"])
+    assert all(torch.equal(back[i][proj], experts[i][proj]) for i in (0, 1) for proj in experts[i])
+
+
+def test_qwen3_moe_experts_with_a_gap_or_a_missing_projection_are_refused():
+    weight = torch.zeros(2, 3)
+    full = {"gate_proj": weight, "up_proj": weight, "down_proj": weight.T}
+    with pytest.raises(LayoutError, match=r"^layer 3: experts \[0, 2\] are not numbered 0 to 1$"):
+        stack_experts({0: full, 2: full}, "3")
+    with pytest.raises(LayoutError, match=r"^layer 3 expert 0: only \['gate_proj', 'up_proj'\] of"):
+        stack_experts({0: {"gate_proj": weight, "up_proj": weight}}, "3")
+    with pytest.raises(LayoutError, match=r"^layer 5: only \['gate_up_proj'\] of the experts'"):
+        to_original({"model.language_model.layers.5.mlp.experts.gate_up_proj": torch.zeros(2, 4, 3)}, "hf_expert_list")
+
+
+def test_quantized_experts_are_refused_by_key():
+    state = {
+        "language_model.model.layers.0.mlp.experts.gate_up_proj_blocks": torch.zeros(1, dtype=torch.uint8),
+        "language_model.model.layers.0.mlp.experts.gate_up_proj_scales": torch.zeros(1, dtype=torch.uint8),
+    }
+    with pytest.raises(LayoutError, match=r"^2 quantized expert weights \(train from a bf16 release of the model\): "):
+        to_native(state, "hf")

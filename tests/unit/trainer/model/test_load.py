@@ -12,7 +12,14 @@ from safetensors.torch import load_file, save_file
 
 from internvl_trainer.model.export import save_hf, save_original
 from internvl_trainer.model.layouts import LayoutError
-from internvl_trainer.model.load import ModelFolderError, attention_implementation, fetch_folder, fit_embeddings, load
+from internvl_trainer.model.load import (
+    ModelFolderError,
+    attention_implementation,
+    fetch_folder,
+    fit_embeddings,
+    load,
+    read_weights,
+)
 from internvl_trainer.model.processor import INTERNVL_TOKENS, prepare_tokenizer
 from tests.unit.trainer.model.conftest import batch, logits, make_model
 
@@ -188,3 +195,48 @@ def test_the_embeddings_grow_to_the_tokenizer_with_mean_rows(tokenizer):
     assert torch.allclose(embeddings[-1], embeddings[:rows].mean(dim=0))
     assert torch.allclose(model.lm_head.weight[-2], model.lm_head.weight[:rows].mean(dim=0))
     assert fit_embeddings(model, tokenizer) == 0
+
+
+@pytest.mark.parametrize(
+    ("llm", "architecture"),
+    [("qwen3", "Qwen3ForCausalLM"), ("qwen3_moe", "Qwen3MoeForCausalLM"), ("gpt_oss", "GptOssForCausalLM")],
+)
+def test_internvl35_language_models_convert_exactly_both_ways(tmp_path, tokenizer, processor, llm, architecture):
+    model = make_model(tokenizer, llm, seed=5)
+    inputs = batch(tokenizer)
+    expected = logits(model, inputs)
+    save_original(model, tmp_path / "original", processor=processor)
+    original = load(tmp_path / "original")
+    save_hf(original.model, tmp_path / "hf", processor=original.processor)
+    hf = load(tmp_path / "hf")
+    save_original(hf.model, tmp_path / "back", processor=hf.processor)
+    for loaded in (original, hf, load(tmp_path / "back")):
+        assert type(loaded.model.config.text_config).__name__ == type(model.config.text_config).__name__
+        assert torch.equal(logits(loaded.model, inputs), expected)
+    config = json.loads((tmp_path / "original" / "config.json").read_text())
+    assert config["llm_config"]["architectures"] == [architecture]
+    assert config == json.loads((tmp_path / "back" / "config.json").read_text())
+    first, back = read_weights(tmp_path / "original"), read_weights(tmp_path / "back")
+    assert sorted(first) == sorted(back) and all(torch.equal(first[key], back[key]) for key in first)
+    # Both layouts hold the LLM under the same keys (transformers writes Qwen3-MoE's experts one by
+    # one, as InternVL's transformers 4.55 does), so the LLM part of either folder is the other's.
+    hf_llm = {key: tensor for key, tensor in read_weights(tmp_path / "hf").items() if key.startswith("language_model.")}
+    assert sorted(hf_llm) == sorted(key for key in first if key.startswith("language_model."))
+    assert all(torch.equal(tensor, first[key]) for key, tensor in hf_llm.items())
+
+
+def test_gpt_oss_runs_eager_attention_in_its_llm_only():
+    assert attention_implementation(None, "gpt_oss") == {"text_config": "eager", "vision_config": "sdpa"}
+    assert attention_implementation("flash_attention_2", "gpt_oss") == "flash_attention_2"
+    assert attention_implementation(None, "qwen3_moe") == "sdpa"
+
+
+def test_a_quantized_release_is_refused_naming_the_field(folders, tmp_path):
+    root, _ = folders
+    folder = tmp_path / "quantized"
+    shutil.copytree(root / "qwen2-hf", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["quantization_config"] = {"quant_method": "mxfp4"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match=r"config.json: text_config.quantization_config: mxfp4 quantized"):
+        load(folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from internvl_trainer.model.export import export
 from internvl_trainer.model.load import load
@@ -57,7 +58,9 @@ def test_target_pattern_is_a_full_module_path():
     assert re.fullmatch(pattern, "model.language_model.layers.12.self_attn.q_proj")
     assert not re.fullmatch(pattern, "model.vision_tower.encoder.layer.0.attention.q_proj")
     assert not re.fullmatch(pattern, "model.language_model.layers.12.self_attn.q_proj.lora_A")
-    with pytest.raises(ValueError, match="method.lora.targets: expected llm and/or vision"):
+    assert target_pattern(["llm", "experts"]) == target_pattern(["llm"])
+    assert target_pattern(["experts"]) is None  # the experts are parameters, not modules
+    with pytest.raises(ValueError, match="method.lora.targets: expected llm, vision and/or experts"):
         target_pattern(["audio"])
 
 
@@ -99,3 +102,45 @@ def test_merge_equals_adapted_and_the_export_reloads_the_same(tokenizer, process
         assert (tmp_path / layout / "manifest.json").is_file()
         reloaded = load(tmp_path / layout)
         assert (logits(reloaded.model, inputs) - merged_logits).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("llm", ["qwen3_moe", "gpt_oss"])
+def test_llm_adapters_on_moe_models_are_on_the_attention_only(tokenizer, llm):
+    prepared = prepare_for_training(make_model(tokenizer, llm), lora_method())
+    attention = [m for m in LLM_MODULES if ".self_attn." in m]
+    assert adapted_modules(prepared.model) == sorted(f"base_model.model.{m}" for m in attention)
+    assert not [n for n, p in prepared.model.named_parameters() if p.requires_grad and ".mlp." in n]
+
+
+@pytest.mark.parametrize("llm", ["qwen3_moe", "gpt_oss"])
+def test_expert_adapters_train_merge_back_exactly_and_export(tokenizer, processor, tmp_path, llm):
+    model = prepare_for_training(
+        make_model(tokenizer, llm, seed=3), lora_method(targets=["llm", "experts"], dropout=0.0)
+    ).model
+    experts = [f"base_model.model.model.language_model.layers.{layer}.mlp.experts" for layer in (0, 1)]
+    assert set(experts) <= set(adapted_modules(model))
+    inputs = batch(tokenizer, seed=1)
+    with model.disable_adapter():
+        base = logits(model, inputs)
+    before = snapshot(model)
+    for _ in range(3):
+        one_step(model, inputs, learning_rate=1e-2, weight_decay=0.0)
+    trained = changed(model, before)
+    assert {n for n in trained if ".mlp.experts." in n and ".lora_" in n} and trained == {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }
+    adapted = logits(model, inputs)
+    assert (adapted - base).abs().max().item() > 1e-2
+
+    merged = merge(model)
+    assert not adapted_modules(merged)
+    merged_logits = logits(merged, inputs)
+    assert (merged_logits - adapted).abs().max().item() < 1e-4
+    for layout in ("hf", "original"):
+        export(merged, tmp_path / layout, layout, processor=processor)
+        assert torch.equal(logits(load(tmp_path / layout).model, inputs), merged_logits)
+
+
+def test_expert_adapters_need_a_moe_model(tokenizer):
+    with pytest.raises(ValueError, match="experts, but the language model has no mixture-of-experts layers"):
+        prepare_for_training(make_model(tokenizer, "qwen3"), lora_method(targets=["experts"], dropout=0.0))

@@ -71,6 +71,70 @@ INTERNLM2 = {
     "pad_token_id": 2,
 }
 
+# InternVL3.5's LLMs as transformers 4.55 writes them (test inputs, sizes of the 30B-A3B and
+# GPT-OSS-20B releases' language models).
+QWEN3_MOE = {
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "model_type": "qwen3_moe",
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "moe_intermediate_size": 768,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "router_aux_loss_coef": 0.001,
+    "output_router_logits": False,
+    "hidden_act": "silu",
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_scaling": None,
+    "tie_word_embeddings": False,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
+
+GPT_OSS = {
+    "architectures": ["GptOssForCausalLM"],
+    "model_type": "gpt_oss",
+    "vocab_size": 201088,
+    "hidden_size": 2880,
+    "intermediate_size": 2880,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "num_local_experts": 32,
+    "num_experts_per_tok": 4,
+    "sliding_window": 128,
+    "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+    "attention_bias": True,
+    "swiglu_limit": 7.0,
+    "router_aux_loss_coef": 0.9,
+    "hidden_act": "silu",
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 150000,
+    "rope_scaling": {
+        "rope_type": "yarn",
+        "factor": 32.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "truncate": False,
+        "original_max_position_embeddings": 4096,
+    },
+    "tie_word_embeddings": False,
+    "pad_token_id": 199999,
+    "eos_token_id": 200002,
+}
+
 
 def chat_config(llm: dict) -> dict:
     """An InternVLChatConfig-shaped config.json (a test input, sizes of a 1B/8B-class model)."""
@@ -132,10 +196,12 @@ def test_internlm2_based_config_becomes_llama():
     assert native.image_token_id == 92546  # released InternLM2-based checkpoints' <IMG_CONTEXT>
 
 
-@pytest.mark.parametrize("llm", [QWEN2, INTERNLM2])
-def test_original_to_native_to_original_keeps_every_field(llm):
+@pytest.mark.parametrize(
+    ("llm", "image_token_id"), [(QWEN2, None), (INTERNLM2, None), (QWEN3_MOE, None), (GPT_OSS, 200020)]
+)
+def test_original_to_native_to_original_keeps_every_field(llm, image_token_id):
     original = chat_config(llm)
-    back = original_config(native_config(original))
+    back = original_config(native_config(original, image_token_id=image_token_id))
     for key, value in original.items():
         if key not in ("vision_config", "llm_config"):
             assert back[key] == value, key
@@ -143,6 +209,19 @@ def test_original_to_native_to_original_keeps_every_field(llm):
         assert back["vision_config"][key] == value, key
     for key, value in llm.items():
         assert back["llm_config"][key] == value, key
+
+
+def test_internvl35_language_models_keep_their_transformers_config():
+    moe = native_config(chat_config(QWEN3_MOE)).text_config
+    assert type(moe).__name__ == "Qwen3MoeConfig"
+    assert (moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size, moe.head_dim) == (128, 8, 768, 128)
+    assert native_config(chat_config(QWEN3_MOE)).image_token_id == 151671  # after Qwen3's <think>, </think>
+    gpt_oss = native_config(chat_config(GPT_OSS), image_token_id=200020).text_config
+    assert type(gpt_oss).__name__ == "GptOssConfig"
+    assert gpt_oss.layer_types == GPT_OSS["layer_types"] and gpt_oss.sliding_window == 128
+    assert gpt_oss.rope_parameters == {**GPT_OSS["rope_scaling"], "rope_theta": 150000}
+    with pytest.raises(LayoutError, match="^img_context_token_id: missing, and the folder has no tokenizer"):
+        native_config(chat_config(GPT_OSS))
 
 
 def test_what_has_no_native_counterpart_is_refused():

@@ -1,11 +1,16 @@
 """Tiny runs for the training tests: a random InternVL (vision hidden 32, LLM hidden 64, 56-pixel
 tiles of 4 tokens) with a tokenizer trained on the spot, saved as a model folder; 8 image-text
-samples (a distinct picture and answer each) with a meta file; and a train.yaml around them."""
+samples (a distinct picture and answer each) with a meta file; a train.yaml around them; and a
+run of ``internvl-train run`` on two CPU ranks under torchrun."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from internvl_trainer.config import TrainConfig
+from internvl_trainer.config import TrainConfig, dump_train_config
 from internvl_trainer.model.export import save_hf
 from internvl_trainer.model.processor import build_processor
-from internvl_trainer.model.tiny import tiny_config, tiny_model, tiny_tokenizer
+from internvl_trainer.model.tiny import TinyLLM, tiny_config, tiny_model, tiny_tokenizer
+from tests.conftest import REPO
 
 IMAGE_SIZE = 56
 HEAD_SCALE = 8.0
@@ -42,15 +48,27 @@ COLOURS = [
 ]
 
 
-def write_model(folder: Path, *, seed: int = 0) -> Path:
+def write_model(
+    folder: Path,
+    *,
+    seed: int = 0,
+    llm: TinyLLM = "qwen2",
+    text: Mapping[str, Any] = {},  # noqa: B006 (read only)
+    adjust: Callable[[Any, Any], None] | None = None,
+) -> Path:
     """A tiny model folder in the transformers layout, with its tokenizer and processor. The LM
     head is scaled up so that its logits span a range like a real model's (a random head of hidden
-    size 64 caps them near ±3, which a frozen head under LoRA could never sharpen)."""
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(tokenizer, image_size=IMAGE_SIZE, vision_layers=1, text_layers=2)
+    size 64 caps them near ±3, which a frozen head under LoRA could never sharpen). ``text`` sets
+    fields of the LLM's config, ``adjust(model, tokenizer)`` edits the weights before they are saved."""
+    tokenizer = tiny_tokenizer(harmony=llm == "gpt_oss")
+    config = tiny_config(tokenizer, llm=llm, image_size=IMAGE_SIZE, vision_layers=1, text_layers=2)
+    for name, value in text.items():
+        setattr(config.text_config, name, value)
     model = tiny_model(config, seed=seed)
     with torch.no_grad():
         model.lm_head.weight.mul_(HEAD_SCALE)
+        if adjust is not None:
+            adjust(model, tokenizer)
     processor = build_processor(tokenizer, image_size=IMAGE_SIZE, image_seq_length=4, max_tiles=2)
     save_hf(model, folder, processor=processor)
     return folder
@@ -64,27 +82,28 @@ def png(colour: tuple[int, int, int], seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def records(count: int = 8) -> list[dict[str, Any]]:
+def records(count: int = 8, answers: Sequence[str] = ANSWERS) -> list[dict[str, Any]]:
     return [
         {
             "id": number,
             "image": f"images/{number}.png",
             "conversations": [
                 {"from": "human", "value": "<image>\nDescribe the image."},
-                {"from": "gpt", "value": ANSWERS[number % len(ANSWERS)]},
+                {"from": "gpt", "value": answers[number % len(answers)]},
             ],
         }
         for number in range(count)
     ]
 
 
-def write_data(folder: Path, *, count: int = 8, bad_lines: int = 0) -> Path:
-    """Images, an annotation JSONL and a meta.json in ``folder``; returns the meta file. ``bad_lines``
-    broken records are added after the good ones."""
+def write_data(folder: Path, *, count: int = 8, bad_lines: int = 0, answers: Sequence[str] = ANSWERS) -> Path:
+    """Images, an annotation JSONL and a meta.json in ``folder``; returns the meta file. Sample n
+    answers ``answers[n % len(answers)]``; ``bad_lines`` broken records are added after the good
+    ones."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for number in range(count):
         (folder / "images" / f"{number}.png").write_bytes(png(COLOURS[number % len(COLOURS)], number))
-    lines = [json.dumps(record) for record in records(count)]
+    lines = [json.dumps(record) for record in records(count, answers)]
     lines += ['{"id": "broken", "conversations": [' for _ in range(bad_lines)]
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
     meta = {"pictures": {"root": str(folder), "annotation": str(folder / "train.jsonl"), "repeat_time": 1}}
@@ -130,3 +149,16 @@ def train_config(
     for section, values in sections.items():
         document.setdefault(section, {}).update(values)
     return TrainConfig.model_validate(document)
+
+
+def run_two_ranks(config: TrainConfig, folder: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``internvl-train run`` of ``config`` on two CPU ranks under torchrun, as a pod with two GPUs
+    runs it; its train.yaml and scratch folder (a new pod's) named ``name`` in ``folder``."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    environment.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache/torch_extensions"))
+    environment["INTERNVL_SCRATCH"] = str(folder / f"scratch-{name}")
+    path = folder / f"train-{name}.yaml"
+    path.write_text(dump_train_config(config))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*launcher, "-m", "internvl_trainer.cli", "run", "--config", str(path)]
+    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)

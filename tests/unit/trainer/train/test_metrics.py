@@ -100,3 +100,15 @@ def test_progress_reaches_metrics_tensorboard_and_status(tmp_path):
     )
     assert final["final"] is True and final["loss"] == 0.5 and final["eta_seconds"] >= 0
     assert len(list(read_records(next((tmp_path / "tb").iterdir())))) == 2
+
+
+def test_the_load_balancing_loss_reaches_metrics_and_tensorboard(tmp_path):
+    callback = ProgressCallback(
+        MetricsLog(tmp_path / "m.jsonl"), EventWriter(tmp_path / "tb"), samples_before=0, epoch_length=8, world_size=1
+    )
+    callback.trainer = SimpleNamespace(samples_seen=4)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1, max_steps=10)
+    callback.on_log(None, state, None, logs={"loss": 0.52, "aux_loss": 2.0, "aux_loss_coef": 0.01})
+    (record,) = MetricsLog(tmp_path / "m.jsonl").read()
+    assert (record["loss"], record["auxLoss"], record["auxLossCoef"]) == (0.52, 2.0, 0.01)
+    assert b"train/aux_loss" in list(read_records(next((tmp_path / "tb").iterdir())))[-1]

@@ -6,17 +6,12 @@ weights are partitioned while every rank loads them together."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from internvl_operator.deepspeed import deepspeed_config
-from internvl_trainer.config import dump_train_config
 from internvl_trainer.train.run import run
-from tests.conftest import REPO
-from tests.unit.trainer.train.runs import train_config, write_data
+from tests.unit.trainer.train.runs import run_two_ranks, train_config, write_data
 
 STEPS = 6
 GLOBAL_BATCH = 8
@@ -61,18 +56,9 @@ def one_process(tmp_path_factory, tiny_model_dir, sixteen) -> list[tuple[str, fl
 @pytest.mark.parametrize("deepspeed", [None, "zero_stage3_config_100b_1e7_offload"], ids=["ddp", "zero3-offload"])
 def test_two_ranks_train_and_resume_as_one_process(tmp_path, tiny_model_dir, sixteen, one_process, deepspeed):
     """Four steps, then the next attempt of the same run resumes from step 4's checkpoint to step 6."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    environment.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache/torch_extensions"))
     for attempt, steps in enumerate((4, STEPS)):
         config = config_for(tiny_model_dir, sixteen, tmp_path / "out", world=2, deepspeed=deepspeed, steps=steps)
-        path = tmp_path / f"train-{attempt}.yaml"
-        path.write_text(dump_train_config(config))
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-        command = [*launcher, "-m", "internvl_trainer.cli", "run", "--config", str(path)]
-        scratch = {"INTERNVL_SCRATCH": str(tmp_path / f"scratch-{attempt}")}  # each attempt is a new pod
-        process = subprocess.run(
-            command, cwd=REPO, env={**environment, **scratch}, capture_output=True, text=True, timeout=600
-        )
+        process = run_two_ranks(config, tmp_path, str(attempt))  # each attempt is a new pod
         assert process.returncode == 0, process.stderr[-4000:]
         if attempt:
             assert "resuming from " in process.stderr, process.stderr[-4000:]
