@@ -43,7 +43,7 @@ from transformers import (
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from internvl_trainer.config import DEFAULT_MAX_TILES
-from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE, INTERNVL2_5
+from internvl_trainer.data.template import INTERNVL2_5, INTERNVL3_5_GPT_OSS, ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +69,44 @@ def _jinja_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def chat_template(system_message: str = DEFAULT_SYSTEM_MESSAGE) -> str:
-    """The ``internvl2_5`` template as a Jinja chat template (what ``apply_chat_template`` runs)."""
-    t = INTERNVL2_5
+def chat_template(template: ChatTemplate = INTERNVL2_5) -> str:
+    """A fine-tuning template as a Jinja chat template (what ``apply_chat_template`` runs): the
+    template's default system message unless the messages start with their own, each turn its
+    header, content and end (the last assistant turn the template's last end), and with
+    ``add_generation_prompt`` the assistant header. Harmony templates put answers in the ``final``
+    channel."""
+    t = template
+    answer = _jinja_string("<|channel|>final<|message|>" if t.channels else "")
+    last_end = t.last_separator if t.last_separator is not None else t.separator
+    headers = {"system": t.system_prefix, "user": t.user_prefix, "assistant": t.assistant_prefix}
     return (
         "{%- if not messages or messages[0]['role'] != 'system' -%}"
-        f"{{{{- {_jinja_string(t.system_prefix + system_message + t.separator)} -}}}}"
+        f"{{{{- {_jinja_string(t.system_prefix + t.system_message + t.separator)} -}}}}"
         "{%- endif -%}"
+        f"{{%- set headers = {json.dumps(headers, ensure_ascii=False)} -%}}"
         "{%- for message in messages -%}"
-        f"{{{{- {_jinja_string('<|im_start|>')} + message['role'] + {_jinja_string(chr(10))} -}}}}"
+        "{{- headers[message['role']] -}}"
+        f"{{%- if message['role'] == 'assistant' -%}}{{{{- {answer} -}}}}{{%- endif -%}}"
         "{%- if message['content'] is string -%}{{- message['content'] -}}"
         "{%- else -%}{%- for item in message['content'] -%}"
         f"{{%- if item['type'] == 'image' -%}}{{{{- {_jinja_string('<IMG_CONTEXT>' + chr(10))} -}}}}"
         f"{{%- elif item['type'] == 'video' -%}}{{{{- {_jinja_string(VIDEO_TOKEN + chr(10))} -}}}}"
         "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
         "{%- endif -%}{%- endfor -%}{%- endif -%}"
-        f"{{{{- {_jinja_string(t.separator)} -}}}}"
+        f"{{%- if message['role'] == 'assistant' and loop.last -%}}{{{{- {_jinja_string(last_end)} -}}}}"
+        f"{{%- else -%}}{{{{- {_jinja_string(t.separator)} -}}}}{{%- endif -%}}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{- {_jinja_string(t.assistant_prefix)} -}}}}{{%- endif -%}}"
     )
 
 
-CHAT_TEMPLATE = chat_template()
-"""The chat template saved with every exported tokenizer and processor."""
+def template_of(tokenizer: PreTrainedTokenizerBase) -> ChatTemplate:
+    """The fine-tuning template a tokenizer's model uses, told from its vocabulary: GPT-OSS's
+    harmony tokens, or else InternVL's ``internvl2_5`` (``data.template.TEMPLATES``)."""
+    vocabulary = tokenizer.get_vocab()
+    harmony = all(token in vocabulary for token in INTERNVL3_5_GPT_OSS.control_tokens)
+    return INTERNVL3_5_GPT_OSS if harmony else INTERNVL2_5
+
 
 
 def missing_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -123,7 +138,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
         # The public route is the ``extra_special_tokens`` argument of the constructor; a loaded
         # tokenizer gets the same registration through the method the constructor calls.
         tokenizer._set_model_specific_special_tokens(missing_names)
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template(template_of(tokenizer))
     return added
 
 
@@ -247,7 +262,7 @@ def build_processor(
         image_processor=image_processor(image_size, min_tiles, max_tiles),
         tokenizer=tokenizer,
         image_seq_length=image_seq_length,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tokenizer.chat_template,
     )
 
 
@@ -277,7 +292,10 @@ def load_processor(
     if images is None:
         images = image_processor(image_size, min_tiles, max_tiles)
     return InternVLCpuProcessor(
-        image_processor=images, tokenizer=tokenizer, image_seq_length=image_seq_length, chat_template=CHAT_TEMPLATE
+        image_processor=images,
+        tokenizer=tokenizer,
+        image_seq_length=image_seq_length,
+        chat_template=tokenizer.chat_template,
     )
 
 

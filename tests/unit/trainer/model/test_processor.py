@@ -12,14 +12,15 @@ from PIL import Image
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE, INTERNVL2_5
+from internvl_trainer.data.template import DEFAULT_SYSTEM_MESSAGE, INTERNVL2_5, INTERNVL3_5_GPT_OSS
 from internvl_trainer.model.export import save_hf
 from internvl_trainer.model.processor import (
-    CHAT_TEMPLATE,
     VIDEO_TOKEN,
     InternVLCpuProcessor,
     build_processor,
+    chat_template,
     load_tokenizer,
+    template_of,
 )
 from internvl_trainer.model.tiny import tiny_tokenizer
 from tests.unit.trainer.model.conftest import make_model, original_folder
@@ -47,6 +48,18 @@ def test_chat_template_keeps_a_given_system_message_and_adds_the_generation_prom
     assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_a_gpt_oss_tokenizer_gets_the_harmony_chat_template():
+    harmony = tiny_tokenizer(harmony=True)
+    assert template_of(harmony) is INTERNVL3_5_GPT_OSS
+    assert template_of(tiny_tokenizer()) is INTERNVL2_5
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A cat."}]
+    text = harmony.apply_chat_template(messages, tokenize=False)
+    assert text == INTERNVL3_5_GPT_OSS.prompt([("user", "Hi"), ("assistant", "A cat.")])
+    assert text.endswith("<|start|>assistant<|channel|>final<|message|>A cat.<|return|>")
+    prompt = harmony.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == INTERNVL3_5_GPT_OSS.prompt([("user", "Hi")], add_generation_prompt=True)
+
+
 def test_processor_expands_images_to_tiles_of_context_tokens(processor, tokenizer):
     image = Image.fromarray(np.zeros((60, 130, 3), dtype=np.uint8))  # 130 x 60: a 2 x 1 grid + thumbnail
     out = processor(images=[image], text=["<IMG_CONTEXT>\nWhat is shown?"], return_tensors="pt")
@@ -70,7 +83,7 @@ def test_every_export_carries_tokenizer_processor_and_template(tmp_path, tokeniz
         "tokenizer_config.json",
     ]
     reloaded = InternVLCpuProcessor.from_pretrained(str(tmp_path / "model"))
-    assert reloaded.chat_template == CHAT_TEMPLATE
+    assert reloaded.chat_template == chat_template()
     assert reloaded.image_seq_length == 4
     assert reloaded.image_processor.max_patches == 4
     assert list(reloaded.image_processor.image_mean) == [0.485, 0.456, 0.406]
