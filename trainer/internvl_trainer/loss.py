@@ -99,13 +99,15 @@ def model_loss(
     normaliser: torch.Tensor | float,
     *,
     chunk_tokens: int = LOSS_CHUNK_TOKENS,
+    reentrant: bool = False,
 ) -> torch.Tensor:
     """This micro-batch's share of the global loss from one forward pass of ``model`` (a causal LM
     or InternVL, possibly wrapped by PEFT or DeepSpeed) on ``inputs``; ``head`` is its output
     embeddings (the LM head). The model computes the logits of its last position only and hands
     back its final hidden states, to which ``head_loss`` applies the head."""
     outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
-    return head_loss(outputs.hidden_states[-1], head, labels, weights, normaliser, chunk_tokens=chunk_tokens)
+    hidden = outputs.hidden_states[-1]
+    return head_loss(hidden, head, labels, weights, normaliser, chunk_tokens=chunk_tokens, reentrant=reentrant)
 
 
 def head_loss(
@@ -116,6 +118,7 @@ def head_loss(
     normaliser: torch.Tensor | float,
     *,
     chunk_tokens: int = LOSS_CHUNK_TOKENS,
+    reentrant: bool = False,
 ) -> torch.Tensor:
     """``Σ w·CE / normaliser`` over the next-token predictions of ``hidden`` (batch, length,
     hidden size: the final hidden states). ``labels`` and ``weights`` (batch, length) unshifted, as
@@ -125,7 +128,12 @@ def head_loss(
     chunk's logits are recomputed in the backward pass instead of kept: the float32 logits of a
     long micro-batch (16k tokens x a 150k vocabulary is 9 GiB each in the loss) never exist at
     once, only one chunk's. With gradients averaged over ranks (DDP, DeepSpeed), multiply the
-    result by the world size; never divide it by the accumulation steps."""
+    result by the world size; never divide it by the accumulation steps.
+
+    Under ZeRO-3 the recomputation must be ``reentrant`` (a forward pass of its own in the backward
+    pass, as DeepSpeed's activation checkpointing does): ZeRO-3 gathers the head's partitioned
+    weight as the head runs and frees it after, and a non-reentrant recomputation of a frozen head
+    (LoRA) finds it freed. Reentrant recomputation does not support ``torch.autograd.grad``."""
     shifted_labels = labels[:, 1:].to(hidden.device)
     shifted_weights = weights[:, 1:].to(hidden.device)
     keep = (shifted_weights != 0) & (shifted_labels != IGNORE_INDEX)
@@ -135,7 +143,9 @@ def head_loss(
     # One chunk even when nothing is supervised: the zero result keeps its graph through the head.
     for start in range(0, max(len(targets), 1), chunk_tokens):
         part = slice(start, start + chunk_tokens)
-        chunk = checkpoint(_chunk_loss, head, selected[part], targets[part], kept_weights[part], use_reentrant=False)
+        chunk = checkpoint(
+            _chunk_loss, head, selected[part], targets[part], kept_weights[part], use_reentrant=reentrant
+        )
         total = chunk if total is None else total + chunk
     # A zero normaliser means nothing is supervised anywhere: the result is a zero with a graph.
     normaliser = torch.as_tensor(normaliser, device=total.device).to(total.dtype).clamp_min(1e-12)

@@ -87,10 +87,12 @@ class RecordingHead(torch.nn.Linear):
         return super().forward(hidden)
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant (ZeRO-3)"])
 @pytest.mark.parametrize("chunk_tokens", [1, 3, 4, 1024])
-def test_head_loss_in_chunks_equals_the_loss_of_all_logits_at_once(chunk_tokens):
+def test_head_loss_in_chunks_equals_the_loss_of_all_logits_at_once(chunk_tokens, reentrant):
     """The head runs on supervised positions only, at most ``chunk_tokens`` at a time (again in the
-    backward pass), and the loss and every gradient equal those of the full logits."""
+    backward pass), and the loss and every gradient equal those of the full logits, whichever way
+    the chunks are recomputed."""
     torch.manual_seed(0)
     hidden = torch.randn(2, 6, 8, requires_grad=True)
     head = RecordingHead(8, 11)
@@ -105,8 +107,9 @@ def test_head_loss_in_chunks_equals_the_loss_of_all_logits_at_once(chunk_tokens)
     expected_grads = torch.autograd.grad(expected, [hidden, head.weight])
 
     head.rows.clear()
-    loss = head_loss(hidden, head, labels, weights, 5.25, chunk_tokens=chunk_tokens)
-    grads = torch.autograd.grad(loss, [hidden, head.weight])
+    loss = head_loss(hidden, head, labels, weights, 5.25, chunk_tokens=chunk_tokens, reentrant=reentrant)
+    loss.backward()  # reentrant recomputation supports backward() only
+    grads = (hidden.grad, head.weight.grad)
     torch.testing.assert_close(loss, expected)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from internvl_trainer.data.collate import Collator
 from internvl_trainer.data.loader import ResumableLoader
@@ -196,7 +197,9 @@ class InternVLTrainer(Trainer):
         normaliser = num_items_in_batch if num_items_in_batch is not None else weights.sum(dtype=torch.float64)
         balance = self.router_balance if model.training else None
         with balance.record() if balance is not None else nullcontext():
-            loss = model_loss(model, self.model.get_output_embeddings(), inputs, labels, weights, normaliser)
+            head = self.model.get_output_embeddings()
+            reentrant = self.is_deepspeed_enabled and is_deepspeed_zero3_enabled()
+            loss = model_loss(model, head, inputs, labels, weights, normaliser, reentrant=reentrant)
         if model.training:
             loss = loss * self.args.world_size
         if balance is not None:

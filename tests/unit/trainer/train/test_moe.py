@@ -142,3 +142,21 @@ def test_the_load_balancing_loss_is_added_with_the_checkpoints_coefficient_and_l
     assert 1.8 < with_[0]["auxLoss"] < 2.6
     assert with_[0]["loss"] == pytest.approx(without[0]["loss"] + COEFFICIENT * with_[0]["auxLoss"], rel=1e-6)
     assert with_[1]["loss"] - COEFFICIENT * with_[1]["auxLoss"] != pytest.approx(without[1]["loss"], rel=1e-7)
+
+
+def test_expert_adapters_under_zero3_on_two_ranks_train_as_one_process(tmp_path, sixteen_marked):
+    """LoRA on attention and on every expert's stacked tensors (PEFT's parameter adapters), with
+    the expert tensors partitioned by ZeRO-3 over two ranks that route unevenly."""
+    model_dir = write_model(tmp_path / "model", llm="qwen3_moe", adjust=route_marker_to_rare_expert)
+    method = {"type": "lora", "dropPathRate": 0.0, "lora": {"targets": ["llm", "experts"], "dropout": 0.0}}
+
+    def lora(config: TrainConfig) -> TrainConfig:
+        return checkpointed(config.model_copy(update={"method": config.method.model_validate(method)}))
+
+    run(lora(config_for(model_dir, sixteen_marked, tmp_path / "one", world=1)), environ={}, scratch=tmp_path / "s")
+    config = config_for(model_dir, sixteen_marked, tmp_path / "two", world=2, deepspeed="zero_stage3_config")
+    process = run_two_ranks(lora(config), tmp_path, "zero3")
+    assert process.returncode == 0, process.stderr[-4000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [key for key, _ in two] == [key for key, _ in one]
+    assert [value for _, value in two] == pytest.approx([value for _, value in one], rel=1e-5)
