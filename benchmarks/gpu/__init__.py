@@ -1,11 +1,13 @@
 """Training on one GPU: this project's packing against InternVL's unpacked recipe, ``make bench-gpu``.
 
-InternVL3-1B- and 2B-sized models with random weights train in bf16 on synthetic samples of a
-realistic length mix, once laid out as InternVL's 2nd-finetune scripts do (length-grouped
-micro-batches of 4, padded to the longest) and once packed by the trainer; the report gives
+InternVL3-1B-, InternVL3-2B- and InternVL3_5-2B-sized models and a small InternVL3.5 mixture of
+experts (``models.MOE``: InternVL3.5-30B-A3B's layers, cut to fit one GPU) with random weights
+train in bf16 on synthetic samples of a realistic length mix, once laid out as InternVL's
+2nd-finetune scripts do (length-grouped micro-batches of 4, padded to the longest) and once packed
+by the trainer; the report gives
 tokens per second per GPU, MFU and peak memory against the planner's estimate, and checks that
 both layouts give the same loss on the same batch. ``--quick`` runs a few steps; ``--smoke`` runs
-the same code on CPU with a tiny model (``tests/unit/test_bench_gpu.py``).
+the same code on CPU with a tiny dense and a tiny MoE model (``tests/unit/test_bench_gpu.py``).
 
 A GPU machine may have nothing but Python, torch and transformers, and no package index: the
 benchmark needs only those (and numpy), imports this repository's source by path, and reports

@@ -1,5 +1,5 @@
 """``python -m benchmarks.gpu [--quick | --smoke] [--output docs/benchmarks-gpu.md]``: train on one GPU
-(or, with ``--smoke``, a tiny model on CPU) and write the report and its JSON record."""
+(or, with ``--smoke``, tiny models on CPU) and write the report and its JSON record."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__)
     speed = parser.add_mutually_exclusive_group()
     speed.add_argument("--quick", action="store_true", help="a few steps per model and layout: a smoke check on a GPU")
-    speed.add_argument("--smoke", action="store_true", help="the same code on CPU with a tiny model, in seconds")
+    speed.add_argument("--smoke", action="store_true", help="the same code on CPU with tiny models, in seconds")
     parser.add_argument("--output", type=Path, help="write the report here (and its JSON record beside it)")
     parser.add_argument("--attention", choices=ATTENTIONS, default="auto", help="default: flash-attention, else sdpa")
     parser.add_argument("--no-deepspeed", action="store_true", help="the ZeRO-1 layout without DeepSpeed")

@@ -19,13 +19,28 @@ BUCKETS = "communication buckets"
 
 def model_spec(name: str, original: dict[str, Any]):
     """The memory model's description (a catalog ``ModelSpec``) of an original-layout config.json
-    with an InternViT and a Qwen2 LLM."""
-    from internvl_operator.catalog import LanguageModel, ModelSpec, VisionTower
+    with an InternViT and a Qwen2, Qwen3 or Qwen3-MoE LLM."""
+    from internvl_operator.catalog import LanguageModel, ModelSpec, MoELanguageModel, VisionTower
+    from internvl_trainer.model.original_config import LLM_ARCHITECTURES, llm_architecture
 
     vision, llm = original["vision_config"], original["llm_config"]
+    family = LLM_ARCHITECTURES[llm_architecture(original)][0]
+    language_model = dict(
+        name=f"{name} LLM",
+        family=family,
+        hidden_size=llm["hidden_size"],
+        layers=llm["num_hidden_layers"],
+        heads=llm["num_attention_heads"],
+        kv_heads=llm["num_key_value_heads"],
+        vocab_size=llm["vocab_size"],
+        qkv_bias=family == "qwen2" or llm.get("attention_bias", False),  # Qwen2's q/k/v always have a bias
+        bos_token=None,
+        head_size=llm.get("head_dim"),
+        qk_norm=family in ("qwen3", "qwen3_moe"),
+    )
     return ModelSpec(
         name=name,
-        generation="3",
+        generation="3" if family == "qwen2" else "3.5",
         vision=VisionTower(
             name=f"{name} vision",
             hidden_size=vision["hidden_size"],
@@ -37,18 +52,14 @@ def model_spec(name: str, original: dict[str, Any]):
             norm=vision["norm_type"],
             card_params="-",
         ),
-        llm=LanguageModel(
-            name=f"{name} LLM",
-            family="qwen2",
-            hidden_size=llm["hidden_size"],
-            layers=llm["num_hidden_layers"],
-            heads=llm["num_attention_heads"],
-            kv_heads=llm["num_key_value_heads"],
-            intermediate_size=llm["intermediate_size"],
-            vocab_size=llm["vocab_size"],
-            qkv_bias=True,
-            bos_token=None,
-        ),
+        llm=MoELanguageModel(
+            **language_model,
+            intermediate_size=llm["moe_intermediate_size"],
+            experts=llm["num_experts"],
+            experts_per_token=llm["num_experts_per_tok"],
+        )
+        if "num_experts" in llm
+        else LanguageModel(**language_model, intermediate_size=llm["intermediate_size"]),
         card_total="-",
     )
 

@@ -5,7 +5,9 @@ square a masked kernel computes in full, and gradient checkpointing's recomputat
 counted. So two layouts of the same samples have the same model FLOPs, and the one that wastes
 less has the higher MFU. Per sample of n tokens and t tiles (``FORMULA`` in the report):
 
-- LLM (trained): 6 · N_llm · n, N_llm its parameters less the input embedding (a lookup);
+- LLM (trained): 6 · N_llm · n, N_llm its active parameters (those a token goes through: of a
+  mixture of experts, the router and the experts the token is routed to, not every expert) less
+  the input embedding (a lookup);
 - LLM attention: 12 · layers · width · n(n+1)/2, width = heads x head_dim, over the pairs a causal
   sample attends (forward 4 · width per pair for QKᵀ and AV, backward twice that);
 - projector (trained): 6 · N_proj · t · tokens per tile (256 at 448 pixels);
@@ -23,10 +25,13 @@ from dataclasses import dataclass
 
 from transformers import InternVLForConditionalGeneration
 
+from internvl_trainer.model.moe import MOE_BLOCKS, ROUTERS
+
 FORMULA = (
     "Model FLOPs = Σ over samples of 6·N_llm·n + 12·L_llm·w_llm·n(n+1)/2 + 6·N_proj·k·t + 2·N_vit·v·t"
     " + 4·L_vit·w_vit·v²·t, for a sample of n tokens and t tiles; N_llm: the LLM's parameters less its input"
-    " embedding, N_proj: the projector's, N_vit: the vision tower's less its position and class embeddings;"
+    " embedding, counting of each mixture-of-experts layer only the experts a token is routed to (top-k of E);"
+    " N_proj: the projector's, N_vit: the vision tower's less its position and class embeddings;"
     " L, w: layers and attention width (heads x head dim); k: image tokens per tile (256), v: vision tokens per"
     " tile (1025, patches and class token). The frozen vision tower runs forward only (2·N, not 6·N); causal"
     " attention counts the n(n+1)/2 pairs a sample attends; padding and recomputation are not counted."
@@ -73,7 +78,10 @@ class ModelSize:
         size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
         patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
         return cls(
-            llm_params=_count(inner.language_model) - _count(inner.language_model.embed_tokens) + _count(model.lm_head),
+            llm_params=_count(inner.language_model)
+            - _count(inner.language_model.embed_tokens)
+            - _unrouted(inner.language_model)
+            + _count(model.lm_head),
             llm_layers=text.num_hidden_layers,
             llm_width=text.num_attention_heads * head_dim,
             projector_params=_count(inner.multi_modal_projector),
@@ -99,6 +107,17 @@ class ModelSize:
 
 def _count(module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
+
+
+def _unrouted(module) -> int:
+    """The expert parameters of ``module``'s MoE blocks that a token is not routed to: of each
+    block's E experts, all but its router's top k."""
+    unrouted = 0
+    for block in module.modules():
+        if isinstance(block, MOE_BLOCKS):
+            router = next(part for part in block.modules() if isinstance(part, ROUTERS))
+            unrouted += _count(block.experts) // router.num_experts * (router.num_experts - router.top_k)
+    return unrouted
 
 
 def peak_tflops(gpu: str) -> float | None:

@@ -16,6 +16,7 @@ from benchmarks.gpu.environment import Environment
 from benchmarks.gpu.flops import FORMULA, mfu, peak_tflops
 from benchmarks.gpu.layouts import BASELINE, PACKED
 from benchmarks.gpu.measure import LossCheck, Mode, Result
+from benchmarks.gpu.models import DESCRIPTIONS
 
 HEADLINE_COLUMNS = [
     "Model",
@@ -181,10 +182,12 @@ class Report:
             [
                 "## Method",
                 "",
-                "- Models: InternVL3-1B and InternVL3-2B sizes (InternViT-300M with Qwen2.5-0.5B or -1.5B) with"
-                " random weights, built from their config.json sizes by the trainer's conversion"
+                "- Models: "
+                + "; ".join(f"{name} ({DESCRIPTIONS[name]})" for name in self.mode.models)
+                + "; with random weights, built from their config.json sizes by the trainer's conversion"
                 " (`benchmarks/gpu/models.py`); the LLM and projector train, the vision tower is frozen, gradient"
-                " checkpointing is on, as in InternVL3's full fine-tuning scripts.",
+                " checkpointing is on, as in InternVL's full fine-tuning scripts. A mixture of experts counts the"
+                " model FLOPs of the experts a token is routed to.",
                 f"- Data: the first {self.mode.samples} samples of the packing-fill benchmark's length mix (25 % text,"
                 " 50 % one image, 10 % several images, 15 % video; `benchmarks/gpu/mix.json`) that fit"
                 f" {recipe.max_seq_length:,} tokens, as random tokens and random tiles (seed 0); the second half of"

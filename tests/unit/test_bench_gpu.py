@@ -14,7 +14,7 @@ from benchmarks.gpu import estimate, mix, models, summary
 from benchmarks.gpu.environment import probe
 from benchmarks.gpu.flops import ModelSize, mfu, peak_tflops
 from benchmarks.gpu.layouts import BASELINE, PACKED, length_grouped, packs
-from benchmarks.gpu.measure import boundaries
+from benchmarks.gpu.measure import MODES, boundaries
 from benchmarks.gpu.report import HEADLINE_COLUMNS
 from benchmarks.gpu.samples import Sample, synthetic
 from internvl_operator.catalog import CATALOG
@@ -45,19 +45,25 @@ def test_smoke_report_names_machine_attention_and_every_table(smoke):
     for title in ("Headline", "Throughput and MFU", "Peak memory against the planner's estimate", "Loss on the same"):
         assert f"## {title}" in report
     assert "MFU = model FLOPs / (time x the GPU's dense bf16 peak)" in report
+    assert (
+        "- Models: tiny (a tiny InternViT with a tiny Qwen2); tiny-moe (a tiny InternViT with a tiny Qwen3-MoE);"
+        in report
+    )
 
 
 def test_smoke_packed_and_unpacked_losses_agree_on_the_same_batch(smoke):
     _, record = smoke
-    (check,) = record["checks"]
-    assert check["model"] == models.SMOKE and check["samples"] == 4
-    assert check["agree"] and check["relative"] < 1e-4
-    assert check["internvl"] == pytest.approx(check["packed"], rel=1e-4)
+    assert [check["model"] for check in record["checks"]] == [models.SMOKE, models.SMOKE_MOE]
+    for check in record["checks"]:
+        assert check["samples"] == 4
+        assert check["agree"] and check["relative"] < 1e-4
+        assert check["internvl"] == pytest.approx(check["packed"], rel=1e-4)
 
 
-def test_smoke_trains_the_same_samples_in_both_layouts(smoke):
+@pytest.mark.parametrize("model", [models.SMOKE, models.SMOKE_MOE])
+def test_smoke_trains_the_same_samples_in_both_layouts(smoke, model):
     _, record = smoke
-    runs = {result["layout"]: result for result in record["results"]}
+    runs = {result["layout"]: result for result in record["results"] if result["model"] == model}
     baseline, packed = runs[BASELINE], runs[PACKED]
     for key in ("samples", "tokens", "tiles", "flops", "optimizer_steps"):
         assert baseline[key] == packed[key], key
@@ -65,7 +71,7 @@ def test_smoke_trains_the_same_samples_in_both_layouts(smoke):
     assert baseline["largest"][0] == 4 and packed["largest"][0] == 1
     assert baseline["estimate_gib"] > 0 and not baseline["error"] and not packed["error"]
     assert record["headline"]["columns"] == HEADLINE_COLUMNS
-    assert [row[0] for row in record["headline"]["rows"]] == [models.SMOKE]
+    assert [row[0] for row in record["headline"]["rows"]] == [models.SMOKE, models.SMOKE_MOE]
 
 
 def test_gpu_section_of_benchmarks_md_is_current_with_the_record():
@@ -128,11 +134,13 @@ def test_flops_formula_on_a_hand_computed_case():
     assert size.flops([3, 2], tiles=1) == llm + attention + projector + vision == 1302
 
 
-def test_model_size_counts_parameters_as_the_catalog_does():
-    model = models.build(models.SMOKE, attention="sdpa", dtype=torch.float32, device="cpu")
+@pytest.mark.parametrize("name", [models.SMOKE, models.SMOKE_MOE])
+def test_model_size_counts_parameters_as_the_catalog_does(name):
+    """Of a mixture of experts, the LLM's active parameters: those of the routed experts only."""
+    model = models.build(name, attention="sdpa", dtype=torch.float32, device="cpu")
     size = ModelSize.of(model)
-    spec = estimate.model_spec(models.SMOKE, models.MODELS[models.SMOKE])
-    assert size.llm_params == spec.llm.params - spec.llm.embedding_params
+    spec = estimate.model_spec(name, models.MODELS[name])
+    assert size.llm_params == spec.llm.active_params - spec.llm.embedding_params
     assert size.projector_params == spec.projector_params
     patch = 3 * 14 * 14 * spec.vision.hidden_size + spec.vision.hidden_size
     assert size.vision_params == spec.vision.layers * spec.vision.layer_params + patch
@@ -153,7 +161,7 @@ def test_gpu_peaks_and_mfu():
     assert mfu(989e12, 2.0, 989) == 0.5 and mfu(1.0, 1.0, None) is None
 
 
-@pytest.mark.parametrize("name", ["InternVL3-1B", "InternVL3-2B"])
+@pytest.mark.parametrize("name", ["InternVL3-1B", "InternVL3-2B", "InternVL3_5-2B"])
 def test_benchmarked_models_have_the_catalog_sizes(name):
     spec, catalog = estimate.model_spec(name, models.MODELS[name]), CATALOG[name]
     fields = {"name", "card_params"}
@@ -162,6 +170,39 @@ def test_benchmarked_models_have_the_catalog_sizes(name):
     assert spec.total_params == catalog.total_params
     config = native_config(models.MODELS[name])
     assert config.image_seq_length == 256 and config.text_config.vocab_size == catalog.llm.vocab_size
+
+
+def test_moe_model_has_qwen3_30b_a3b_layers_cut_to_one_gpu_by_hand_count():
+    """12 layers of 32 experts (8 routed) in Qwen3-30B-A3B's shape, InternViT-300M and its projector."""
+    h, heads, kv_heads, head_dim, expert_width, vocab = 2048, 32, 4, 128, 768, 151936
+    attention = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h + 2 * head_dim  # q/k norms
+    expert, router, norms = 3 * h * expert_width, 32 * h, 2 * h
+    embedding = vocab * h
+    llm = 2 * embedding + 12 * (attention + 32 * expert + router + norms) + h
+    active_llm = 2 * embedding + 12 * (attention + 8 * expert + router + norms) + h
+    shuffled = 4 * 1024  # InternViT-300M's width after the 0.5 pixel shuffle
+    projector = 2 * shuffled + shuffled * h + h + h * h + h  # LayerNorm, two linear layers
+    assert (llm, active_llm, projector) == (2_661_602_304, 1_302_647_808, 12_595_200)
+    spec, released = estimate.model_spec(models.MOE, models.MODELS[models.MOE]), CATALOG["InternVL3_5-30B-A3B"]
+    assert (spec.llm.params, spec.llm.active_params, spec.projector_params) == (llm, active_llm, projector)
+    assert (spec.total_params, spec.active_params) == (2_978_209_792, 1_619_255_296)
+    fields = {"name", "card_params"}
+    assert spec.vision.model_dump(exclude=fields) == released.vision.model_dump(exclude=fields)
+    cut = {"name", "layers", "experts"}
+    assert spec.llm.model_dump(exclude=cut) == released.llm.model_dump(exclude=cut)
+    assert (spec.llm.layers, spec.llm.experts, spec.llm.experts_per_token) == (12, 32, 8)
+    model = models.build(models.MOE, attention="sdpa", dtype=torch.bfloat16, device="meta")
+    assert ModelSize.of(model).llm_params == active_llm - embedding
+
+
+def test_gpu_modes_run_the_internvl3_5_rows_and_the_smoke_mode_a_moe():
+    for mode in ("full", "quick"):
+        assert MODES[mode].models == ("InternVL3-1B", "InternVL3-2B", "InternVL3_5-2B", models.MOE)
+    assert MODES["smoke"].models == (models.SMOKE, models.SMOKE_MOE)
+    every = [name for mode in MODES.values() for name in mode.models]
+    assert set(every) <= models.MODELS.keys() and set(every) <= models.DESCRIPTIONS.keys()
+    assert native_config(models.MODELS[models.SMOKE_MOE]).text_config.model_type == "qwen3_moe"
+    assert native_config(models.MODELS["InternVL3_5-2B"]).text_config.model_type == "qwen3"
 
 
 def test_mix_file_is_the_packing_benchmarks_mix():
@@ -190,6 +231,13 @@ def test_packs_hold_every_sample_once_within_the_budget():
     assert sorted(id(sample) for pack in packed for sample in pack) == sorted(id(sample) for sample in samples)
     assert all(sum(sample.tokens for sample in pack) <= 1000 for pack in packed)
     assert len(packed) == 4
+
+
+def test_packs_close_a_pack_that_is_not_the_first_open_one():
+    """The packer removes the fullest pack by equality: samples must not compare their tensors."""
+    samples = _samples([300, 800])
+    packed = packs(samples, max_tokens=1000, open_packs=1)
+    assert [[sample.tokens for sample in pack] for pack in packed] == [[800], [300]]
 
 
 def test_optimizer_steps_follow_the_global_batch_and_the_last_micro_batch():

@@ -49,9 +49,10 @@ class PackingBudget:
         return tokens / self.max_tokens, (tiles / self.max_tiles if self.max_tiles else 0.0)
 
 
-@dataclass
+@dataclass(eq=False)
 class Pack(Generic[Item]):
-    """Samples that share one sequence, in order."""
+    """Samples that share one sequence, in order. A pack is itself, never equal to another with the
+    same content: closing one must not compare samples (tensors), nor close a twin."""
 
     items: list[Item] = field(default_factory=list)
     tokens: int = 0

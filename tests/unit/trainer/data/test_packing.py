@@ -33,6 +33,30 @@ def test_best_fit_and_eviction_of_the_fullest():
     assert buffer.open == []
 
 
+class Uncomparable:
+    """A sample that cannot be compared, as a sample holding tensors."""
+
+    def __init__(self, tokens: int):
+        self.tokens = tokens
+
+    def __eq__(self, other: object) -> bool:
+        raise AssertionError("samples are never compared")
+
+    __hash__ = object.__hash__
+
+
+def test_closing_a_pack_never_compares_samples_nor_closes_a_twin():
+    buffer = Packer(PackingBudget(100), lambda item: (item.tokens, 0), max_open=2)
+    first, twin = Uncomparable(60), Uncomparable(60)
+    assert buffer.add(first) == [] and buffer.add(twin) == []
+    [closed] = buffer.add(Uncomparable(40))  # fills the first pack exactly
+    assert closed.items[0] is first
+    assert [pack.items[0] for pack in buffer.open] == [twin]
+    [evicted] = buffer.add(Uncomparable(70)) + buffer.add(Uncomparable(50))  # a third pack: the fullest leaves
+    assert evicted.items[0].tokens == 70
+    assert [pack.items[0].tokens for pack in buffer.open] == [60, 50] and buffer.open[0].items[0] is twin
+
+
 def test_tile_budget():
     buffer = packer(max_tokens=1000, max_tiles=10)
     buffer.add(("a", 300, 8))
