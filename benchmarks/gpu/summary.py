@@ -13,7 +13,8 @@ from benchmarks import Table
 RECORD = Path(__file__).resolve().parents[2] / "docs" / "benchmarks-gpu.json"
 TITLE = "GPU training: packing against InternVL's unpacked recipe"
 HOW = (
-    "`make bench-gpu` on a machine with a CUDA GPU trains InternVL3-1B- and 2B-sized models (random weights, bf16,"
+    "`make bench-gpu` on a machine with a CUDA GPU trains InternVL3-1B-, InternVL3-2B- and InternVL3_5-2B-sized"
+    " models and a small Qwen3-MoE one (random weights, bf16,"
     " ZeRO-1) on the same samples laid out as InternVL's scripts do and packed, and writes docs/benchmarks-gpu.md"
     " (tokens per second per GPU, MFU, peak memory against the planner's estimate, the loss check) with"
     " docs/benchmarks-gpu.json beside it, whose headline `make bench` copies here."
