@@ -46,3 +46,16 @@ def seconds_per_call(function: Callable[[], object], *, repeats: int = 5, min_ti
             function()
         best = min(best, (time.perf_counter() - start) / calls)
     return best
+
+
+def interleaved(
+    alternatives: dict[str, Callable[[], object]], *, rounds: int = 3, min_time: float = 0.2
+) -> dict[str, float]:
+    """The best seconds per call of each alternative over ``rounds`` rounds, each round timing
+    every alternative once in turn (A, B, C, A, B, C, ...), so that a change in the machine's load
+    hits every alternative alike instead of the one that happened to run then."""
+    best = dict.fromkeys(alternatives, float("inf"))
+    for _ in range(rounds):
+        for label, function in alternatives.items():
+            best[label] = min(best[label], seconds_per_call(function, repeats=1, min_time=min_time))
+    return best

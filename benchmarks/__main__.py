@@ -52,6 +52,12 @@ def _memory_gib() -> str:
     return f"{total_kib / 2**20:.0f} GiB"
 
 
+def _cpu_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def _gpus() -> str:
     import torch
 
@@ -81,6 +87,7 @@ def machine() -> str:
         [
             f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
             f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; memory {_memory_gib()}; GPU: {_gpus()}",
+            f"- torch's CPU capability: {_cpu_capability()} (which kernels torch runs, the image resampler's choice)",
             f"- Load average when the run started: {os.getloadavg()[0]:.1f} (other work slows every row)",
             f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
             f"- Packages: {_versions()}",
@@ -101,7 +108,10 @@ def main() -> None:
             "# Benchmarks",
             "",
             "Written by `make bench` from one run on the machine below; every table compares its rows",
-            "within that run. Numbers from another machine are not comparable.",
+            "within that run. Numbers from another machine are not comparable. Where a table says its rows",
+            "ran in interleaved rounds, each round timed every row in turn (A, B, C, A, B, C, ...) and the",
+            "best round counts, so a change in the machine's load hits every row alike. The headline row of",
+            "each table is what a user gets by default on this machine.",
             "",
             machine(),
             "",

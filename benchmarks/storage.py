@@ -1,9 +1,11 @@
-"""S3 throughput of the trainer's storage layer against plain boto3, on a local SeaweedFS server.
+"""S3 throughput of the trainer's storage layer and node cache against plain boto3, on a local
+SeaweedFS server.
 
 The storage layer adds resumable streaming, sha256 per file, a manifest and skip-what-is-there
-logic on top of boto3; these tables show what that costs. Both sides talk to the same server
-(started here, on this machine) and read or write the same bytes, so the server's and the
-loopback network's speed cancel out of the ratios.
+logic on top of boto3; the node cache adds a disk copy shared by every worker and rank. These
+tables show what that costs. Both sides of each comparison talk to the same server (started here,
+on this machine), read or write the same bytes in the same way (whole, or in the same chunks), so
+the server's and the loopback network's speed cancel out of the ratios.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import Table
-from internvl_trainer.storage import Storage
+from internvl_trainer.storage import Cache, Storage
 from internvl_trainer.storage.local_server import LocalS3Server
 
 MiB = 1024 * 1024
@@ -29,6 +31,9 @@ SHARDS = 8
 SHARD_SIZE = 128 * MiB
 ROUNDS = 3
 UPLOAD_ROUNDS = 2
+CACHE_OBJECTS = 1000
+CACHE_OBJECT_SIZE = 117 * 1024
+"""About the size of a training JPEG."""
 
 
 def _best(function: Callable[[], object], rounds: int) -> float:
@@ -41,7 +46,7 @@ def _best(function: Callable[[], object], rounds: int) -> float:
 
 
 def _streaming(server: LocalS3Server, storage: Storage) -> Table:
-    client = server.client()
+    client = storage.client()  # the same boto3 client the storage layer uses: only the layer differs
     rng = np.random.default_rng(0)
     keys = []
     for index in range(READ_OBJECTS):
@@ -50,11 +55,22 @@ def _streaming(server: LocalS3Server, storage: Storage) -> Table:
         keys.append(key)
     total = READ_OBJECTS * READ_OBJECT_SIZE
 
-    def plain() -> None:
+    def plain_whole() -> None:
         for key in keys:
             assert len(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()) == READ_OBJECT_SIZE
 
-    def stream_chunks() -> None:
+    def plain_chunks() -> None:
+        for key in keys:
+            body, received = client.get_object(Bucket=BUCKET, Key=key)["Body"], 0
+            while chunk := body.read(1 * MiB):
+                received += len(chunk)
+            assert received == READ_OBJECT_SIZE
+
+    def ours_whole() -> None:
+        for key in keys:
+            assert len(storage.read_bytes(f"s3://{BUCKET}/{key}")) == READ_OBJECT_SIZE
+
+    def ours_chunks() -> None:
         for key in keys:
             received = 0
             with storage.open(f"s3://{BUCKET}/{key}") as stream:
@@ -62,31 +78,115 @@ def _streaming(server: LocalS3Server, storage: Storage) -> Table:
                     received += len(chunk)
             assert received == READ_OBJECT_SIZE
 
-    def read_whole() -> None:
-        for key in keys:
-            assert len(storage.read_bytes(f"s3://{BUCKET}/{key}")) == READ_OBJECT_SIZE
-
+    whole, chunks = "whole object", "1 MiB chunks"
     alternatives = [
-        ("boto3 `get_object()['Body'].read()`", plain),
-        ("`Storage.open()`, read in 1 MiB chunks (resumable)", stream_chunks),
-        ("`Storage.read_bytes()` (resumable)", read_whole),
+        (whole, "boto3 `get_object()['Body'].read()`", plain_whole),
+        (whole, "`Storage.read_bytes()` (resumable)", ours_whole),
+        (chunks, "boto3 `get_object()['Body'].read(1 MiB)` until empty", plain_chunks),
+        (chunks, "`Storage.open().read(1 MiB)` until empty (resumable)", ours_chunks),
     ]
-    timings = {label: float("inf") for label, _ in alternatives}
+    timings = {label: float("inf") for _, label, _ in alternatives}
     for _ in range(ROUNDS):  # interleaved, so drift in the machine's load hits every row alike
-        for label, function in alternatives:
+        for _, label, function in alternatives:
             timings[label] = min(timings[label], _best(function, 1))
-    baseline = timings[alternatives[0][0]]
+    baselines = {how: timings[label] for how, label, _ in alternatives if label.startswith("boto3")}
     return Table(
         title="Streaming reads from S3",
         method=(
             f"{READ_OBJECTS} objects of {READ_OBJECT_SIZE // MiB} MiB on a local SeaweedFS (`weed server -s3`),"
-            f" read whole, one after the other, in one process; best of {ROUNDS} interleaved rounds. Goal for the"
+            f" read one after the other in one process, either whole or in 1 MiB chunks; each reader is compared"
+            f" with boto3 doing the same with the same client; best of {ROUNDS} interleaved rounds. Goal for the"
             " storage layer: at least 0.9x the throughput of plain boto3."
         ),
-        columns=["Reader", f"Time for {total // MiB} MiB", "MiB/s", "Throughput vs boto3"],
+        columns=["Read", "Reader", f"Time for {total // MiB} MiB", "MiB/s", "Throughput vs boto3 doing the same"],
         rows=[
-            [label, f"{seconds:.2f} s", f"{total / MiB / seconds:,.0f}", f"{baseline / seconds:.2f}x"]
-            for label, seconds in timings.items()
+            [
+                how,
+                label,
+                f"{timings[label]:.2f} s",
+                f"{total / MiB / timings[label]:,.0f}",
+                f"{baselines[how] / timings[label]:.2f}x",
+            ]
+            for how, label, _ in alternatives
+        ],
+    )
+
+
+def _cache(server: LocalS3Server, storage: Storage, workdir: Path) -> Table:
+    client = storage.client()  # the same boto3 client the cache downloads with: only the cache differs
+    rng = np.random.default_rng(2)
+    keys = [f"images/{index:05d}.jpg" for index in range(CACHE_OBJECTS)]
+    for key in keys:
+        client.put_object(Bucket=BUCKET, Key=key, Body=rng.bytes(CACHE_OBJECT_SIZE))
+    uris = [f"s3://{BUCKET}/{key}" for key in keys]
+    folders = iter(range(1000))
+    caches: list[Cache] = []
+
+    def plain() -> None:
+        for key in keys:
+            assert len(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()) == CACHE_OBJECT_SIZE
+
+    def cold() -> None:
+        cache = Cache(workdir / f"cache-{next(folders)}", 2**30)
+        for uri in uris:
+            assert len(cache.read_bytes(storage, uri)) == CACHE_OBJECT_SIZE
+        cache.flush()  # every object is on disk before the clock stops
+        assert cache.misses == CACHE_OBJECTS
+        caches.append(cache)
+
+    def cold_fetch() -> None:
+        cache = Cache(workdir / f"cache-{next(folders)}", 2**30)
+        for uri in uris:
+            assert len(cache.fetch(storage, uri).read_bytes()) == CACHE_OBJECT_SIZE
+
+    def warm() -> None:
+        cache = caches[-1]
+        for uri in uris:
+            assert len(cache.read_bytes(storage, uri)) == CACHE_OBJECT_SIZE
+
+    alternatives = {
+        "boto3 `get_object()['Body'].read()` (no cache)": plain,
+        "`Cache.read_bytes()`, first read: the node's first download (the default data path)": cold,
+        "`Cache.fetch()` + read the file, first read (the file written before it returns)": cold_fetch,
+        "`Cache.read_bytes()` again: from the node's disk": warm,
+    }
+    wall = dict.fromkeys(alternatives, float("inf"))
+    cpu = dict.fromkeys(alternatives, float("inf"))
+    plain()  # warm-up: connections, the server's volume
+    for _ in range(ROUNDS):  # interleaved: A, B, C, D, A, B, C, D, ...
+        for label, function in alternatives.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            function()
+            wall[label] = min(wall[label], time.perf_counter() - start)
+            cpu[label] = min(cpu[label], time.process_time() - start_cpu)
+    baseline = wall["boto3 `get_object()['Body'].read()` (no cache)"]
+    first = wall["`Cache.read_bytes()`, first read: the node's first download (the default data path)"]
+    again = wall["`Cache.read_bytes()` again: from the node's disk"]
+    first_met = "met" if first <= 1.1 * baseline else "not met"
+    again_met = "met" if again * 20 <= baseline else "not met"
+    goals = (
+        f"first read {first / baseline:.2f}x boto3's time (goal ≤ 1.1x: {first_met});"
+        f" read again {baseline / again:.0f}x faster than boto3 (goal ≥ 20x: {again_met})"
+    )
+    return Table(
+        title=f"Node cache: {CACHE_OBJECTS:,} image-sized objects, first read and read again",
+        method=(
+            f"{CACHE_OBJECTS:,} objects of {CACHE_OBJECT_SIZE // 1024} KiB (random bytes) on a local SeaweedFS,"
+            " read whole one after the other in one process, boto3 and the cache with the same client; a first"
+            " read uses a new, empty cache folder (on this machine's disk, ext4) with the default settings (no"
+            " fsync: a reboot empties the cache); its clock stops when every object is on disk (`flush`). Best of"
+            f" {ROUNDS} interleaved rounds. CPU: the process's CPU time, all its threads (the cache writes"
+            " files on a thread of its own, beside the next download). Result: " + goals + "."
+        ),
+        columns=["Reader", "Time per object", "Time vs boto3", "CPU per object"],
+        rows=[
+            [
+                label,
+                f"{wall[label] / CACHE_OBJECTS * 1e3:.3f} ms",
+                f"{wall[label] / baseline:.2f}x",
+                f"{cpu[label] / CACHE_OBJECTS * 1e3:.3f} ms",
+            ]
+            for label in alternatives
         ],
     )
 
@@ -159,7 +259,11 @@ def run() -> list[Table]:
                 os.environ.update(server.client_environment())
                 server.create_bucket(BUCKET)
                 storage = Storage(server.storage_config())
-                return [_streaming(server, storage), _upload(server, storage, workdir)]
+                return [
+                    _streaming(server, storage),
+                    _cache(server, storage, workdir),
+                    _upload(server, storage, workdir),
+                ]
     finally:
         os.environ.clear()
         os.environ.update(saved)

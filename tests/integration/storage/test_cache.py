@@ -57,7 +57,7 @@ READER = textwrap.dedent(
 def bytes_on_disk(root) -> int:
     total = 0
     for folder, _, files in os.walk(root):
-        if os.path.basename(folder) == "locks" or folder == str(root):
+        if folder == str(root):
             continue
         for name in files:
             try:
@@ -65,6 +65,20 @@ def bytes_on_disk(root) -> int:
             except FileNotFoundError:
                 pass
     return total
+
+
+def bytes_on_disk_now(root) -> int:
+    """``bytes_on_disk`` as of one moment: counted under the cache's ledger lock, so that no
+    eviction or reservation runs between two files counted (without it, one walk can count an
+    object and, later, the object that replaced it after its eviction)."""
+    import fcntl
+
+    descriptor = os.open(root / "ledger", os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        return bytes_on_disk(root)
+    finally:
+        os.close(descriptor)
 
 
 def test_concurrent_readers_never_see_partial_files_and_the_cap_holds(s3_server, storage, proxy, base, tmp_path):
@@ -77,6 +91,7 @@ def test_concurrent_readers_never_see_partial_files_and_the_cap_holds(s3_server,
         expected[uri] = hashlib.sha256(content).hexdigest()
     cap = 4 * MiB
     cache_root = tmp_path / "cache"
+    Cache(cache_root, cap)  # the node's cache, empty
     # Slow, uneven transfers widen every race window between the readers.
     proxy.faults = Faults(rate=0.3, kinds=("delay",), delay=(0.0, 0.05), bandwidth=40 * MiB)
 
@@ -92,7 +107,7 @@ def test_concurrent_readers_never_see_partial_files_and_the_cap_holds(s3_server,
     ]
     largest = 0
     while any(reader.poll() is None for reader in readers):
-        largest = max(largest, bytes_on_disk(cache_root))
+        largest = max(largest, bytes_on_disk_now(cache_root))
         time.sleep(0.005)
     results = []
     for reader in readers:
@@ -170,3 +185,43 @@ def test_many_threads_download_one_object_once(storage, proxy, base, tmp_path, p
     assert len(set(paths)) == 1 and paths[0].read_bytes() == content
     assert len(proxy.entries(method="GET", since=start)) == 1
     assert (cache.hits, cache.misses) == (7, 1)
+
+
+READ_ONCE = textwrap.dedent(
+    """
+    import hashlib, sys, time
+    from internvl_trainer.config import StorageConfig
+    from internvl_trainer.storage import Cache, Storage
+
+    endpoint, cache_root, uri, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    storage = Storage(StorageConfig(endpoint=endpoint, addressing_style="path"))
+    cache = Cache(cache_root, 64 * 1024 * 1024)
+    time.sleep(max(0.0, start - time.time()))  # every process asks at the same moment
+    print(hashlib.sha256(cache.read_bytes(storage, uri)).hexdigest())
+    """
+)
+
+
+def test_processes_reading_one_object_from_memory_download_it_once(storage, proxy, base, tmp_path):
+    content = os.urandom(1 * MiB)  # small enough to be handed over from memory and stored behind
+    uri = f"{base}/shared.jpg"
+    storage.write_bytes(uri, content)
+    proxy.faults = Faults(bandwidth=10 * MiB)
+    cache_root = tmp_path / "cache"
+    start, begin = proxy.mark(), time.time() + 3
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READ_ONCE, proxy.endpoint, str(cache_root), uri, str(begin)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [reader.communicate() for reader in readers]
+    assert all(reader.returncode == 0 for reader in readers), outputs
+    assert {out.strip() for out, _ in outputs} == {hashlib.sha256(content).hexdigest()}
+    assert len(proxy.entries(method="GET", since=start)) == 1
+    assert Cache(cache_root, 64 * MiB).entry_path(uri).read_bytes() == content
+    assert list((cache_root / "tmp").iterdir()) == []

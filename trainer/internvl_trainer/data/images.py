@@ -7,7 +7,8 @@ files and wrong for several others, which this module decodes as an image viewer
   (InternVL ignores the tag and trains on the sideways pixels).
 - Transparency (RGBA, LA, palette images with a transparent index, transparent colour keys):
   composited over white, as transformers' ``convert_to_rgb`` does; ``convert("RGB")`` would expose
-  whatever colour the transparent pixels happen to hold, often black.
+  whatever colour the transparent pixels happen to hold, often black. An image whose alpha is 255
+  everywhere skips the compositing (the pixels are the same, in a fraction of the time).
 - 16-bit greyscale (``I;16`` PNG, TIFF): the high byte of each sample, the way Pillow already
   reads 16-bit RGB PNGs; ``convert("RGB")`` clips every value above 255 to white.
 - 32-bit integer (``I``) and float (``F``) greyscale: read as 16-bit samples and as 0..1 (or
@@ -113,6 +114,16 @@ def _has_transparency(image: Image.Image) -> bool:
     return "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info
 
 
+def _opaque(image: Image.Image) -> bool:
+    """Whether every pixel of an image with an alpha band is fully opaque (screenshots and many
+    exported PNGs are RGBA with alpha 255 everywhere): compositing would change nothing."""
+    if "transparency" in image.info:
+        return False
+    bands = image.getbands()
+    alpha = "A" if "A" in bands else "a" if "a" in bands else None
+    return alpha is not None and image.getchannel(alpha).getextrema() == (255, 255)
+
+
 def _over_background(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
@@ -144,7 +155,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
             image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
             return _deep_grey_to_l(image).convert("RGB")
-        if _has_transparency(image):
+        if _has_transparency(image) and not _opaque(image):
             return _over_background(image)
         return image if image.mode == "RGB" else image.convert("RGB")
     except ImageDecodeError:

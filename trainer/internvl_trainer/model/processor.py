@@ -108,7 +108,6 @@ def template_of(tokenizer: PreTrainedTokenizerBase) -> ChatTemplate:
     return INTERNVL3_5_GPT_OSS if harmony else INTERNVL2_5
 
 
-
 def missing_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """InternVL's special tokens that the tokenizer's vocabulary lacks."""
     vocabulary = tokenizer.get_vocab()

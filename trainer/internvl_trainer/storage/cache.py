@@ -5,21 +5,42 @@ Layout under the cache folder::
 
     objects/ab/<sha256 of the URI><extension>   complete objects, the only files ever served
     tmp/<digest>.<size>.<random>.part           downloads in progress, each flock-ed by its writer
-    locks/<3 hex digits>.lock                   per-key locks (4096 stripes): one download per object
-    ledger, ledger.lock                         bytes held (objects + reserved downloads)
+    keys.lock                                   per-key locks: one byte of it per key stripe (4096)
+    locks/<3 hex digits>.lock                   per-key locks where the system has no OFD locks
+    ledger                                      bytes held (objects + reserved downloads), flock-ed
+    unsynced-boot                               the boot that wrote objects without fsync, if any
 
 Guarantees:
 
-- Atomic: an object is streamed into ``tmp/``, its size checked (and fsync-ed), then renamed into
-  ``objects/``. A reader can only find complete files; a crash leaves a ``.part`` file that no
-  one serves and that the next scan deletes (its writer's flock is gone).
-- Safe across processes and threads: ``flock`` per key stripe, so several workers asking for one
-  object download it once; a ledger under its own lock.
-- Bounded: before a download starts, its size is reserved in the ledger. When the reservation
-  would pass ``max_bytes``, the cache rescans itself (which also corrects the ledger after crashes)
-  and evicts the least recently used objects (by modification time, which every hit refreshes)
-  down to ``low_water`` of the cap. In-flight downloads count, so the files on disk never exceed
-  the cap.
+- Atomic: an object is streamed into ``tmp/``, its size checked, then renamed into ``objects/``.
+  A reader can only find complete files; a process that dies leaves a ``.part`` file that no one
+  serves and that the next scan deletes (its writer's flock is gone). Only a machine crash can
+  lose data the kernel had not yet written to disk; with ``fsync`` on, every object is flushed
+  before its rename. With ``fsync`` off (the default: a flush costs as much as a fifth of a small
+  object's download), the cache records the boot it was written in, and the first ``Cache``
+  opened after a reboot empties it. Where the boot cannot be told (no
+  ``/proc/sys/kernel/random/boot_id``), objects are always flushed.
+- Safe across processes and threads: a lock per key stripe, so several workers asking for one
+  object download it once. The key locks are open-file-description byte-range locks on one file
+  (Linux's ``F_OFD_SETLKW``: owned by the descriptor like ``flock``, so threads with their own descriptors
+  exclude each other, and released when it closes), which spares a new cache creating a lock file
+  per stripe; elsewhere (macOS) each stripe is a lock file of its own under ``flock``. The ledger
+  is under its own ``flock``, taken on a descriptor each process opens once
+  (forked workers open their own) and, within a process, under a thread lock.
+- Bounded: before an object is written to disk, its size is reserved in the ledger. When the
+  reservation would pass ``max_bytes``, the cache rescans itself (which also corrects the ledger
+  after crashes) and evicts the least recently used objects (by modification time, which every
+  hit refreshes) down to ``low_water`` of the cap. In-flight downloads count, so the files on disk
+  never exceed the cap.
+
+A first read costs about what a plain GET does: ``read_bytes`` returns an object of up to 4 MiB
+from memory as soon as it has arrived, and a writer thread per process stores it (at most 16
+objects wait for it; its key stays locked until the file is in place, so other workers wait for
+the file rather than download the object again; ``flush`` waits for the writer, and so does the
+interpreter's exit). The disk work is not avoided, it runs beside the next download. A process
+that ends without exit handlers (``os._exit``) loses the writes still queued: those objects are
+simply downloaded again later. Larger objects, ``fetch`` and ``open`` write the file before they
+return.
 
 An object evicted while a reader has it open stays readable for that reader (POSIX). Use
 ``open`` to get a file that cannot vanish; ``fetch`` returns a path for libraries that need one,
@@ -28,17 +49,22 @@ valid until the object is evicted.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import hashlib
 import logging
 import os
+import queue
 import re
+import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -52,6 +78,25 @@ log = logging.getLogger(__name__)
 
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,10}$")
 _COPY_CHUNK = 4 * 1024 * 1024
+_WRITE_BEHIND_MAX = 4 * 1024 * 1024
+"""Objects up to this size are downloaded in one read; ``read_bytes`` hands them to its reader from
+memory and writes them to disk on the cache's writer thread, behind the reader. Larger ones are
+streamed to disk in chunks."""
+_WRITES_PENDING = 16
+"""Objects waiting for the writer thread at most (so at most 64 MiB held): further misses wait."""
+_LEDGER_WIDTH = 20
+"""The ledger is one number padded to this many bytes, rewritten in place: truncating and
+rewriting a file makes ext4 flush it at close, which costs more than the rest of a reservation."""
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux), or None where the kernel does not tell."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
 
 
 class Cache:
@@ -63,7 +108,7 @@ class Cache:
         max_bytes: int,
         *,
         low_water: float = 0.9,
-        fsync: bool = True,
+        fsync: bool = False,
         wait_s: float = 120.0,
     ):
         if max_bytes <= 0:
@@ -75,19 +120,69 @@ class Cache:
         self.low_water = low_water
         self.fsync = fsync
         self.wait_s = wait_s
+        self._boot = boot_id()
+        self._flush = fsync or self._boot is None
         self._objects = self.root / "objects"
         self._tmp = self.root / "tmp"
-        self._locks = self.root / "locks"
-        for folder in (self._objects, self._tmp, self._locks):
+        for folder in (self._objects, self._tmp):
             folder.mkdir(parents=True, exist_ok=True)
+        self._keys = self.root / "keys.lock"
+        self._keys.touch()
+        if not OFD_LOCKS:
+            (self.root / "locks").mkdir(exist_ok=True)
         self._ledger = self.root / "ledger"
-        self._counter_lock = threading.Lock()
+        self._ledger_fd = -1
+        self._open_ledger()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
-        with self._locked(self.root / "ledger.lock"):
-            if self._read_ledger() is None:
+        _CACHES.add(self)
+        with self._ledger_locked():
+            forgotten = self._forget_an_earlier_boot()
+            if forgotten or self._read_ledger() is None:
                 self._scan_and_evict(self.max_bytes)
+
+    def _open_ledger(self) -> None:
+        """This process's ledger descriptor, thread locks and writer: set up again in a forked
+        child, whose inherited descriptors share its parent's flocks (a key lock the child kept
+        open would outlive the parent's release) and whose inherited locks may have been held by
+        a thread that does not exist in the child."""
+        if self._ledger_fd >= 0:
+            os.close(self._ledger_fd)  # the parent's copy stays open: its flock is untouched
+        for stripe in getattr(self, "_stripes", ()):
+            os.close(stripe)
+        self._ledger_fd = os.open(self._ledger, os.O_CREAT | os.O_RDWR, 0o644)
+        self._ledger_lock = threading.Lock()
+        self._counter_lock = threading.Lock()
+        self._stripes: set[int] = set()
+        """Descriptors holding key locks (closed in a forked child), under ``_stripes_lock``."""
+        self._stripes_lock = threading.Lock()
+        self._writes: queue.Queue[_Pending] | None = None
+        self._writes_lock = threading.Lock()
+
+    def __del__(self) -> None:
+        if getattr(self, "_ledger_fd", -1) >= 0:
+            os.close(self._ledger_fd)
+            self._ledger_fd = -1
+
+    def _forget_an_earlier_boot(self) -> bool:
+        """Empty a cache that a process which did not flush wrote to before a reboot (ledger lock
+        held); record this boot when this process will not flush. True when objects were dropped."""
+        marker = self.root / "unsynced-boot"
+        try:
+            written: str | None = marker.read_text().strip()
+        except FileNotFoundError:
+            written = None
+        forgotten = written is not None and written != self._boot
+        if forgotten:
+            for path in _files(self._objects):
+                path.unlink(missing_ok=True)
+            log.warning("cache %s: written without fsync before a reboot; emptied", self.root)
+        if not self._flush and written != self._boot:
+            _write_durably(marker, str(self._boot))  # on disk before any object it vouches for
+        elif forgotten:
+            marker.unlink()
+        return forgotten
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -124,13 +219,8 @@ class Cache:
         final = self.entry_path(location)
         if self._touch(final):
             self._count(hits=1)
-            return final
-        with self._locked(self._locks / f"{final.name[:3]}.lock"):
-            if self._touch(final):
-                self._count(hits=1)
-                return final
-            self._download(storage, location, final)
-        self._count(misses=1)
+        else:
+            self._fill(storage, location, final, in_memory=False)
         return final
 
     def open(self, storage: Storage, uri: str | os.PathLike[str] | Location) -> BinaryIO:
@@ -144,8 +234,28 @@ class Cache:
         raise CacheCapacityError(f"{uri}: evicted again and again before it could be opened; the cache is too small")
 
     def read_bytes(self, storage: Storage, uri: str | os.PathLike[str] | Location) -> bytes:
-        with self.open(storage, uri) as handle:
+        """The whole object. On a miss, an object of up to 4 MiB comes from memory as soon as it
+        has arrived, while the writer thread stores it (its key stays locked until it is in place,
+        so other workers wait for it instead of downloading it again)."""
+        location = parse(uri)
+        if location.is_s3:
+            final = self.entry_path(location)
+            if not final.exists():
+                data = self._fill(storage, location, final, in_memory=True)
+                if data is not None:
+                    return data
+                try:
+                    return final.read_bytes()  # stored meanwhile, by another worker or this call
+                except FileNotFoundError:
+                    pass  # evicted already: read it the usual way
+        with self.open(storage, location) as handle:
             return handle.read()
+
+    def flush(self) -> None:
+        """Wait until every object ``read_bytes`` downloaded in this process is stored."""
+        writes = self._writes
+        if writes is not None:
+            writes.join()
 
     def usage(self) -> int:
         """Bytes on disk now: complete objects plus partial downloads (a scan, for checks and reports)."""
@@ -175,43 +285,119 @@ class Cache:
             return False
         return True
 
-    def _download(self, storage: Storage, location: Location, final: Path) -> None:
-        with storage.open(location) as stream:
-            size = stream.size
-            if size > self.max_bytes:
-                raise CacheCapacityError(f"{location}: {size} bytes do not fit in a cache of {self.max_bytes}")
-            part, descriptor = self._reserve(final.name[:64], size)
-            done = False
+    def _fill(self, storage: Storage, location: Location, final: Path, *, in_memory: bool) -> bytes | None:
+        """Download a missing object under its key's lock, unless another worker stored it
+        meanwhile. With ``in_memory``, a small object's bytes are returned and the writer thread
+        stores it, the lock going with it; otherwise the file is in place on return (None)."""
+        stripe = self._lock_key(final)
+        try:
+            if self._touch(final):
+                self._count(hits=1)
+                return None
+            with storage.open(location) as stream:
+                size = stream.size
+                if size > self.max_bytes:
+                    raise CacheCapacityError(f"{location}: {size} bytes do not fit in a cache of {self.max_bytes}")
+                if size > _WRITE_BEHIND_MAX:
+                    self._store(location, final, size, _copy_stream(stream, size))
+                    self._count(misses=1)
+                    return None
+                data = b"".join(_read_all(stream))
+            if not in_memory:
+                self._store(location, final, size, iter((data,)))
+                self._count(misses=1)
+                return None
+            self._write_behind(_Pending(location, final, data, stripe))
+            stripe = -1  # the writer thread releases it
+            self._count(misses=1)
+            return data
+        finally:
+            if stripe >= 0:
+                self._unlock_key(stripe)
+
+    def _lock_key(self, final: Path) -> int:
+        """Take the lock of ``final``'s key stripe; returns the descriptor that holds it."""
+        with self._stripes_lock:  # a fork must not copy a descriptor that is not in the set
+            if OFD_LOCKS:
+                stripe = os.open(self._keys, os.O_RDWR)
+            else:
+                stripe = os.open(self.root / "locks" / f"{final.name[:3]}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            self._stripes.add(stripe)
+        try:
+            if OFD_LOCKS:
+                fcntl.fcntl(stripe, fcntl.F_OFD_SETLKW, key_lock(fcntl.F_WRLCK, int(final.name[:3], 16)))
+            else:
+                fcntl.flock(stripe, fcntl.LOCK_EX)
+        except BaseException:
+            self._unlock_key(stripe)
+            raise
+        return stripe
+
+    def _unlock_key(self, stripe: int) -> None:
+        with self._stripes_lock:
+            self._stripes.discard(stripe)
+            os.close(stripe)  # closing releases the lock
+
+    def _write_behind(self, pending: _Pending) -> None:
+        """Queue ``pending`` for this process's writer thread, started when there is none. Waits
+        while the queue is full (the writer never needs this lock while the queue is not empty)."""
+        with self._writes_lock:
+            if self._writes is None:
+                self._writes = queue.Queue(_WRITES_PENDING)
+                threading.Thread(target=self._writer, args=(self._writes,), daemon=True, name="cache-writer").start()
+            self._writes.put(pending)
+
+    def _writer(self, writes: queue.Queue[_Pending]) -> None:
+        """Store queued objects; end after a second without any (the next miss starts another)."""
+        while True:
             try:
-                written = 0
-                while True:
-                    chunk = stream.read(_COPY_CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:
-                        count = os.write(descriptor, view)
-                        view = view[count:]
-                    written += len(chunk)
-                if written != size:
-                    raise IntegrityError(f"{location}: {written} bytes arrived, expected {size}")
-                if self.fsync:
-                    os.fsync(descriptor)
-                final.parent.mkdir(exist_ok=True)
-                os.rename(part, final)
-                done = True
+                pending = writes.get(timeout=1.0)
+            except queue.Empty:
+                with self._writes_lock:
+                    if writes.empty():
+                        self._writes = None
+                        return
+                continue
+            try:
+                self._store(pending.location, pending.final, len(pending.data), iter((pending.data,)))
+            except Exception as error:  # noqa: BLE001 - the reader has its bytes; the object is just not kept
+                log.warning("cache: %s not stored: %s", pending.location, error)
             finally:
-                os.close(descriptor)
-                if not done:
-                    part.unlink(missing_ok=True)
-                    self._release(size)
+                self._unlock_key(pending.stripe)
+                writes.task_done()
+
+    def _store(self, location: Location, final: Path, size: int, chunks: Iterator[bytes]) -> None:
+        """Reserve ``size`` bytes, write ``chunks`` to a partial file, check the size, rename it
+        into place; on any failure delete the partial file and release the reservation."""
+        part, descriptor = self._reserve(final.name[:64], size)
+        done = False
+        try:
+            written = 0
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    count = os.write(descriptor, view)
+                    view = view[count:]
+                written += len(chunk)
+            if written != size:
+                raise IntegrityError(f"{location}: {written} bytes arrived, expected {size}")
+            if self._flush:
+                os.fsync(descriptor)
+            final.parent.mkdir(exist_ok=True)
+            os.rename(part, final)
+            done = True
+        finally:
+            os.close(descriptor)
+            if not done:
+                part.unlink(missing_ok=True)
+                self._release(size)
 
     def _reserve(self, digest: str, size: int) -> tuple[Path, int]:
         """Reserve ``size`` bytes (evicting as needed) and create the flock-ed partial file, both
         under the ledger lock, so no scan can take the new file for an orphan."""
         deadline = time.monotonic() + self.wait_s
         while True:
-            with self._locked(self.root / "ledger.lock"):
+            with self._ledger_locked():
                 total = self._read_ledger()
                 if total is None or total + size > self.max_bytes:
                     target = max(0, int(self.max_bytes * self.low_water) - size)
@@ -230,7 +416,7 @@ class Cache:
             time.sleep(0.05)
 
     def _release(self, size: int) -> None:
-        with self._locked(self.root / "ledger.lock"):
+        with self._ledger_locked():
             total = self._read_ledger()
             if total is not None:
                 self._write_ledger(max(0, total - size))
@@ -270,26 +456,112 @@ class Cache:
             self._count(evictions=evicted)
             log.debug("cache: evicted %d objects, %d bytes held", evicted, total)
         self._write_ledger(total)
+        os.ftruncate(self._ledger_fd, _LEDGER_WIDTH)  # whatever else was there is gone
         return total
 
     def _read_ledger(self) -> int | None:
         try:
-            return int(self._ledger.read_text())
-        except (FileNotFoundError, ValueError):
+            return int(os.pread(self._ledger_fd, 64, 0))
+        except ValueError:
             return None
 
     def _write_ledger(self, total: int) -> None:
-        with open(self._ledger, "w") as handle:
-            handle.write(str(total))
+        os.pwrite(self._ledger_fd, f"{total:<{_LEDGER_WIDTH}d}".encode(), 0)
 
     @contextmanager
-    def _locked(self, path: Path) -> Iterator[None]:
-        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(descriptor)  # closing releases the flock
+    def _ledger_locked(self) -> Iterator[None]:
+        with self._ledger_lock:  # the flock is the descriptor's: it does not exclude this process's threads
+            fcntl.flock(self._ledger_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._ledger_fd, fcntl.LOCK_UN)
+
+
+@dataclass
+class _Pending:
+    """An object downloaded into memory, waiting for the writer thread; ``stripe`` is the
+    descriptor holding its key's lock."""
+
+    location: Location
+    final: Path
+    data: bytes
+    stripe: int
+
+
+def _write_durably(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        os.write(descriptor, text.encode())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the name too
+    finally:
+        os.close(folder)
+
+
+def _read_all(stream: BinaryIO) -> Iterator[bytes]:
+    """The rest of ``stream``: first in one read, as boto3's ``read()`` (one buffer, no copy
+    through the stream's buffer), then whatever a short first read left."""
+    while chunk := stream.read():
+        yield chunk
+
+
+def _copy_stream(stream: BinaryIO, size: int) -> Iterator[bytes]:
+    written = 0
+    while True:
+        # Sized reads: a small object costs no 4 MiB buffer (one past the end reads b"").
+        chunk = stream.read(max(1, min(_COPY_CHUNK, size - written)))
+        if not chunk:
+            return
+        written += len(chunk)
+        yield chunk
+
+
+OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
+"""Whether the system has open-file-description locks (Linux); elsewhere a lock file per stripe."""
+
+
+def key_lock(kind: int, byte: int) -> bytes:
+    """Linux's ``struct flock`` (type, whence, start, length, pid: 0, as OFD locks require) for a
+    lock of ``kind`` on one byte of the key lock file."""
+    return struct.pack("hhqqi", kind, os.SEEK_SET, byte, 1, 0)
+
+
+_CACHES: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+_FORKING: list[Cache] = []
+
+
+def _before_fork() -> None:
+    _FORKING[:] = list(_CACHES)
+    for cache in _FORKING:
+        cache._stripes_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for cache in _FORKING:
+        cache._stripes_lock.release()
+    _FORKING.clear()
+
+
+def _after_fork_in_child() -> None:
+    for cache in _FORKING:
+        cache._open_ledger()
+    _FORKING.clear()
+
+
+def _flush_all() -> None:
+    for cache in list(_CACHES):
+        cache.flush()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+atexit.register(_flush_all)
 
 
 def _files(folder: Path) -> Iterator[Path]:

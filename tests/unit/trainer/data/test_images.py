@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from internvl_trainer.config import MAX_IMAGE_PIXELS
+from internvl_trainer.data import images
 from internvl_trainer.data.errors import ImageDecodeError, SampleError
 from internvl_trainer.data.images import decode_image, decode_rgb_array, image_size
 from tests.unit.trainer.data.conftest import bomb_png, encode
@@ -86,6 +87,29 @@ def test_transparency_is_composited_over_white():
     assert decode_rgb_array(keyed.getvalue())[0, :2].tolist() == [[255, 255, 255], [255, 255, 255]]
     la = np.array([[[0, 0], [100, 255]]], dtype=np.uint8)
     assert decode_rgb_array(Image.fromarray(la, mode="LA")).tolist() == [[[255, 255, 255], [100, 100, 100]]]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGBa", "PA"])
+def test_opaque_images_with_an_alpha_band_skip_compositing_with_the_same_pixels(monkeypatch, mode):
+    rng = np.random.default_rng(4)
+    rgb = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    source = rgb.convert({"RGBA": "RGB", "RGBa": "RGB", "LA": "L", "PA": "P"}[mode])
+    opaque = Image.merge(mode, [*source.split(), Image.new("L", source.size, 255)])
+    composited = np.asarray(images._over_background(opaque))
+    monkeypatch.setattr(images, "_over_background", lambda image: pytest.fail("an opaque image was composited"))
+    assert np.array_equal(decode_rgb_array(opaque), composited)
+    if mode in ("RGBA", "LA"):
+        buffer = io.BytesIO()
+        opaque.save(buffer, format="PNG")
+        assert np.array_equal(decode_rgb_array(buffer.getvalue()), composited)
+
+
+def test_one_transparent_pixel_is_enough_to_composite():
+    rgba = np.full((3, 3, 4), 255, dtype=np.uint8)
+    rgba[..., :3] = 40
+    rgba[2, 2, 3] = 254
+    decoded = decode_rgb_array(encode(rgba, "PNG"))
+    assert decoded[0, 0].tolist() == [40, 40, 40] and decoded[2, 2].tolist() == [41, 41, 41]
 
 
 def test_cmyk():

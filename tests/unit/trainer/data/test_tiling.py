@@ -29,6 +29,7 @@ from internvl_trainer.data.tiling import (
     jpeg_degrade,
     per_image_budget,
     resolve_resampler,
+    stack_tiles,
     tile_count,
 )
 from tests.unit.trainer.data.conftest import encode, photo
@@ -231,12 +232,38 @@ def test_gotocr2_processor_gives_the_same_tiles():
     assert float(levels_of_255(tiles, expected).max()) < 1e-3
 
 
-def test_auto_resampler_is_torch_only_where_its_uint8_kernel_exists(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert resolve_resampler("auto") == "torch"
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    assert resolve_resampler("auto") == "pil"
-    assert resolve_resampler("torch") == "torch"
+@pytest.mark.parametrize(
+    ("capability", "chosen"),
+    [
+        ("AVX2", "torch"),
+        ("AVX512", "torch"),  # torch runs its AVX2 uint8 kernel there too
+        ("AVX512_BF16", "torch"),
+        ("DEFAULT", "pil"),  # scalar uint8 loop: slower than Pillow
+        ("SVE256", "pil"),  # ARM64: no vectorised uint8 kernel
+        ("VSX", "pil"),
+        ("ZVECTOR", "pil"),
+    ],
+)
+def test_auto_resampler_is_torch_wherever_its_vectorised_uint8_kernel_runs(monkeypatch, capability, chosen):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert resolve_resampler("auto") == chosen
+    assert Tiler().resampler == chosen  # the default configuration
+    assert resolve_resampler("torch") == "torch" and resolve_resampler("pil") == "pil"
+
+
+def test_one_images_tiles_are_stacked_without_a_copy():
+    tiles = Tiler(TilingConfig(resampler="pil"))(photo(900, 500)).pixel_values
+    assert stack_tiles([tiles]).data_ptr() == tiles.data_ptr()
+    both = stack_tiles([tiles, tiles[:1]])
+    assert both.shape[0] == len(tiles) + 1 and torch.equal(both[-1], tiles[0])
+
+
+def test_the_default_tiler_stays_within_the_tolerance_of_pillow():
+    data = encode(photo(1000, 700, seed=3), "JPEG")
+    default = Tiler()(data)
+    exact = Tiler(TilingConfig(resampler="pil"))(data)
+    assert default.grid == exact.grid
+    assert float(levels_of_255(default.pixel_values, exact.pixel_values).max()) <= RESAMPLE_TOLERANCE + 1e-3
 
 
 def test_video_frames_become_one_tile_each():

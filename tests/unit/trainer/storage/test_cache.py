@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from internvl_trainer.storage import Cache, CacheCapacityError, ObjectNotFound
+from internvl_trainer.storage.cache import key_lock
 from internvl_trainer.storage.uri import parse
 
 
@@ -176,7 +177,16 @@ def test_a_partial_file_held_by_a_live_writer_is_kept_and_counted(tmp_path):
     assert not live.exists()
 
 
-def test_threads_fetching_one_object_download_it_once(tmp_path):
+@pytest.fixture(params=[True, False], ids=["ofd-locks", "lock-files"])
+def key_locks(request, monkeypatch):
+    """Both ways of locking a key: Linux's OFD locks, and a lock file per stripe elsewhere."""
+    from internvl_trainer.storage import cache
+
+    monkeypatch.setattr(cache, "OFD_LOCKS", request.param)
+    return request.param
+
+
+def test_threads_fetching_one_object_download_it_once(tmp_path, key_locks):
     remote = FakeStorage(objects(1, size=200 * KiB))
     remote.delay = 0.05
     cache = Cache(tmp_path, 1000 * KiB)
@@ -226,3 +236,131 @@ def test_keys_without_a_usable_extension(tmp_path):
     assert cache.entry_path("s3://bkt/a/weird.ext$").suffix == ""
     assert cache.entry_path("s3://bkt/a/B.JPG").suffix == ".jpg"
     assert cache.entry_path("s3://bkt/a/1.jpg") != cache.entry_path("s3://bkt/b/1.jpg")
+
+
+# ---------------------------------------------------------------------------------------------
+# the cost of a first read
+
+
+def test_read_bytes_returns_a_miss_from_memory_and_stores_it_behind(tmp_path):
+    remote = FakeStorage(objects(2, size=30 * KiB))
+    cache = Cache(tmp_path, 100 * KiB)
+    assert cache.read_bytes(remote, "s3://bkt/img/1.jpg") == bytes([1]) * 30 * KiB
+    cache.flush()
+    assert cache.entry_path("s3://bkt/img/1.jpg").read_bytes() == bytes([1]) * 30 * KiB
+    assert cache.usage() == 30 * KiB and int((tmp_path / "ledger").read_text()) == 30 * KiB
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert cache.read_bytes(remote, "s3://bkt/img/1.jpg") == bytes([1]) * 30 * KiB
+    assert remote.opens == ["s3://bkt/img/1.jpg"]
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_a_miss_costs_no_fsync_and_no_ledger_file_opens(tmp_path, monkeypatch):
+    # Profiled on a cold read: each miss opened the ledger's lock and the ledger twice and
+    # fsync-ed the object, as long as the download itself for a small image.
+    remote = FakeStorage(objects(4))
+    cache = Cache(tmp_path, 100 * KiB)
+    opened, flushed = [], []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args: opened.append(os.path.basename(path)) or real_open(path, *args))
+    monkeypatch.setattr(os, "fsync", flushed.append)
+    cache.fetch(remote, "s3://bkt/img/0.jpg")
+    cache.read_bytes(remote, "s3://bkt/img/1.jpg")
+    cache.flush()
+    assert flushed == []
+    assert len(opened) == 4 and all(name.endswith((".lock", ".part")) for name in opened)  # the key lock, a file
+
+
+def test_with_fsync_every_object_is_flushed_before_its_rename(tmp_path, monkeypatch):
+    remote = FakeStorage(objects(2))
+    flushed = []
+    monkeypatch.setattr(os, "fsync", flushed.append)
+    cache = Cache(tmp_path, 100 * KiB, fsync=True)
+    cache.fetch(remote, "s3://bkt/img/0.jpg")
+    cache.read_bytes(remote, "s3://bkt/img/1.jpg")
+    cache.flush()
+    assert len(flushed) == 2
+    assert not (tmp_path / "unsynced-boot").exists()
+
+
+def test_a_cache_written_without_fsync_is_emptied_after_a_reboot(tmp_path, monkeypatch):
+    from internvl_trainer.storage import cache as module
+
+    remote = FakeStorage(objects(2))
+    monkeypatch.setattr(module, "boot_id", lambda: "boot-1")
+    cache = Cache(tmp_path, 100 * KiB)
+    cache.fetch(remote, "s3://bkt/img/0.jpg")
+    assert (tmp_path / "unsynced-boot").read_text() == "boot-1"
+    assert Cache(tmp_path, 100 * KiB).entry_path("s3://bkt/img/0.jpg").exists()  # same boot: kept
+
+    monkeypatch.setattr(module, "boot_id", lambda: "boot-2")
+    after = Cache(tmp_path, 100 * KiB)
+    assert not after.entry_path("s3://bkt/img/0.jpg").exists()
+    assert after.usage() == 0 and int((tmp_path / "ledger").read_text()) == 0
+    assert (tmp_path / "unsynced-boot").read_text() == "boot-2"
+
+
+def test_a_cache_written_with_fsync_survives_a_reboot(tmp_path, monkeypatch):
+    from internvl_trainer.storage import cache as module
+
+    remote = FakeStorage(objects(1))
+    monkeypatch.setattr(module, "boot_id", lambda: "boot-1")
+    Cache(tmp_path, 100 * KiB, fsync=True).fetch(remote, "s3://bkt/img/0.jpg")
+    monkeypatch.setattr(module, "boot_id", lambda: "boot-2")
+    assert Cache(tmp_path, 100 * KiB, fsync=True).entry_path("s3://bkt/img/0.jpg").exists()
+    monkeypatch.setattr(module, "boot_id", lambda: None)  # no boot id: every object is flushed
+    assert Cache(tmp_path, 100 * KiB)._flush
+
+
+def test_threads_reading_one_object_download_it_once(tmp_path, key_locks):
+    remote = FakeStorage(objects(1, size=200 * KiB))
+    remote.delay = 0.05
+    cache = Cache(tmp_path, 1000 * KiB)
+    with ThreadPoolExecutor(8) as pool:
+        contents = list(pool.map(lambda _: cache.read_bytes(remote, "s3://bkt/img/0.jpg"), range(16)))
+    assert contents == [bytes([0]) * 200 * KiB] * 16
+    assert remote.opens == ["s3://bkt/img/0.jpg"]
+    assert (cache.hits, cache.misses) == (15, 1)
+
+
+def test_reads_stored_behind_keep_the_cap(tmp_path):
+    remote = FakeStorage(objects(12))
+    cache = Cache(tmp_path, 50 * KiB, low_water=1.0)
+    for index in range(12):
+        assert cache.read_bytes(remote, f"s3://bkt/img/{index}.jpg") == bytes([index]) * 10 * KiB
+    cache.flush()
+    assert cache.usage() <= 50 * KiB and cache.evictions >= 7
+    assert int((tmp_path / "ledger").read_text()) == cache.usage()
+
+
+def test_a_forked_worker_has_its_own_ledger_lock_and_drops_its_parents_key_locks(tmp_path):
+    import fcntl
+
+    cache = Cache(tmp_path, 100 * KiB)
+    final = cache.entry_path("s3://bkt/img/0.jpg")
+    stripe = cache._lock_key(final)  # as a write behind holds it
+    readable, writable = os.pipe()
+    with cache._ledger_locked():
+        child = os.fork()
+        if child == 0:  # the child: the ledger lock is its parent's, not its own
+            answer = b"?"
+            try:
+                fcntl.flock(cache._ledger_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                answer = b"shared"
+            except BlockingIOError:
+                answer = b"own"
+            finally:
+                os.write(writable, answer)
+                time.sleep(1.0)  # alive while the parent checks the key lock
+                os._exit(0)
+        answer = os.read(readable, 16)
+    assert answer == b"own"
+    cache._unlock_key(stripe)
+    other = os.open(tmp_path / "keys.lock", os.O_RDWR)
+    try:  # the child's inherited copy of the descriptor would hold the key's lock still
+        fcntl.fcntl(other, fcntl.F_OFD_SETLK, key_lock(fcntl.F_WRLCK, int(final.name[:3], 16)))
+    finally:
+        os.close(other)
+        os.close(readable)
+        os.close(writable)
+    os.waitpid(child, 0)
