@@ -35,11 +35,12 @@ class Launcher:
     problems: Callable[[dict[str, Any]], list[str]]
     """What the launcher's webhook or controller would refuse in a rendered job, outside its CRD
     schema (an empty list when nothing)."""
-    state: Callable[[dict[str, Any], list[dict[str, Any]]], JobState]
-    """The job and its pods read as phase, reason and message."""
-    needs_pods: Callable[[dict[str, Any]], bool]
+    state: Callable[[dict[str, Any], list[dict[str, Any]]], JobState] = job_state
+    """The job and its pods read as phase, reason and message (by default as Kubeflow v1's
+    controllers write a job's status)."""
+    needs_pods: Callable[[dict[str, Any]], bool] = needs_pods
     """Whether the pods can tell more than the job (read only then, to spare the API server)."""
-    suspend_path: tuple[str, ...]
+    suspend_path: tuple[str, ...] = ("spec", "runPolicy", "suspend")
     """Where in the job its suspend field is; Kueue and spec.suspend write it."""
     unsupported: Callable[[InternVLFinetuneSpec], list[str]] = lambda spec: []
     """The spec fields set that the kind cannot carry, each with why (the object is then invalid
@@ -85,8 +86,6 @@ class Launcher:
         return patch
 
 
-RUN_POLICY_SUSPEND = ("spec", "runPolicy", "suspend")
-
 LAUNCHERS: dict[str, Launcher] = {
     launcher.name: launcher
     for launcher in (
@@ -95,18 +94,12 @@ LAUNCHERS: dict[str, Launcher] = {
             api_version=pytorchjob.API_VERSION,
             render=pytorchjob.pytorchjob,
             problems=pytorchjob_problems,
-            state=job_state,
-            needs_pods=needs_pods,
-            suspend_path=RUN_POLICY_SUSPEND,
         ),
         Launcher(
             kind=mpijob.KIND,
             api_version=mpijob.API_VERSION,
             render=mpijob.mpijob,
             problems=mpijob_problems,
-            state=job_state,
-            needs_pods=needs_pods,
-            suspend_path=RUN_POLICY_SUSPEND,
         ),
         Launcher(
             kind=trainjob.KIND,

@@ -228,10 +228,7 @@ def launcher_of(body: dict[str, Any], served: frozenset[str]) -> Launcher | None
 
 def _reconcile(observed: Observed, settings: OperatorSettings, status: _Status, actions: Actions) -> None:
     record = status.record
-    resource, result = _plan(observed, settings, status, finished=record.result is not None)
-    if resource is None and (cond.find(status.conditions, cond.VALID) or {}).get("reason") == LAUNCHER_NOT_INSTALLED:
-        actions.retry = True  # so that a launcher installed later is found with no change to the object
-    launcher = chosen(resource.spec, record.launcher, observed.served) if resource is not None else None
+    resource, result, launcher = _plan(observed, settings, status, actions, finished=record.result is not None)
     if launcher is not None:
         status.record = record = record.model_copy(update={"launcher": launcher.name})
     if result is not None:
@@ -278,16 +275,18 @@ def _reconcile(observed: Observed, settings: OperatorSettings, status: _Status, 
 
 
 def _plan(
-    observed: Observed, settings: OperatorSettings, status: _Status, *, finished: bool
-) -> tuple[InternVLFinetune | None, Plan | None]:
-    """Validate and plan; on any problem, Valid=False with the reason, and nothing else."""
+    observed: Observed, settings: OperatorSettings, status: _Status, actions: Actions, *, finished: bool
+) -> tuple[InternVLFinetune | None, Plan | None, Launcher | None]:
+    """Validate, choose the launcher (``launchers.chosen``) and plan; on any problem, Valid=False
+    with the reason, and nothing else (but a check again later where the launcher is missing)."""
     problems = validate(observed.body)
     if problems:
         status.set(cond.VALID, "False", "InvalidSpec", "; ".join(map(str, problems)), "Warning")
-        return None, None
+        return None, None, None
     resource, result = parse(observed.body), None
+    launcher = chosen(resource.spec, status.record.launcher, observed.served)
     try:
-        refusal = _refusal(observed, settings, resource, finished=finished)
+        refusal = _refusal(observed, settings, resource, launcher, finished=finished)
         result = plan(resource.spec) if refusal is None else None
     except BadInput as error:
         refusal = ("InvalidSpec", "; ".join(map(str, error.problems)))
@@ -295,17 +294,23 @@ def _plan(
         refusal = ("NoFeasiblePlan", result.notes[0] if result.notes else "")
     if refusal is not None:
         status.set(cond.VALID, "False", *refusal, "Warning")
-        return None, None
-    return resource, result
+        # Checked again with backoff, so that a launcher installed later is found with no change to the object.
+        actions.retry = refusal[0] == LAUNCHER_NOT_INSTALLED
+        return None, None, None
+    return resource, result, launcher
 
 
 def _refusal(
-    observed: Observed, settings: OperatorSettings, resource: InternVLFinetune, *, finished: bool
+    observed: Observed,
+    settings: OperatorSettings,
+    resource: InternVLFinetune,
+    launcher: Launcher | None,
+    *,
+    finished: bool,
 ) -> tuple[str, str] | None:
-    """Why a valid spec cannot run here, as a condition's (reason, message); None when it can. A
-    finished run is not held to the cluster's launchers and settings of today: its outcome stays."""
-    recorded = read_record(observed.body).launcher
-    launcher = chosen(resource.spec, recorded, observed.served)
+    """Why a valid spec cannot run here as ``launcher`` (None: auto found none), as a condition's
+    (reason, message); None when it can. A finished run is not held to the cluster's launchers and
+    settings of today: its outcome stays."""
     if launcher is None:
         return None if finished else (LAUNCHER_NOT_INSTALLED, none_served(resource.spec, observed.served))
     unsupported = launcher.unsupported(resource.spec)
@@ -314,6 +319,7 @@ def _refusal(
     if finished:
         return None
     if launcher.name not in observed.served:
+        recorded = read_record(observed.body).launcher
         change = "change spec.launcher" if recorded is None else f"create a new {KIND} to use another launcher"
         auto = f" (spec.launcher {AUTO} chose it for this object)" if resource.spec.launcher == AUTO else ""
         return LAUNCHER_NOT_INSTALLED, (
