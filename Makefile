@@ -27,7 +27,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[operator,trainer,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[operator,trainer,tracking,dev]'
 	@mkdir -p $(CACHE)
 	@touch $@
 
