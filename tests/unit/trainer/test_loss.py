@@ -124,7 +124,8 @@ def text_sample(ids: list[int], supervised: int) -> BuiltSample:
         input_ids=torch.tensor(ids),
         labels=torch.tensor(labels),
         attention_mask=torch.ones(len(ids), dtype=torch.long),
-        pixel_values=torch.zeros((0, 3, 448, 448)),
+        tiles=[],
+        normalization="imagenet",
         tiles_per_image=[],
         kind="text",
     )

@@ -1,12 +1,13 @@
 """Collators: samples (or packs of samples) → one micro-batch the model and the loss take.
 
 Both collators pad ``input_ids`` with the tokenizer's real pad id and ``labels`` with IGNORE_INDEX,
-concatenate every sample's tiles into ``pixel_values`` in token order (left out when the batch has
-none) and attach ``loss_weight`` (loss.py) for the configured reduction. The first label of each
-sample is set to IGNORE_INDEX: no position of the sample predicts it, and in a packed row the
-previous sample's last position would. InternVL pads with id 0 and rebuilds the attention mask as
-``input_ids != 0``, which hides every real token 0 ("!" in Qwen2's vocabulary; reference:
-internvl-recipe.md §6, §11.1); here masks and segments come from the true lengths only.
+normalise every sample's uint8 tiles straight into ``pixel_values`` in token order (left out when
+the batch has none; each tile becomes float32 once, where the batch holds it) and attach
+``loss_weight`` (loss.py) for the configured reduction. The first label of each sample is set to
+IGNORE_INDEX: no position of the sample predicts it, and in a packed row the previous sample's last
+position would. InternVL pads with id 0 and rebuilds the attention mask as ``input_ids != 0``,
+which hides every real token 0 ("!" in Qwen2's vocabulary; reference: internvl-recipe.md §6,
+§11.1); here masks and segments come from the true lengths only.
 
 - ``collate_padded``: one sample per row; ``attention_mask`` marks the true lengths.
 - ``collate_packed``: several samples per row, with no attention mask. ``position_ids`` restart at 0
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import get_worker_info
 
+from internvl_trainer.data.tiling import Normalization, normalize
 from internvl_trainer.loss import IGNORE_INDEX, Reduction, token_weights
 
 
@@ -34,7 +36,9 @@ class Collatable(Protocol):
 
     input_ids: torch.Tensor
     labels: torch.Tensor
-    pixel_values: torch.Tensor
+    tiles: Sequence[torch.Tensor]
+    """(size, size, 3) uint8 tiles."""
+    normalization: Normalization
 
 
 def _padded_length(longest: int, multiple: int, length: int | None) -> int:
@@ -46,17 +50,22 @@ def _padded_length(longest: int, multiple: int, length: int | None) -> int:
 
 
 def _pixels(samples: Sequence[Collatable]) -> torch.Tensor | None:
-    """Every sample's tiles, in order. In a data-loader worker they are written straight into
-    shared memory: the tensor then crosses to the training process without another copy (a
+    """Every sample's tiles, in order, normalised into one float32 tensor. In a data-loader worker
+    it lives in shared memory: it then crosses to the training process without another copy (a
     sequence's tiles are up to a few hundred MB of float32)."""
-    tiles = [sample.pixel_values for sample in samples if sample.pixel_values.shape[0]]
-    if not tiles:
+    with_tiles = [sample for sample in samples if len(sample.tiles)]
+    if not with_tiles:
         return None
-    if get_worker_info() is None:
-        return torch.cat(tiles)
-    shape = (sum(part.shape[0] for part in tiles), *tiles[0].shape[1:])
-    out = torch.empty(shape, dtype=tiles[0].dtype).share_memory_()
-    return torch.cat(tiles, out=out)
+    size = with_tiles[0].tiles[0].shape[0]
+    out = torch.empty((sum(len(sample.tiles) for sample in with_tiles), 3, size, size), dtype=torch.float32)
+    if get_worker_info() is not None:
+        out.share_memory_()
+    start = 0
+    for sample in with_tiles:
+        stop = start + len(sample.tiles)
+        normalize(sample.tiles, sample.normalization, out[start:stop])
+        start = stop
+    return out
 
 
 def _sample_labels(sample: Collatable) -> torch.Tensor:

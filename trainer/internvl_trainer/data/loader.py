@@ -51,11 +51,11 @@ class Drawn:
 
     ref: SampleRef
     sample: Any
-    """A BuiltSample (or anything with input_ids, labels and pixel_values)."""
+    """A BuiltSample (or anything with input_ids, labels and tiles)."""
 
     @property
     def size(self) -> tuple[int, int]:
-        return int(self.sample.input_ids.shape[0]), int(self.sample.pixel_values.shape[0])
+        return int(self.sample.input_ids.shape[0]), len(self.sample.tiles)
 
 
 @dataclass

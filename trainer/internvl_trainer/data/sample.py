@@ -43,7 +43,7 @@ from internvl_trainer.data.template import (
     insert_placeholder,
     tokens_per_tile,
 )
-from internvl_trainer.data.tiling import Tiler, TilingConfig, per_image_budget, stack_tiles
+from internvl_trainer.data.tiling import TILE_SIZE, Normalization, Tiler, TilingConfig, normalize, per_image_budget
 from internvl_trainer.data.video import (
     VIDEO_PLACEHOLDER,
     VideoFrames,
@@ -63,14 +63,24 @@ class BuiltSample:
     input_ids: torch.Tensor
     labels: torch.Tensor
     attention_mask: torch.Tensor
-    pixel_values: torch.Tensor
-    """(tiles, 3, size, size) float32: every image's tiles (thumbnail last) or every frame, in order."""
+    tiles: list[torch.Tensor]
+    """(size, size, 3) uint8 tiles, channels last: every image's tiles (thumbnail last) or every
+    frame, in order. They stay uint8 (a quarter of float32's bytes, mostly views into the resized
+    image) until the collator normalises them into the micro-batch."""
+    normalization: Normalization
     tiles_per_image: list[int]
     """Tiles of each image, or 1 per frame."""
     kind: SampleKind
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def pixel_values(self) -> torch.Tensor:
+        """The tiles normalised: (tiles, 3, size, size) float32, as the model takes them."""
+        if not self.tiles:
+            return torch.empty((0, 3, TILE_SIZE, TILE_SIZE), dtype=torch.float32)
+        return normalize(self.tiles, self.normalization)
 
 
 class SampleBuilder:
@@ -153,14 +163,14 @@ class SampleBuilder:
             return [self.tiler.count(width, height, budget) for width, height in sizes]
 
         encoded, budget = self._fit(tokenized, budget, tiles_at)
-        parts = []
+        tiles: list[torch.Tensor] = []
         for image, expected in zip(opened, tiles_at(budget), strict=True):
-            tiles = self.tiler(to_rgb(image), max_tiles=budget, augment=augment, rng=rng)
-            if len(tiles) != expected:
-                raise ImageDecodeError(f"the decoded image has another size than its header ({len(tiles)} tiles)")
-            parts.append(tiles.pixel_values)
+            views, _ = self.tiler.views(to_rgb(image), max_tiles=budget, augment=augment, rng=rng)
+            if len(views) != expected:
+                raise ImageDecodeError(f"the decoded image has another size than its header ({len(views)} tiles)")
+            tiles += views
         kind: SampleKind = "image" if len(sources) == 1 else "multi-image"
-        return self._built(encoded, parts, tiles_at(budget), kind)
+        return self._built(encoded, tiles, tiles_at(budget), kind)
 
     def _video(
         self,
@@ -194,8 +204,8 @@ class SampleBuilder:
         if count == total and len(encoded) > self.max_length:  # truncate policy
             encoded = self._truncate(encoded, count)
         kept: VideoFrames = subsample(frames, count)
-        pixels = self.tiler.frames(kept.frames, augment=augment, rng=rng)
-        return self._built(encoded, [pixels], [1] * count, "video")
+        tiles = self.tiler.frame_views(kept.frames, augment=augment, rng=rng)
+        return self._built(encoded, tiles, [1] * count, "video")
 
     # -----------------------------------------------------------------------------------------
     # over-long policy
@@ -257,13 +267,14 @@ class SampleBuilder:
         raise overlong_error(tokens, tiles, self.max_length, why)
 
     def _built(
-        self, encoded: Encoded, parts: list[torch.Tensor], tiles_per_image: list[int], kind: SampleKind
+        self, encoded: Encoded, tiles: list[torch.Tensor], tiles_per_image: list[int], kind: SampleKind
     ) -> BuiltSample:
         return BuiltSample(
             input_ids=encoded.input_ids,
             labels=encoded.labels,
             attention_mask=encoded.attention_mask,
-            pixel_values=stack_tiles(parts, self.tiler.config.tile_size),
+            tiles=tiles,
+            normalization=self.tiler.config.normalization,
             tiles_per_image=tiles_per_image,
             kind=kind,
         )

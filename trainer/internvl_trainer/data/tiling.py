@@ -65,6 +65,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 """Per-channel (mean, std) of InternVL's ``normalize_type`` choices; released models use imagenet."""
 
+Normalization = Literal["imagenet", "clip", "siglip"]
+
 JPEG_QUALITIES = tuple(range(75, 101))
 """The JPEG qualities of InternVL's training augmentation, drawn uniformly per tile."""
 
@@ -195,6 +197,39 @@ def resize_rgb(source: RgbSource, width: int, height: int, resampler: Literal["t
 
 
 # ---------------------------------------------------------------------------------------------
+# normalisation
+
+
+@lru_cache(maxsize=8)
+def _statistics(normalization: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = NORMALIZATIONS[normalization]
+    return (
+        torch.tensor(mean, dtype=torch.float32).view(3, 1, 1),
+        torch.tensor(std, dtype=torch.float32).view(3, 1, 1),
+    )
+
+
+def normalize(
+    tiles: Sequence[torch.Tensor], normalization: Normalization, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(size, size, 3) uint8 tiles → (tiles, 3, size, size) float32, exactly as torchvision's
+    ToTensor then Normalize compute it (``x / 255``, minus mean, divided by std, in float32),
+    written into ``out`` when given (a slice of a micro-batch: the tiles are converted once, where
+    they end up). One tile at a time, so that the arithmetic runs on data in the CPU cache."""
+    if out is None:
+        size = tiles[0].shape[0] if len(tiles) else TILE_SIZE
+        out = torch.empty((len(tiles), 3, size, size), dtype=torch.float32)
+    elif out.shape[0] != len(tiles):
+        raise ValueError(f"{len(tiles)} tiles do not fill {out.shape[0]} places")
+    mean, std = _statistics(normalization)
+    for index, tile in enumerate(tiles):
+        target = out[index]
+        target.copy_(tile.permute(2, 0, 1))
+        target.div_(255).sub_(mean).div_(std)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # tiles
 
 
@@ -206,7 +241,7 @@ class TilingConfig:
     min_tiles: int = 1
     max_tiles: int = DEFAULT_MAX_TILES
     use_thumbnail: bool = True
-    normalization: Literal["imagenet", "clip", "siglip"] = "imagenet"
+    normalization: Normalization = "imagenet"
     resampler: Resampler = "auto"
 
 
@@ -240,9 +275,6 @@ class Tiler:
 
     def __init__(self, config: TilingConfig | None = None):
         self.config = config or TilingConfig()
-        mean, std = NORMALIZATIONS[self.config.normalization]
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.resampler = resolve_resampler(self.config.resampler)
 
     def grid(self, width: int, height: int, max_tiles: int | None = None) -> tuple[int, int]:
@@ -285,17 +317,9 @@ class Tiler:
         views, grid = self.tile_views(image, max_tiles)
         return torch.stack(views), grid
 
-    def normalize(self, tiles: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """(size, size, 3) uint8 tiles → (tiles, 3, size, size) float32, exactly as torchvision's
-        ToTensor then Normalize compute it (``x / 255``, minus mean, divided by std, in float32).
-        One tile at a time, so that the arithmetic runs on data in the CPU cache."""
-        size = self.config.tile_size
-        out = torch.empty((len(tiles), 3, size, size), dtype=torch.float32)
-        for index, tile in enumerate(tiles):
-            target = out[index]
-            target.copy_(tile.permute(2, 0, 1))
-            target.div_(255).sub_(self._mean).div_(self._std)
-        return out
+    def normalize(self, tiles: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+        """``normalize`` with this tiler's normalisation."""
+        return normalize(tiles, self.config.normalization, out)
 
     def augment(self, tiles: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
         """Each tile re-encoded as a JPEG of a quality drawn independently from 75..100."""
@@ -304,6 +328,21 @@ class Tiler:
             _tensor(jpeg_degrade(np.ascontiguousarray(tile.numpy()), int(quality)))
             for tile, quality in zip(tiles, qualities, strict=True)
         ]
+
+    def views(
+        self,
+        image: ImageSource | np.ndarray | torch.Tensor,
+        *,
+        max_tiles: int | None = None,
+        augment: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """``tile_views``, JPEG-augmented if ``augment``: the tiles a sample keeps as uint8 until
+        collation normalises them straight into the batch."""
+        views, grid = self.tile_views(image, max_tiles)
+        if augment:
+            views = self.augment(views, rng if rng is not None else np.random.default_rng())
+        return views, grid
 
     def __call__(
         self,
@@ -314,17 +353,14 @@ class Tiler:
         rng: np.random.Generator | None = None,
     ) -> Tiles:
         """The normalised tiles of ``image`` under a tile budget, JPEG-augmented if ``augment``."""
-        views, grid = self.tile_views(image, max_tiles)
-        if augment:
-            views = self.augment(views, rng if rng is not None else np.random.default_rng())
-        thumbnail = len(views) > grid[0] * grid[1]
-        return Tiles(self.normalize(views), grid, thumbnail)
+        views, grid = self.views(image, max_tiles=max_tiles, augment=augment, rng=rng)
+        return Tiles(self.normalize(views), grid, len(views) > grid[0] * grid[1])
 
-    def frames(
+    def frame_views(
         self, frames: np.ndarray | torch.Tensor, *, augment: bool = False, rng: np.random.Generator | None = None
-    ) -> torch.Tensor:
-        """Video frames (frames, height, width, 3) uint8 → (frames, 3, size, size) float32: one tile
-        per frame, each frame stretched to the tile size, as InternVL treats video."""
+    ) -> list[torch.Tensor]:
+        """Video frames (frames, height, width, 3) uint8 → one (size, size, 3) uint8 tile per frame,
+        each frame stretched to the tile size, as InternVL treats video."""
         frames = torch.as_tensor(frames)
         size = self.config.tile_size
         if self.resampler == "torch" and frames.shape[1:3] != (size, size):
@@ -332,7 +368,7 @@ class Tiler:
             if _vertical_first(frames.shape[2], frames.shape[1], size, size):
                 batch = F.interpolate(batch, size=(size, frames.shape[2]), mode="bicubic", antialias=True)
             batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True)
-            tiles = batch.permute(0, 2, 3, 1).contiguous()
+            tiles = batch.permute(0, 2, 3, 1)
         else:
             tiles = torch.empty((frames.shape[0], size, size, 3), dtype=torch.uint8)
             for index in range(frames.shape[0]):
@@ -340,7 +376,13 @@ class Tiler:
         views = list(tiles)
         if augment:
             views = self.augment(views, rng if rng is not None else np.random.default_rng())
-        return self.normalize(views)
+        return views
+
+    def frames(
+        self, frames: np.ndarray | torch.Tensor, *, augment: bool = False, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
+        """Video frames → (frames, 3, size, size) float32, normalised ``frame_views``."""
+        return self.normalize(self.frame_views(frames, augment=augment, rng=rng))
 
 
 def _rgb_source(image: ImageSource | np.ndarray | torch.Tensor) -> RgbSource:
@@ -351,13 +393,3 @@ def _rgb_source(image: ImageSource | np.ndarray | torch.Tensor) -> RgbSource:
             raise ValueError(f"expected (height, width, 3) uint8 RGB pixels, got {tuple(image.shape)} {image.dtype}")
         return image
     return decode_image(image)
-
-
-def stack_tiles(parts: Sequence[torch.Tensor], tile_size: int = TILE_SIZE) -> torch.Tensor:
-    """The tiles of several images (or frames) as one (tiles, 3, size, size) tensor; one image's
-    tiles as they are (a copy of a dozen float32 tiles costs as much as resizing them)."""
-    if not parts:
-        return torch.empty((0, 3, tile_size, tile_size), dtype=torch.float32)
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat(list(parts), dim=0)

@@ -101,7 +101,7 @@ class SampleChecker:
             inputs["augment"] = False
             rng = np.random.default_rng([number])
             sample = builder.build(record.conversations, rng=rng, **inputs)
-            return Checked(record.kind, int(sample.pixel_values.shape[0]), len(sample))
+            return Checked(record.kind, len(sample.tiles), len(sample))
         if record.kind == "text":
             return Checked("text", 0)
         if record.kind in ("image", "multi-image"):

@@ -383,8 +383,11 @@ class Cache:
                 raise IntegrityError(f"{location}: {written} bytes arrived, expected {size}")
             if self._flush:
                 os.fsync(descriptor)
-            final.parent.mkdir(exist_ok=True)
-            os.rename(part, final)
+            try:
+                os.rename(part, final)
+            except FileNotFoundError:  # the first object of its folder
+                final.parent.mkdir(exist_ok=True)
+                os.rename(part, final)
             done = True
         finally:
             os.close(descriptor)

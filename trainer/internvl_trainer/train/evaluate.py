@@ -102,7 +102,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _pixels(sample: Any, model: torch.nn.Module) -> torch.Tensor | None:
-    if sample.pixel_values.shape[0] == 0:
+    if not sample.tiles:
         return None
     parameter = next(model.parameters())
     return sample.pixel_values.to(device=parameter.device, dtype=parameter.dtype)

@@ -14,21 +14,22 @@ X = IGNORE_INDEX
 PAD = 7
 
 
-def built(ids: list[int], labels: list[int], tiles: int = 0, fill: float = 0.0) -> BuiltSample:
+def built(ids: list[int], labels: list[int], tiles: int = 0, fill: int = 0) -> BuiltSample:
     return BuiltSample(
         input_ids=torch.tensor(ids),
         labels=torch.tensor(labels),
         attention_mask=torch.ones(len(ids), dtype=torch.long),
-        pixel_values=torch.full((tiles, 3, 4, 4), fill),
+        tiles=[torch.full((4, 4, 3), fill, dtype=torch.uint8)] * tiles,
+        normalization="siglip",  # (x / 255 - 0.5) / 0.5: 255 → 1.0, 0 → -1.0
         tiles_per_image=[tiles] if tiles else [],
         kind="image" if tiles else "text",
     )
 
 
 # "!" is id 0 in Qwen2's vocabulary; a real token may even equal the pad id.
-A = built([1, 0, 0, 5], [X, X, 0, 5], tiles=2, fill=1.0)
+A = built([1, 0, 0, 5], [X, X, 0, 5], tiles=2, fill=255)
 B = built([1, 7, 6], [X, 7, 6])
-C = built([3, 0, 9, 9, 2], [3, X, 9, 9, 2], tiles=1, fill=2.0)  # a supervised first label
+C = built([3, 0, 9, 9, 2], [3, X, 9, 9, 2], tiles=1, fill=0)  # a supervised first label
 
 
 def test_padded_batch():
@@ -41,7 +42,7 @@ def test_padded_batch():
         batch["loss_weight"],
         torch.tensor([[0, 0, 0.5, 0.5, 0], [0, 0.5, 0.5, 0, 0], [0, 0, 1 / 3, 1 / 3, 1 / 3]]),
     )
-    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 1.0, 2.0]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 1.0, -1.0]
     assert set(batch) == {"input_ids", "attention_mask", "labels", "loss_weight", "pixel_values"}
     assert batch_segments(batch).tolist() == [[0, 0, 0, 0, -1], [0, 0, 0, -1, -1], [0, 0, 0, 0, 0]]
 
@@ -69,7 +70,7 @@ def test_packed_batch():
         batch["loss_weight"],
         torch.tensor([[0, 0, root, root, 0, root, root], [0, 0, 3**-0.5, 3**-0.5, 3**-0.5, 0, 0]]),
     )
-    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 1.0, 2.0]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 1.0, -1.0]
     assert batch_segments(batch).tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]]
 
 

@@ -40,7 +40,8 @@ class FakeBuild:
             input_ids=ids,
             labels=ids.clone(),
             attention_mask=torch.ones(length, dtype=torch.long),
-            pixel_values=torch.zeros((tiles, 3, 2, 2)),
+            tiles=[torch.zeros((2, 2, 3), dtype=torch.uint8)] * tiles,
+            normalization="imagenet",
             tiles_per_image=[tiles] if tiles else [],
             kind="image" if tiles else "text",
         )

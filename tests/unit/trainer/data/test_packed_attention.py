@@ -82,7 +82,8 @@ def sample(text: list[int], answer: list[int], tiles: int = 0, seed: int = 0) ->
         input_ids=torch.tensor(ids),
         labels=torch.tensor(labels),
         attention_mask=torch.ones(len(ids), dtype=torch.long),
-        pixel_values=torch.randn((tiles, 3, TILE, TILE), generator=generator),
+        tiles=list(torch.randint(0, 256, (tiles, TILE, TILE, 3), dtype=torch.uint8, generator=generator)),
+        normalization="imagenet",
         tiles_per_image=[tiles] if tiles else [],
         kind="image" if tiles else "text",
     )

@@ -27,9 +27,9 @@ from internvl_trainer.data.tiling import (
     candidate_grids,
     choose_grid,
     jpeg_degrade,
+    normalize,
     per_image_budget,
     resolve_resampler,
-    stack_tiles,
     tile_count,
 )
 from tests.unit.trainer.data.conftest import encode, photo
@@ -251,11 +251,18 @@ def test_auto_resampler_is_torch_wherever_its_vectorised_uint8_kernel_runs(monke
     assert resolve_resampler("torch") == "torch" and resolve_resampler("pil") == "pil"
 
 
-def test_one_images_tiles_are_stacked_without_a_copy():
-    tiles = Tiler(TilingConfig(resampler="pil"))(photo(900, 500)).pixel_values
-    assert stack_tiles([tiles]).data_ptr() == tiles.data_ptr()
-    both = stack_tiles([tiles, tiles[:1]])
-    assert both.shape[0] == len(tiles) + 1 and torch.equal(both[-1], tiles[0])
+def test_tiles_stay_uint8_views_until_normalised_into_their_place():
+    tiler = Tiler(TilingConfig(resampler="pil"))
+    views, grid = tiler.views(photo(900, 500))
+    assert grid == (2, 1) and len(views) == 3 and views[0].dtype == torch.uint8
+    # the grid's tiles are cut from one resized image, not copied
+    assert views[0].untyped_storage().data_ptr() == views[1].untyped_storage().data_ptr()
+    out = torch.full((5, 3, 448, 448), float("nan"))
+    normalize(views, "imagenet", out[1:4])
+    assert torch.equal(out[1:4], tiler(photo(900, 500)).pixel_values)
+    assert out[0].isnan().all() and out[4].isnan().all()
+    with pytest.raises(ValueError, match="^3 tiles do not fill 2 places$"):
+        normalize(views, "imagenet", out[:2])
 
 
 def test_the_default_tiler_stays_within_the_tolerance_of_pillow():
