@@ -34,8 +34,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: install $(HELM)
 	$(BIN)/python -m pytest
 
+# The benchmarks run with the trainer image's allocator setting (images/trainer/Dockerfile).
 bench: install
-	$(BIN)/python -m benchmarks --output docs/benchmarks.md
+	THP_MEM_ALLOC_ENABLE=1 $(BIN)/python -m benchmarks --output docs/benchmarks.md
 
 # Training on one GPU. It needs only a Python with torch and transformers: the project's environment
 # when there is one, else the machine's python3 (or BENCH_PYTHON=...). BENCH_GPU_ARGS=--quick: a few steps.

@@ -58,6 +58,18 @@ def _cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def _huge_pages() -> str:
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        mode = "unknown"
+    asked = "on" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "off"
+    return (
+        f"transparent huge pages for tensors of 2 MiB and more {asked} (`THP_MEM_ALLOC_ENABLE`, as the trainer"
+        f" image sets it); the kernel's mode: {mode}"
+    )
+
+
 def _gpus() -> str:
     import torch
 
@@ -88,6 +100,7 @@ def machine() -> str:
             f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
             f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; memory {_memory_gib()}; GPU: {_gpus()}",
             f"- torch's CPU capability: {_cpu_capability()} (which kernels torch runs, the image resampler's choice)",
+            f"- torch's CPU allocator: {_huge_pages()}",
             f"- Load average when the run started: {os.getloadavg()[0]:.1f} (other work slows every row)",
             f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
             f"- Packages: {_versions()}",

@@ -6,7 +6,8 @@
 3. ``examples/demo.yaml`` is planned and rendered like the operator does into ``demo-out/manifests``.
 4. The trainer runs exactly as the pod would: the same entrypoint (internvl-train launch: torchrun, one process), the
    rendered train.yaml, the pod's environment. It LoRA fine-tunes, evaluates, merges and uploads.
-5. A summary; the S3 server stops, also on Ctrl-C.
+5. A summary, the run's training curves (drawn by the run, in S3) copied to demo-out/; the S3 server
+   stops, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ def base_model(folder: Path) -> Path:
     return save_hf(model, folder, processor=processor)
 
 
+def _deepspeed_accelerator() -> dict[str, str]:
+    """Without a GPU the demo trains on the CPU: DeepSpeed is told so, rather than left to warn in
+    every process that it found no GPU (a warning worth keeping in a pod, where GPUs are expected)."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
+
+
 def render(environment: dict[str, str]) -> Path:
     """The operator's plan and children of examples/demo.yaml; returns the rendered train.yaml."""
     manifests = OUT / "manifests"
@@ -125,7 +134,7 @@ def main() -> int:
         step(f"A local S3 server at {server.endpoint}")
         server.create_bucket(BUCKET)
         credentials = server.client_environment()
-        os.environ.update(credentials)
+        os.environ.update({**credentials, **_deepspeed_accelerator()})
         storage = Storage(server.storage_config())
 
         step("Generate the sample dataset and upload it")
@@ -180,7 +189,7 @@ def main() -> int:
             print(f"  a validation sample ({sample['where']}):")
             print(f"    expected:  {sample['reference']!r}")
             print(f"    generated: {sample['prediction']!r}")
-        _loss_curve(losses, OUT / "loss.png")
+        print(f"  training curves: {_download_curves(storage, run_folder)}")
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; the S3 server is stopped")
     return 0
 
@@ -194,27 +203,13 @@ def _print_data_report(report: dict, uri: str) -> None:
     print(f"    bad samples skipped: {bad['skipped']} (by kind: {by_kind})")
 
 
-def _loss_curve(losses: list[float], path: Path) -> None:
-    """The loss curve as a small PNG, drawn with Pillow."""
-    from PIL import Image, ImageDraw
+def _download_curves(storage, run_folder: str) -> Path:
+    """The curves the run drew (runs/<uid>/plots/), with the metrics.jsonl they were drawn from."""
+    from internvl_trainer.train.curves import CURVES_PNG
 
-    if len(losses) < 2:
-        return
-    width, height, margin = 480, 240, 20
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    low, high = min(losses), max(losses)
-    points = [
-        (
-            margin + index * (width - 2 * margin) / (len(losses) - 1),
-            height - margin - (loss - low) / ((high - low) or 1) * (height - 2 * margin),
-        )
-        for index, loss in enumerate(losses)
-    ]
-    draw.line(points, fill=(40, 80, 220), width=2)
-    draw.text((margin, 4), f"training loss {high:.2f} -> {losses[-1]:.2f}", fill="black")
-    image.save(path)
-    print(f"  loss curve:   {path}")
+    for uri in (f"{run_folder}/plots/{CURVES_PNG}", f"{run_folder}/metrics.jsonl"):
+        (OUT / uri.rsplit("/", 1)[1]).write_bytes(storage.read_bytes(uri))
+    return OUT / CURVES_PNG
 
 
 if __name__ == "__main__":

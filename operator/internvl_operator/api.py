@@ -1,8 +1,9 @@
 """The InternVLFinetune API (internvl.dev/v1alpha1): spec and status as pydantic models.
 
-The parts the trainer also needs (model, method, data, training, storage, output) are the
-trainer's own config sections, reused here unchanged; this module adds what only the cluster
-needs: resources and pod placement, the launcher, DeepSpeed choices, run policy, and the status.
+The parts the trainer also needs (model, method, data, training, storage, output, tracking) are
+the trainer's own config sections, reused here unchanged or extended with the Secrets that hold
+their credentials; this module adds what only the cluster needs: resources and pod placement, the
+launcher, DeepSpeed choices, run policy, and the status.
 The pod pieces are core/v1's (``corev1``), the value formats Kubernetes' (``kubeformats``) and
 the metadata metav1's (``objectmeta``), each with Kubernetes' own rules, so that what the models
 accept the API server and the pods accept too. The CRD (crds/) and docs/api.md are generated from
@@ -35,13 +36,16 @@ from internvl_trainer.config import (
     DataConfig,
     Int,
     MethodConfig,
+    MlflowConfig,
     ModelConfig,
     Name,
     OptionalInt,
     OutputConfig,
     Section,
     StorageConfig,
+    TrackingConfig,
     TrainingConfig,
+    WandbConfig,
     json_integer,
 )
 
@@ -146,6 +150,10 @@ RESERVED_ENV_NAMES = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "WANDB_API_KEY",
     "LAUNCHER",
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -240,6 +248,43 @@ class StorageSpec(StorageConfig):
     Secret of the namespace."""
 
 
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+"""The keys of tracking.mlflow.credentialsSecret the trainer gets as variables: the credentials
+MLflow's client reads from its environment."""
+
+WANDB_SECRET_KEY = "WANDB_API_KEY"
+"""The key of tracking.wandb.apiKeySecret the trainer gets as a variable of the same name."""
+
+
+class MlflowSpec(MlflowConfig):
+    """An MLflow tracking server and the Secret with its credentials."""
+
+    credentials_secret: Label | None = None
+    """Secret with the keys MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (HTTP basic
+    authentication) or MLFLOW_TRACKING_TOKEN (a bearer token), each optional, passed to the
+    trainer by reference as the variables of the same names. Unset: the server takes requests
+    without credentials. Privileged: the trainer pods read this Secret of the namespace."""
+
+
+class WandbSpec(WandbConfig):
+    """Weights & Biases and the Secret with the API key."""
+
+    api_key_secret: Label
+    """Secret with the key WANDB_API_KEY, passed to the trainer by reference as the variable of
+    the same name. Privileged: the trainer pods read this Secret of the namespace."""
+
+
+class TrackingSpec(TrackingConfig):
+    """Experiment trackers the run reports to besides metrics.jsonl and TensorBoard, and the
+    Secrets with their credentials."""
+
+    mlflow: MlflowSpec | None = None
+    """Report to an MLflow tracking server."""
+
+    wandb: WandbSpec | None = None
+    """Report to Weights & Biases."""
+
+
 # Fields that decide what is trained and where it goes; changing them would silently change a
 # running job, so only suspend and the run policy stay mutable.
 IMMUTABLE_FIELDS = (
@@ -253,6 +298,7 @@ IMMUTABLE_FIELDS = (
     "deepspeed",
     "storage",
     "output",
+    "tracking",
     "trainerImage",
     "queueName",
 )
@@ -308,6 +354,10 @@ class InternVLFinetuneSpec(Section):
 
     output: OutputConfig
     """Where the merged model, checkpoints and reports go."""
+
+    tracking: TrackingSpec | None = None
+    """Experiment trackers the run reports to (MLflow, Weights & Biases) and their credentials.
+    Unset: metrics.jsonl and TensorBoard under the output URI only."""
 
     trainer_image: Annotated[str, StringConstraints(max_length=512, pattern=rf"^{NOT_SPACE}+$")] | None = None
     """Trainer container image. Unset: the operator's default."""

@@ -17,6 +17,7 @@ from internvl_trainer.config import (
     RunConfig,
     Section,
     StorageConfig,
+    TrackingConfig,
     TrainConfig,
 )
 
@@ -39,6 +40,8 @@ def train_config(resource: InternVLFinetune, plan: Plan, settings: OperatorSetti
     storage = spec.storage.model_dump(exclude={"credentials_secret"})
     storage["endpoint"] = storage["endpoint"] or settings.default_storage_endpoint
     uid = resource.metadata.uid or OFFLINE_UID
+    secrets = {"mlflow": {"credentials_secret"}, "wandb": {"api_key_secret"}}
+    tracking = spec.tracking and TrackingConfig.model_validate(spec.tracking.model_dump(exclude=secrets))
     return TrainConfig(
         run=RunConfig(name=resource.metadata.name, uid=uid),
         model=spec.model,
@@ -55,6 +58,7 @@ def train_config(resource: InternVLFinetune, plan: Plan, settings: OperatorSetti
         deepspeed=plan.deepspeed_config(),
         storage=StorageConfig.model_validate(storage),
         output=spec.output,
+        tracking=tracking,
     )
 
 

@@ -1,4 +1,5 @@
-"""Integration fixtures: one real S3 server (SeaweedFS) per session, a fault-injecting proxy per test.
+"""Integration fixtures: one real S3 server (SeaweedFS) per session, a fault-injecting proxy per test,
+and a real MLflow tracking server (SQLite backend, a local artifact folder) for the tracking tests.
 
 The server requires signed requests with a random identity; the credentials reach clients the
 standard way, through ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in the environment (set for
@@ -7,8 +8,14 @@ the whole session, inherited by subprocesses). No other AWS configuration is rea
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +24,7 @@ import pytest
 
 from internvl_trainer.config import StorageConfig
 from internvl_trainer.storage import Storage
-from internvl_trainer.storage.local_server import REGION, LocalS3Server
+from internvl_trainer.storage.local_server import REGION, LocalS3Server, free_port
 from tests.integration.faulty_proxy import Faults, FaultyProxy
 
 _AWS_VARIABLES = (
@@ -108,3 +115,47 @@ def proxied_storage(proxied_config: StorageConfig) -> Callable[..., Storage]:
         return Storage(proxied_config, **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port (SQLite backend, artifacts in a local folder),
+    ready once GET /health answers; yields its URL and is killed at the end of the session."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with open(folder / "server.log", "wb") as output:
+        # A session of its own: the CLI runs the web server as a child, killed with it as a group.
+        server = subprocess.Popen(command, cwd=folder, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(f"{url}/health"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -1,21 +1,24 @@
 """The whole training path on a real S3 server: the base model, the meta file, the annotations and
 the images are read from S3; checkpoints, metrics, TensorBoard files, the data report, the merged
-model in both layouts and the root manifest are written to S3; a restart resumes from S3; and
-``internvl-train evaluate`` scores the published model from S3 on the S3 data."""
+model in both layouts and the root manifest are written to S3; a restart resumes from S3;
+``internvl-train plot`` redraws the run's curves from S3; and ``internvl-train evaluate`` scores
+the published model from S3 on the S3 data."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import pytest
 import torch
+from PIL import Image
 
 from internvl_trainer.cli import main
 from internvl_trainer.config import dump_train_config
 from internvl_trainer.model.load import load
 from internvl_trainer.storage import Manifest
-from internvl_trainer.train import checkpoints
+from internvl_trainer.train import checkpoints, curves
 from internvl_trainer.train.run import run
 from tests.unit.trainer.train.runs import records, train_config, write_data, write_model
 
@@ -95,6 +98,16 @@ def test_lora_run_from_s3_to_s3(s3_server, storage, base, tmp_path, capsys):
     assert [(c.step, c.complete) for c in checkpoints.find(storage, layout)] == [(6, True)]
     metrics = [json.loads(line) for line in storage.read_bytes(layout.metrics).decode().splitlines()]
     assert [record["step"] for record in metrics] == [1, 2, 3, 4, 5, 6]
+
+    # The curves of the whole run are in runs/<uid>/plots/; internvl-train plot redraws them from S3.
+    published = storage.read_bytes(f"{layout.plots}/{curves.CURVES_PNG}")
+    with Image.open(io.BytesIO(published)) as image:
+        assert image.size == (1200, 900) and image.text["Metrics"] == curves.digest(metrics)
+    capsys.readouterr()
+    assert main(["plot", layout.run, "--s3-endpoint", s3_server.endpoint, "--output", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / curves.CURVES_PNG).read_bytes() == published
+    assert main(["plot", f"{base}/out/runs/absent", "--s3-endpoint", s3_server.endpoint]) == 2
+    assert f"{base}/out/runs/absent/metrics.jsonl: not found" in capsys.readouterr().err
 
     # internvl-train evaluate, model and data both on S3.
     config_file = tmp_path / "train.yaml"

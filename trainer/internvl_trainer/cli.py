@@ -10,9 +10,13 @@
                                                    merge a LoRA checkpoint into its base and export it
     internvl-train export --checkpoint DIR --hf DIR [--original DIR]
                                                    write a full model checkpoint in either layout
+    internvl-train plot RUN_URI [--output DIR]     redraw a run's training curves from its metrics.jsonl
 
 Folders may be local paths or s3:// prefixes; with ``--config train.yaml`` the object store, the
 base model and the destinations (output.layouts under output.uri) come from the run's config.
+
+Logs go to standard error, one line per event; ``INTERNVL_LOG_FORMAT=json`` makes them JSON lines
+(``internvl_trainer.logs``).
 
 Exit codes: 0 success, 2 bad input (every problem printed as ``field.path: reason``), 1 failure.
 """
@@ -25,6 +29,7 @@ import sys
 from pydantic import ValidationError
 
 from internvl_trainer.config import MODEL_NAMES, TrainConfig, load_train_config
+from internvl_trainer.logs import configure as configure_logging
 from internvl_trainer.problems import (
     EXIT_FAILED,
     EXIT_OK,
@@ -96,6 +101,7 @@ def _destinations(args: argparse.Namespace, config: TrainConfig | None) -> dict[
 
 def _model_command(args: argparse.Namespace) -> int:
     """merge and export: the torch-heavy work is imported only here."""
+    configure_logging()
     config = read_config(args.config) if args.config else None
     destinations = _destinations(args, config)
     from internvl_trainer.model.checkpoint import (
@@ -141,8 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     """run: the torch-heavy work is imported only here."""
     import logging
 
+    configure_logging()
     config = read_config(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from internvl_trainer.train.run import run
 
     try:
@@ -159,7 +165,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    """launch: train.yaml is checked before any process starts."""
+    """launch: train.yaml and the log format are checked before any process starts; the processes
+    set their logging up as ``run`` does, from the same environment."""
+    configure_logging()
     read_config(args.config)
     from internvl_trainer.train.launch import launch
 
@@ -178,6 +186,8 @@ def _absolute(uri: str) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     """evaluate: the torch-heavy work is imported only here."""
     from pathlib import Path
+
+    configure_logging()
 
     config = read_config(args.config) if args.config else None
     from internvl_trainer.model.layouts import LayoutError
@@ -207,6 +217,31 @@ def _evaluate(args: argparse.Namespace) -> int:
         for key in ("exactMatch", "tokenF1", "loss"):
             value = summary[key]
             print(f"  {key:<10} {'-' if value is None else f'{value:.4f}'}")
+    return EXIT_OK
+
+
+def _plot(args: argparse.Namespace) -> int:
+    """plot: a run's curves, from its metrics.jsonl (local or S3)."""
+    from pathlib import Path
+
+    from internvl_trainer.config import StorageConfig
+    from internvl_trainer.storage import Storage, StorageError
+    from internvl_trainer.train.curves import redraw
+
+    config = read_config(args.config) if args.config else None
+    if config is not None:
+        storage = Storage(config.storage)
+    elif args.s3_endpoint:
+        storage = Storage(StorageConfig(endpoint=args.s3_endpoint, addressing_style="path"))
+    else:
+        storage = Storage()
+    wire = config.to_wire() if config is not None else None
+    try:
+        png = redraw(storage, _absolute(args.run), Path(args.output), wire)
+    except (StorageError, OSError) as error:
+        sys.stderr.write(f"plot failed: {error}\n")
+        return EXIT_FAILED
+    print(png)
     return EXIT_OK
 
 
@@ -252,6 +287,12 @@ def parser() -> argparse.ArgumentParser:
     merge.add_argument("--base", metavar="DIR", help="base model (default: the adapter's, else model.weights)")
     export = commands.add_parser("export", help="write a full model checkpoint in either layout")
     _add_model_options(export)
+    plot = commands.add_parser("plot", help="redraw a run's training curves from its metrics.jsonl")
+    plot.add_argument("run", metavar="RUN_URI", help="the run's folder, <output.uri>/runs/<uid> (local or s3://)")
+    plot.add_argument("--output", default=".", metavar="DIR", help="folder of training-curves.png (default: here)")
+    plot.add_argument("--config", metavar="FILE", help="train.yaml: object store, run name and model for the title")
+    plot.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint, path addressing (without --config)")
+    plot.set_defaults(handler=_plot)
     return root
 
 

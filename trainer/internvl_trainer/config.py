@@ -588,6 +588,7 @@ class OutputLayout(BaseModel):
     checkpoints: str
     metrics: str
     tensorboard: str
+    plots: str
     data_report: str
     model: str
     model_original: str
@@ -603,6 +604,7 @@ class OutputLayout(BaseModel):
             checkpoints=f"{run}/checkpoints",
             metrics=f"{run}/metrics.jsonl",
             tensorboard=f"{run}/tensorboard",
+            plots=f"{run}/plots",
             data_report=f"{run}/data-report.json",
             model=f"{root}/{MODEL_FOLDERS['hf']}",
             model_original=f"{root}/{MODEL_FOLDERS['original']}",
@@ -612,6 +614,86 @@ class OutputLayout(BaseModel):
     def models(self) -> dict[str, str]:
         """Where each exported layout is published."""
         return {"hf": self.model, "original": self.model_original}
+
+
+# ---------------------------------------------------------------------------------------------
+# experiment tracking
+
+
+class MlflowConfig(Section):
+    """An MLflow tracking server: each attempt is one MLflow run, named after the run and the
+    attempt, with train.yaml as its parameters and the training and evaluation metrics by step."""
+
+    tracking_uri: Annotated[
+        str,
+        StringConstraints(
+            max_length=1024,
+            pattern=described_pattern(
+                rf"^(https?://[^/?#@\t\n\f\r ]+([/?#]{NOT_SPACE}*)?|databricks(://[A-Za-z0-9._-]+)?|sqlite:///{NOT_SPACE}+)$",
+                "an http:// or https:// URL without credentials (user:password@: they come from the Secret),"
+                " databricks, databricks://PROFILE or sqlite:///path",
+            ),
+        ),
+    ]
+    """URL of the MLflow tracking server, such as http://mlflow.mlflow:5000 (databricks for a
+    Databricks workspace; sqlite:///path for a database file, on a laptop). It may not carry credentials
+    (user:password@host): they come from the environment (the credentials Secret) only. The run
+    checks before training that the server answers and takes the credentials."""
+
+    experiment: Annotated[
+        str,
+        StringConstraints(
+            min_length=1,
+            max_length=500,
+            pattern=described_pattern(r"^[^\t\n\f\r]+$", "a name on one line"),
+        ),
+    ]
+    """Name of the MLflow experiment the runs go to; created when it does not exist (Databricks
+    wants a workspace path such as /Users/me@example.com/internvl)."""
+
+    log_artifacts: bool = False
+    """Copy the published model and its manifest.json into the run's artifacts. Off: the run
+    carries their URIs as the tags internvl.modelUri and internvl.manifestUri and nothing is
+    copied."""
+
+
+class WandbConfig(Section):
+    """Weights & Biases: each attempt is one W&B run, named after the run and the attempt and
+    grouped by the run's uid, with train.yaml in its config and the training and evaluation
+    metrics by step."""
+
+    project: Annotated[
+        str,
+        StringConstraints(
+            min_length=1,
+            max_length=128,
+            pattern=described_pattern(r"^[^/\\#?%:\t\n\f\r]+$", "a project name without / \\ # ? % :"),
+        ),
+    ]
+    """W&B project the runs go to."""
+
+    entity: (
+        Annotated[
+            str,
+            StringConstraints(
+                max_length=128,
+                pattern=described_pattern(r"^[A-Za-z0-9._-]+$", "letters, digits, '.', '_' and '-'"),
+            ),
+        ]
+        | None
+    ) = None
+    """W&B team or user that owns the project. Unset: the API key's default entity."""
+
+
+class TrackingConfig(Section):
+    """Experiment trackers the run reports to besides metrics.jsonl and TensorBoard, from the
+    main process only. Their credentials come from the environment, never from this file."""
+
+    mlflow: MlflowConfig | None = None
+    """Report to an MLflow tracking server."""
+
+    wandb: WandbConfig | None = None
+    """Report to Weights & Biases."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -720,6 +802,9 @@ class TrainConfig(Section):
 
     output: OutputConfig
     """Where results go."""
+
+    tracking: TrackingConfig | None = None
+    """Experiment trackers (MLflow, Weights & Biases). Unset: metrics.jsonl and TensorBoard only."""
 
     @model_validator(mode="after")
     def _batch_layout(self) -> TrainConfig:

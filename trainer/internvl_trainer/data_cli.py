@@ -8,8 +8,9 @@
                                     a JSON array (or JSON lines) of samples → JSON lines in
                                     InternVL's spelling, with each sample's token ``length``
     internvl-data stats META [--png FILE] [--tokenizer DIR]
-                                    histograms of token lengths and tiles per sample, and the
-                                    samples of each dataset by kind, as a PNG
+                                    histograms of token lengths and tiles per sample, the
+                                    samples of each dataset by kind and the bad samples by
+                                    problem, as a PNG
 
 META is an InternVL meta file, local or ``s3://`` (relative paths in it are relative to its folder).
 Token lengths are counted by the training code itself (template, BOS, every tile's image tokens);
@@ -47,6 +48,7 @@ from internvl_trainer.config import (
     recipe_limits,
 )
 from internvl_trainer.data.meta import DatasetMeta, load_meta
+from internvl_trainer.logs import configure as configure_logging
 from internvl_trainer.problems import EXIT_FAILED, EXIT_OK, BadInput, Problem, dumps_json, run_command
 
 DEFAULT_MODEL = "InternVL3-8B"
@@ -237,6 +239,7 @@ def _print_validation(meta: str, validation: Any) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    configure_logging()
     from internvl_trainer.data.report import BadSamples, write_report
     from internvl_trainer.data.validate import validate_sources
     from internvl_trainer.storage import StorageError
@@ -270,6 +273,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    configure_logging()
     from internvl_trainer.data.annotations import open_annotation
     from internvl_trainer.data.dataset_source import DatasetSource
     from internvl_trainer.data.errors import RecordJsonError, SampleError
@@ -374,6 +378,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    configure_logging()
     from internvl_trainer.data.plots import stats_png
     from internvl_trainer.data.validate import validate_sources
     from internvl_trainer.storage import StorageError
@@ -405,6 +410,7 @@ def _stats(args: argparse.Namespace) -> int:
         tiles=tiles,
         tokens=tokens,
         datasets=datasets,
+        bad=validation.bad.summary()["byKind"],
         max_length=limits.max_length if tokens is not None else None,
     )
     result = {"png": str(png), **validation.to_dict()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from internvl_operator import naming
-from internvl_operator.api import InternVLFinetuneSpec
+from internvl_operator.api import MLFLOW_SECRET_KEYS, WANDB_SECRET_KEY, InternVLFinetuneSpec
 from internvl_operator.render.context import (
     QUEUE_LABEL,
     SCRATCH_PATH,
@@ -36,8 +36,8 @@ def container_security_context() -> dict[str, Any]:
 
 
 def trainer_env(context: RenderContext) -> list[dict[str, Any]]:
-    """The contract's environment, then the user's extra variables (last, so they may refer to
-    the ones before with $(NAME))."""
+    """The contract's environment (the trackers' credentials included), then the user's extra
+    variables (last, so they may refer to the ones before with $(NAME))."""
     env: list[dict[str, Any]] = [
         {"name": "INTERNVL_NAME", "value": context.name},
         {"name": "INTERNVL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -49,11 +49,26 @@ def trainer_env(context: RenderContext) -> list[dict[str, Any]]:
     ]
     secret = context.resource.spec.storage.credentials_secret or context.settings.default_credentials_secret
     if secret:
-        env += [
-            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
-            for key, optional in SECRET_KEYS
-        ]
+        env += [secret_env(secret, key, optional=optional) for key, optional in SECRET_KEYS]
+    env += tracking_env(context.resource.spec)
     return env + [variable.to_wire() for variable in context.resource.spec.pod.env]
+
+
+def secret_env(secret: str, key: str, *, optional: bool) -> dict[str, Any]:
+    """The variable ``key`` from the key of the same name of ``secret``."""
+    return {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
+
+
+def tracking_env(spec: InternVLFinetuneSpec) -> list[dict[str, Any]]:
+    """The experiment trackers' credentials, by reference to their Secrets: MLflow's optional
+    keys, W&B's API key (required: without it W&B refuses every request)."""
+    tracking = spec.tracking
+    env: list[dict[str, Any]] = []
+    if tracking and tracking.mlflow and tracking.mlflow.credentials_secret:
+        env += [secret_env(tracking.mlflow.credentials_secret, key, optional=True) for key in MLFLOW_SECRET_KEYS]
+    if tracking and tracking.wandb:
+        env.append(secret_env(tracking.wandb.api_key_secret, WANDB_SECRET_KEY, optional=False))
+    return env
 
 
 def shm_volume(settings: OperatorSettings) -> dict[str, Any]:

@@ -204,6 +204,32 @@ def test_an_endpoint_with_credentials_is_refused(lora_cr, endpoint):
     assert problem.startswith("spec.storage.endpoint: must be an http:// or https:// URL without credentials")
 
 
+MLFLOW = {"trackingUri": "http://mlflow.ml:5000", "experiment": "internvl"}
+WANDB = {"project": "vlm", "apiKeySecret": "wandb"}
+
+
+@pytest.mark.parametrize(
+    ("tracking", "field", "reason"),
+    [
+        ({"mlflow": {**MLFLOW, "trackingUri": "https://user:pw@mlflow.ml"}}, "mlflow.trackingUri", "must be an http"),
+        ({"mlflow": {**MLFLOW, "trackingUri": "file:///mlruns"}}, "mlflow.trackingUri", "must be an http"),
+        ({"mlflow": {"trackingUri": "http://mlflow.ml:5000"}}, "mlflow.experiment", "required field is missing"),
+        ({"mlflow": {**MLFLOW, "credentialsSecret": "Bad_Name"}}, "mlflow.credentialsSecret", "must be"),
+        ({"wandb": {"project": "vlm"}}, "wandb.apiKeySecret", "required field is missing"),
+        ({"wandb": {**WANDB, "project": "team/vlm"}}, "wandb.project", "must be a project name"),
+        ({"wandb": {**WANDB, "entity": "my team"}}, "wandb.entity", "must be letters"),
+        ({"wandb": {**WANDB, "apiKey": "abc"}}, "wandb.apiKey", "unknown field"),
+    ],
+)
+def test_a_bad_tracking_setting_is_refused_naming_its_field(lora_cr, tracking, field, reason):
+    [problem] = problems(changed(lora_cr, "spec.tracking", tracking))
+    assert problem.startswith(f"spec.tracking.{field}: {reason}"), problem
+
+
+def test_both_trackers_are_accepted(lora_cr):
+    assert problems(changed(lora_cr, "spec.tracking", {"mlflow": MLFLOW, "wandb": WANDB})) == []
+
+
 @pytest.mark.parametrize(
     "endpoint", ["http://minio.minio.svc:9000", "https://s3.example.com/base?x=1#y", "http://h/a@b"]
 )
@@ -367,6 +393,8 @@ def test_no_field_of_the_spec_is_free_form():
         "pod.schedulerName",
         "pod.priorityClassName",
         "storage.credentialsSecret",
+        "tracking.mlflow.credentialsSecret",
+        "tracking.wandb.apiKeySecret",
         "resources.scratch.claimName",
     ],
 )

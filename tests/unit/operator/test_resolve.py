@@ -53,3 +53,22 @@ def test_operator_defaults_fill_storage_the_spec_leaves_out(lora_cr):
         e["valueFrom"]["secretKeyRef"]["name"] for e in trainer_env(context) if "secretKeyRef" in e.get("valueFrom", {})
     ]
     assert secrets == ["s3", "s3", "s3"]
+
+
+def test_tracking_settings_reach_train_yaml_without_their_secrets(lora_cr):
+    lora_cr["spec"]["tracking"] = {
+        "mlflow": {"trackingUri": "https://mlflow.ml:5000", "experiment": "internvl", "credentialsSecret": "mlflow"},
+        "wandb": {"project": "vlm", "apiKeySecret": "wandb"},
+    }
+    resource = InternVLFinetune.model_validate(lora_cr)
+    config = train_config(resource, plan(resource.spec), OperatorSettings())
+    assert config.tracking.to_wire() == {
+        "mlflow": {"trackingUri": "https://mlflow.ml:5000", "experiment": "internvl", "logArtifacts": False},
+        "wandb": {"project": "vlm"},
+    }
+
+
+def test_no_tracking_section_without_trackers(lora_cr):
+    resource = InternVLFinetune.model_validate(lora_cr)
+    config = train_config(resource, plan(resource.spec), OperatorSettings())
+    assert "tracking" not in config.to_wire()

@@ -101,7 +101,7 @@ def test_entrypoint_is_a_console_script(image):
     assert entrypoint[0] in PYPROJECT["project"]["scripts"], entrypoint
 
 
-@pytest.mark.parametrize(("image", "extras"), [("operator", "operator"), ("trainer", "trainer,gpu")])
+@pytest.mark.parametrize(("image", "extras"), [("operator", "operator"), ("trainer", "trainer,gpu,tracking")])
 def test_installs_its_extras_with_the_constraints_file(image, extras):
     runs = " ".join(arguments for name, arguments in instructions(DOCKERFILES[image]) if name == "RUN")
     assert f'-c constraints.txt ".[{extras}]"' in runs
@@ -123,6 +123,11 @@ def test_trainer_base_carries_the_pinned_torch():
     match = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-devel", base)
     assert match, base
     assert match.group(1) == CONSTRAINTS["torch"], "change the trainer's FROM and constraints.txt's torch together"
+
+
+def test_trainer_allocates_large_tensors_on_huge_pages():
+    env = [shlex.split(arguments) for name, arguments in instructions(DOCKERFILES["trainer"]) if name == "ENV"]
+    assert "THP_MEM_ALLOC_ENABLE=1" in [word for words in env for word in words]  # as `make bench` measures
 
 
 def test_trainer_user_home_is_where_mpijob_mounts_ssh_keys():

@@ -180,6 +180,7 @@ def test_output_layout_scopes_checkpoints_by_run_uid():
     layout = OutputLayout.under("s3://models/out/", "0f3c-uid")
     assert layout.checkpoints == "s3://models/out/runs/0f3c-uid/checkpoints"
     assert layout.tensorboard == "s3://models/out/runs/0f3c-uid/tensorboard"
+    assert layout.plots == "s3://models/out/runs/0f3c-uid/plots"
     assert layout.metrics == "s3://models/out/runs/0f3c-uid/metrics.jsonl"
     assert layout.data_report == "s3://models/out/runs/0f3c-uid/data-report.json"
     assert layout.model == "s3://models/out/model"

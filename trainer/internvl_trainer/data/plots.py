@@ -1,138 +1,103 @@
-"""The PNG of ``internvl-data stats``, drawn with Pillow alone (no plotting library): a histogram of
-token lengths (with the maximum length marked), a histogram of tiles per sample, and the samples
-of each dataset by kind, bad ones included."""
+"""The PNG of ``internvl-data stats``: token lengths per sample with the maximum length marked, tiles
+per sample, the samples of each dataset by kind (bad ones included), and the bad samples by
+problem kind, four panels of one matplotlib figure."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
-WIDTH = 1200
-PANEL = 300
-MARGIN = 70
-BACKGROUND = (255, 255, 255)
-INK = (40, 40, 40)
-GRID = (225, 225, 225)
-BAR = (66, 114, 196)
-LIMIT = (200, 40, 40)
+from internvl_trainer import charts
+
+WIDTH, HEIGHT = 12.0, 9.0
+"""Inches, at ``charts.DPI``: 1200 × 900 pixels."""
 KIND_COLOURS = {
-    "text": (120, 120, 120),
-    "image": (66, 114, 196),
-    "multi-image": (237, 125, 49),
-    "video": (112, 173, 71),
-    "frames": (91, 155, 213),
-    "bad": (200, 40, 40),
+    "text": "tab:gray",
+    "image": "tab:blue",
+    "multi-image": "tab:orange",
+    "video": "tab:green",
+    "frames": "tab:cyan",
+    "bad": "tab:red",
 }
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def histogram(values: Sequence[int], bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """(counts, edges) of integer ``values``: one bin per integer when they span at most ``bins``
+def bin_edges(values: Sequence[int], bins: int = 30) -> np.ndarray:
+    """Histogram edges for integer ``values``: one bin per integer when they span at most ``bins``
     integers, else ``bins`` equal bins."""
     data = np.asarray(values, dtype=np.int64)
-    if not data.size:
-        return np.zeros(0, dtype=np.int64), np.zeros(1)
     low, high = int(data.min()), int(data.max())
     if high - low + 1 <= bins:
-        edges = np.arange(low, high + 2, dtype=np.float64) - 0.5
-    else:
-        edges = np.linspace(low, high + 1, bins + 1)
-    counts, edges = np.histogram(data, bins=edges)
-    return counts, edges
-
-
-def _ticks(peak: int) -> list[int]:
-    """About five round counts from 0 (excluded) to ``peak`` for the vertical axis."""
-    target = max(1.0, peak / 5)
-    magnitude = 10 ** math.floor(math.log10(target))
-    step = next(math.ceil(nice * magnitude) for nice in (1, 2, 2.5, 5, 10) if nice * magnitude >= target)
-    return list(range(step, peak + 1, step))
+        return np.arange(low, high + 2, dtype=np.float64) - 0.5
+    return np.linspace(low, high + 1, bins + 1)
 
 
 def _summary(values: Sequence[int]) -> str:
     data = np.asarray(values, dtype=np.int64)
-    if not data.size:
-        return "no samples"
     return (
-        f"n = {data.size:,}   mean {data.mean():,.0f}   median {np.median(data):,.0f}   "
-        f"p95 {np.percentile(data, 95):,.0f}   max {data.max():,}"
+        f"n = {data.size:,}, mean {data.mean():,.0f}, median {np.median(data):,.0f}, "
+        f"p95 {np.percentile(data, 95):,.0f}, max {data.max():,}"
     )
 
 
-def _histogram_panel(
-    draw: ImageDraw.ImageDraw, top: int, title: str, values: Sequence[int] | None, limit: int | None, note: str
-) -> None:
-    font, small = _font(16), _font(12)
-    draw.text((MARGIN, top), title, fill=INK, font=font)
-    left, right, y0, y1 = MARGIN, WIDTH - MARGIN, top + 30, top + PANEL - 50
+def _empty(axes: Any, note: str) -> None:
+    axes.text(0.5, 0.5, note, transform=axes.transAxes, ha="center", va="center")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _histogram(axes: Any, values: Sequence[int] | None, unit: str, note: str, limit: int | None = None) -> None:
     if values is None or not len(values):
-        draw.rectangle((left, y0, right, y1), outline=GRID)
-        draw.text((left + 20, (y0 + y1) // 2), note, fill=INK, font=small)
+        _empty(axes, note)
         return
-    counts, edges = histogram(values)
-    low, high = float(edges[0]), float(edges[-1])
-    if limit is not None and limit > high:
-        high = float(limit) * 1.02
-    peak = int(counts.max()) or 1
-
-    def x_at(value: float) -> float:
-        return left + (value - low) / (high - low or 1) * (right - left)
-
-    for tick in _ticks(peak):
-        y = y1 - tick / peak * (y1 - y0)
-        draw.line((left, y, right, y), fill=GRID)
-        draw.text((8, y - 7), f"{tick:,}", fill=INK, font=small)
-    for count, start, stop in zip(counts, edges[:-1], edges[1:], strict=True):
-        if count:
-            height = count / peak * (y1 - y0)
-            draw.rectangle((x_at(start) + 1, y1 - height, max(x_at(start) + 2, x_at(stop) - 1), y1), fill=BAR)
-    draw.line((left, y1, right, y1), fill=INK)
-    for tick in np.linspace(low, high, 6):
-        x = x_at(tick)
-        draw.line((x, y1, x, y1 + 5), fill=INK)
-        draw.text((x - 20, y1 + 8), f"{tick:,.0f}", fill=INK, font=small)
+    axes.hist(values, bins=bin_edges(values), color="tab:blue")
     if limit is not None:
-        x = x_at(limit)
-        draw.line((x, y0, x, y1), fill=LIMIT, width=2)
-        draw.text((x - 60, y0 - 16), f"max {limit:,}", fill=LIMIT, font=small)
-    draw.text((left, y1 + 26), _summary(values), fill=INK, font=small)
+        axes.axvline(limit, color="tab:red", linewidth=2, label=f"maximum length {limit:,}")
+        axes.legend(loc="upper right")
+    axes.set_xlabel(f"{unit}\n{_summary(values)}")
+    axes.set_ylabel("samples")
+    axes.yaxis.get_major_locator().set_params(integer=True)
+    axes.grid(True, axis="y", alpha=0.3)
 
 
-def _datasets_panel(draw: ImageDraw.ImageDraw, top: int, datasets: Mapping[str, Mapping[str, int]]) -> int:
-    font, small = _font(16), _font(12)
-    draw.text((MARGIN, top), "Samples per dataset, by kind", fill=INK, font=font)
-    row = 26
-    y = top + 32
-    widest = max((sum(counts.values()) for counts in datasets.values()), default=0) or 1
-    label_width = 200
-    left, right = MARGIN + label_width, WIDTH - MARGIN - 120
-    for name, counts in datasets.items():
-        draw.text((MARGIN, y + 4), name[:28], fill=INK, font=small)
-        x = float(left)
-        for kind, count in counts.items():
-            if not count:
-                continue
-            width = count / widest * (right - left)
-            draw.rectangle((x, y, x + max(width, 1), y + row - 6), fill=KIND_COLOURS.get(kind, BAR))
-            x += width
-        draw.text((x + 8, y + 4), f"{sum(counts.values()):,}", fill=INK, font=small)
-        y += row
-    x = MARGIN
+def _count_axis(axes: Any) -> None:
+    """A horizontal axis of whole samples."""
+    axes.set_xlabel("samples")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(True, axis="x", alpha=0.3)
+
+
+def _datasets(axes: Any, datasets: Mapping[str, Mapping[str, int]]) -> None:
+    names = list(datasets)
+    if not names:
+        _empty(axes, "no datasets")
+        return
+    left = np.zeros(len(names))
     for kind, colour in KIND_COLOURS.items():
-        draw.rectangle((x, y + 8, x + 14, y + 22), fill=colour)
-        draw.text((x + 20, y + 8), kind, fill=INK, font=small)
-        x += 120
-    return y + 30
+        counts = np.array([datasets[name].get(kind, 0) for name in names], dtype=np.float64)
+        if counts.any():
+            axes.barh(names, counts, left=left, color=colour, label=kind)
+            left += counts
+    for row, total in enumerate(left):
+        axes.text(total, row, f" {int(total):,}", va="center", fontsize=9)
+    axes.invert_yaxis()  # the first dataset on top, as in the meta file
+    _count_axis(axes)
+    axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
+
+
+def _bad(axes: Any, bad: Mapping[str, int]) -> None:
+    ranked = sorted(((kind, count) for kind, count in bad.items() if count), key=lambda item: (-item[1], item[0]))
+    if not ranked:
+        _empty(axes, "no bad samples")
+        return
+    kinds, counts = zip(*ranked, strict=True)
+    axes.barh(kinds, counts, color="tab:red")
+    for row, count in enumerate(counts):
+        axes.text(count, row, f" {count:,}", va="center", fontsize=9)
+    axes.invert_yaxis()
+    _count_axis(axes)
 
 
 def stats_png(
@@ -142,26 +107,21 @@ def stats_png(
     tiles: Sequence[int],
     tokens: Sequence[int] | None,
     datasets: Mapping[str, Mapping[str, int]],
+    bad: Mapping[str, int],
     max_length: int | None = None,
 ) -> Path:
-    """Draw the statistics image and write it to ``path`` (PNG). ``datasets`` maps each dataset to
-    its sample counts by kind (``bad`` for bad samples). ``tokens`` None: no tokenizer was given."""
-    rows = len(datasets)
-    height = 60 + 2 * PANEL + 80 + 26 * rows + 40
-    image = Image.new("RGB", (WIDTH, height), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    draw.text((MARGIN, 16), title, fill=INK, font=_font(20))
-    _histogram_panel(
-        draw,
-        60,
-        "Token length per sample (image tokens included)",
-        tokens,
-        max_length,
-        "token lengths need --tokenizer",
-    )
-    _histogram_panel(draw, 60 + PANEL, "Tiles per sample (thumbnails and frames included)", tiles, None, "no samples")
-    _datasets_panel(draw, 60 + 2 * PANEL, datasets)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
-    return path
+    """Draw the statistics and write them to ``path`` (PNG). ``datasets`` maps each dataset to its
+    sample counts by kind (``bad`` for bad samples); ``bad`` counts the problems by kind over all
+    datasets; ``tokens`` None: no tokenizer was given."""
+    chart = charts.figure(WIDTH, HEIGHT)
+    chart.suptitle(title, fontsize=12)
+    (lengths, tile_counts), (per_dataset, problems) = chart.subplots(2, 2)
+    lengths.set_title("Token length per sample (image tokens included)")
+    _histogram(lengths, tokens, "tokens", "token lengths need --tokenizer", max_length)
+    tile_counts.set_title("Tiles per sample (thumbnails and frames included)")
+    _histogram(tile_counts, tiles, "tiles", "no samples")
+    per_dataset.set_title("Samples per dataset, by kind")
+    _datasets(per_dataset, datasets)
+    problems.set_title("Bad samples, by problem")
+    _bad(problems, bad)
+    return charts.write_png(chart, path, {"Title": title})

@@ -90,6 +90,16 @@ def add_lora(model: nn.Module, lora: LoraConfig, trainable: TrainablePlan | None
     return get_peft_model(model, peft_config(lora, trainable, experts))
 
 
+def save_adapter(model: PeftModel, folder: str, state_dict: dict | None = None) -> None:
+    """Write the adapters and the ``modules_to_save`` into ``folder``. The embeddings are never
+    saved as such: no target reaches them; rows grown for added tokens are the mean of the base's
+    (``load.fit_embeddings``), which loading the base for a merge grows again; embeddings that
+    train are inside a module_to_save (the LLM trained in full). PEFT's default ("auto") would
+    decide the same after looking the base's config up under ``base_model_name_or_path``, an
+    ``s3://`` URI it can neither open nor find on the hub, and warn at every save that it could not."""
+    model.save_pretrained(folder, state_dict=state_dict, save_embedding_layers=False)
+
+
 def adapted_modules(model: nn.Module) -> list[str]:
     """Paths of the modules that carry a LoRA adapter."""
     return sorted(name for name, module in model.named_modules() if hasattr(module, "lora_A") and module.lora_A)

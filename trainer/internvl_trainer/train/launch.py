@@ -8,7 +8,8 @@ the ``PET_*`` variables the training operator or Trainer's torch plugin sets, it
 monitoring of the processes) on ``internvl-train run --config FILE`` and, when a process fails,
 exits as that process did: 2 with the problems it reported when any process refused its input,
 else 1 with one line naming the rank and why. Each process leaves that text in the error file
-torchrun gives it (``internvl_trainer.problems.tell_launcher``).
+torchrun gives it (``internvl_trainer.problems.tell_launcher``). The processes inherit the
+launcher's environment, so they log as it does (``INTERNVL_LOG_FORMAT``, ``internvl_trainer.logs``).
 """
 
 from __future__ import annotations

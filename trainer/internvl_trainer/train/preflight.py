@@ -8,12 +8,24 @@ credential or a missing bucket ends in a storage error after the downloads have 
 retried), and a run without write permission trains ``saveSteps`` steps before its first
 checkpoint fails. Every process checks for itself (a probe object of its own), before any
 collective: each one refuses on its own, whichever launcher started it.
+
+The experiment trackers train.yaml names are checked by the main process, the one that reports
+(``check_tracking``): the MLflow server must answer and take the credentials of the environment
+(its client's own retries, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ride out a server restarting),
+and W&B needs an API key (``WANDB_API_KEY``, or ``wandb login``'s netrc entry) unless
+``WANDB_MODE`` is offline or disabled. Each failure is bad
+input naming ``tracking.mlflow.trackingUri``, ``tracking.mlflow.credentials`` or
+``tracking.wandb.credentials``: a wrong tracking URI is found before the run spends GPU time.
+After these checks a tracker's failure is only a warning (``train.tracking``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import netrc
+import os
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError, NoCredentialsError
 
@@ -73,3 +85,44 @@ def _refusals(field: str, uri: str) -> Iterator[None]:
 def _refusal(error: ClientError) -> bool:
     """A 4xx answer other than throttling: asking again will not change it."""
     return 400 <= client_error_status(error) < 500 and client_error_code(error) not in THROTTLED
+
+
+UNAUTHORISED = frozenset({401, 403})
+
+
+def check_tracking(config: TrainConfig) -> None:
+    """Raise BadInput naming the field when a tracker train.yaml names cannot take the run. The
+    trackers' clients read their credentials from the environment, so this does too."""
+    tracking = config.tracking
+    if tracking and tracking.mlflow:
+        _check_mlflow(tracking.mlflow.tracking_uri, tracking.mlflow.experiment)
+    if tracking and tracking.wandb and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+        if not _wandb_api_key():
+            reason = "no WANDB_API_KEY in the environment (in a cluster: the Secret tracking.wandb.apiKeySecret)"
+            raise BadInput([Problem("tracking.wandb.credentials", reason)])
+
+
+def _wandb_api_key() -> bool:
+    """Whether W&B's client finds an API key: WANDB_API_KEY, else the netrc entry of its server
+    that ``wandb login`` writes on a workstation."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _check_mlflow(tracking_uri: str, experiment: str) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except MlflowException as error:
+        reason = str(error).splitlines()[0]
+        if error.get_http_status_code() in UNAUTHORISED:
+            reason = f"the MLflow server refused the credentials of the environment: {reason}"
+            raise BadInput([Problem("tracking.mlflow.credentials", reason)]) from error
+        raise BadInput([Problem("tracking.mlflow.trackingUri", f"{tracking_uri}: {reason}")]) from error

@@ -1,16 +1,19 @@
 """``internvl-train run``: one training run, read top to bottom, one function per phase.
 
-    setup_process       the world against train.yaml, storage (credentials, base model, output writable)
+    setup_process       the world against train.yaml, storage (credentials, base model, output
+                        writable), the experiment trackers
     setup_arguments     the Trainer's arguments (DeepSpeed known before the model loads)
     setup_model         the base model (local or S3); freeze, drop path, checkpointing, LoRA
     setup_data          datasets and held-out split, sampler, packing, collator, resumable loader
     complete_arguments  the steps, now that the data is known
     setup_resume        the newest complete checkpoint of runs/<uid>/, or none
     setup_progress      metrics.jsonl, TensorBoard, status.progress
+    setup_tracking      a run in each experiment tracker train.yaml names (MLflow, W&B)
     setup_trainer       the Trainer, publishing a checkpoint every saveSteps
     train               training, then the held-out loss
     save_final_model    the trained model beside its processor
-    publish_model       merge, export, reload and generate, publish with the manifest last
+    publish_model       merge, export, reload and generate, publish with the manifest last;
+                        the trackers' runs get the model's URIs
 
 Every process of the run executes this (torchrun, mpirun, or one process on a laptop); only the
 main process writes shared outputs (the checkpoint manifest, metrics, the model). Exit codes
@@ -53,13 +56,14 @@ from internvl_trainer.model.prepare import Prepared, prepare_for_training
 from internvl_trainer.problems import BadInput, Problem
 from internvl_trainer.storage import Storage
 from internvl_trainer.storage.upload import upload_file
-from internvl_trainer.train import checkpoints
+from internvl_trainer.train import checkpoints, curves
 from internvl_trainer.train.datasets import RunData, open_run_data
 from internvl_trainer.train.distributed import ProcessEnvironment, check_world, detect, export_for_torch
 from internvl_trainer.train.metrics import EventWriter, MetricsLog, ProgressCallback
-from internvl_trainer.train.preflight import check_storage
+from internvl_trainer.train.preflight import check_storage, check_tracking
 from internvl_trainer.train.publish import Published, base_dtype, publish
 from internvl_trainer.train.status import StatusReporter
+from internvl_trainer.train.tracking import Tracker, open_trackers
 from internvl_trainer.train.trainer import EvalSet, InternVLTrainer
 
 log = logging.getLogger(__name__)
@@ -216,11 +220,14 @@ def data_report(data: RunData, loader: ResumableLoader, world_size: int) -> dict
 
 
 def upload_progress(storage: Storage, config: TrainConfig, run_dir: Path, data: RunData, loader: ResumableLoader):
-    """metrics.jsonl, the TensorBoard files and the data report, to runs/<uid>/."""
+    """metrics.jsonl and the curves drawn from it, the TensorBoard files and the data report, to runs/<uid>/."""
     layout = config.layout
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         storage.write_bytes(layout.metrics, metrics.read_bytes())
+        heading = curves.title(config.to_wire(), config.run.name)
+        drawn = curves.write(run_dir / "plots", MetricsLog(metrics).read(), heading)
+        upload_file(storage, drawn, f"{layout.plots}/{drawn.name}")
     events = run_dir / "tensorboard"
     for path in sorted(events.glob("events.out.tfevents.*")):
         upload_file(storage, path, f"{layout.tensorboard}/{path.name}")
@@ -239,14 +246,16 @@ def run(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> RunResult:
     """Train, checkpoint and publish one run (see the module docstring). Raises BadInput."""
-    process = setup_process(config, os.environ if environ is None else environ, scratch)
+    environ = os.environ if environ is None else environ
+    process = setup_process(config, environ, scratch)
     args = setup_arguments(config, process)
     model = setup_model(config, process, args)
     data = setup_data(config, process, args, model)
     complete_arguments(args, config, model, data)
     start = setup_resume(config, process, args, data.loader)
     progress = setup_progress(process, data, start)
-    trainer = setup_trainer(config, process, args, model, data, progress, callbacks)
+    trackers = setup_tracking(config, process, environ)
+    trainer = setup_trainer(config, process, args, model, data, progress, [*trackers, *callbacks])
     evaluate_at_end = data.eval_set is not None and not config.training.eval_steps
     eval_loss = train(trainer, progress, start, evaluate_at_end=evaluate_at_end)
     final_dir = save_final_model(trainer, model, process)
@@ -267,6 +276,8 @@ def run(
         process.reporter.results(eval_loss=eval_loss)
     result.model_uri, result.manifest_uri = published.model_uri, published.manifest_uri
     result.validation = published.validation
+    for tracker in trackers:
+        tracker.finish(published)
     return result
 
 
@@ -294,6 +305,8 @@ def setup_process(config: TrainConfig, environ: MutableMapping[str, str], scratc
         export_for_torch(environment, environ)  # torch.distributed's env:// (DeepSpeed needs it alone too)
     storage = Storage(config.storage)
     check_storage(config, storage, environment.rank)
+    if environment.is_main:
+        check_tracking(config)
     set_seed(config.training.seed)
     root = scratch or scratch_root(environ)
     return RunProcess(
@@ -469,6 +482,13 @@ def setup_progress(process: RunProcess, data: RunDataPipeline, start: ResumePoin
         world_size=process.environment.world_size,
         reporter=process.reporter,
     )
+
+
+def setup_tracking(config: TrainConfig, process: RunProcess, environ: Mapping[str, str]) -> list[Tracker]:
+    """On the main process: a run of this attempt in each experiment tracker train.yaml names."""
+    if not process.environment.is_main:
+        return []
+    return open_trackers(config, environ, process.storage)
 
 
 def setup_trainer(

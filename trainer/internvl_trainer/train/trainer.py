@@ -22,6 +22,9 @@ What differs from the stock Trainer, and why:
   accumulation steps and averaged over ranks as InternVL's Trainer and DDP do; the logs carry the
   unweighted mean (``aux_loss``) and the coefficient (``aux_loss_coef``) beside ``loss``, which
   includes the weighted term.
+- Each logged step is one log line (``StepLog``), not a progress bar redrawn in place, unless the
+  run's standard error is a terminal (and its logs plain): there the Trainer's own bar stays.
+- A LoRA checkpoint holds the adapters and the parts trained in full (``lora.save_adapter``).
 - Evaluation computes the exact held-out loss ``Σ w·CE / Σ w`` over every rank, with the same number
   of forward passes on every rank (ZeRO-3 gathers parameters collectively).
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -38,10 +42,13 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from internvl_trainer.data.collate import Collator
 from internvl_trainer.data.loader import ResumableLoader
+from internvl_trainer.logs import log_format
 from internvl_trainer.loss import loss_normaliser, model_loss
+from internvl_trainer.model.lora import save_adapter
 from internvl_trainer.model.moe import router_balance
 from internvl_trainer.model.optim import parameter_groups
 
@@ -120,6 +127,26 @@ class TrainerAware(TrainerCallback):
     trainer: InternVLTrainer | None = None
 
 
+def progress_bar_shown() -> bool:
+    """The Trainer's progress bar only on a terminal, with plain logs: a pod's log keeps a bar
+    redrawn in place as one line of carriage returns, and JSON logs take lines, not bars."""
+    return sys.stderr.isatty() and log_format() == "plain"
+
+
+class StepLog(TrainerCallback):
+    """Each logged step as one log line (``step 5 of 30: loss 9.9, grad_norm 9.73, ...``), in place
+    of the Trainer's progress bar, which a pod's log keeps as carriage returns, and printed dicts."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            values = ", ".join(
+                f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in logs.items()
+                if key != "total_flos"
+            )
+            log.info("step %d of %d: %s", state.global_step, state.max_steps, values)
+
+
 class InternVLTrainer(Trainer):
     """``transformers.Trainer`` with the pipeline's loader, the global-normaliser loss, the
     no-decay optimizer groups and an exact held-out loss (see the module docstring)."""
@@ -140,6 +167,10 @@ class InternVLTrainer(Trainer):
         self.samples_seen = 0
         """Samples this rank has trained on in this process."""
         super().__init__(*args, eval_dataset=eval_set if eval_set is not None and len(eval_set) else None, **kwargs)
+        if not progress_bar_shown():
+            for shown in (ProgressCallback, PrinterCallback):
+                self.remove_callback(shown)
+            self.add_callback(StepLog())
         self.router_balance = router_balance(self.model)
         self.aux_totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
         """This rank's sum of load-balancing losses and their count since the last log."""
@@ -240,14 +271,18 @@ class InternVLTrainer(Trainer):
         # transformers would otherwise rename them to the original checkpoint's names when it is
         # handed a state dict (DDP over several ranks, ZeRO-3), names a resume loads none of (and,
         # for a model loaded partitioned, gets wrong: it doubles the "model." prefixes).
+        from peft import PeftModel
         from transformers import PreTrainedModel
 
-        if not isinstance(self.model, PreTrainedModel):  # PEFT saves its adapters itself
+        if not isinstance(self.model, (PreTrainedModel, PeftModel)):
             return super()._save(output_dir, state_dict)
         if self.args.should_save:
             output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
-            self.model.save_pretrained(output_dir, state_dict=state_dict, save_original_format=False)
+            if isinstance(self.model, PeftModel):
+                save_adapter(self.model, output_dir, state_dict)
+            else:
+                self.model.save_pretrained(output_dir, state_dict=state_dict, save_original_format=False)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         return None
 

@@ -3,14 +3,18 @@ adapters, and merge: the adapter matters, merged equals adapted, the export relo
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 
 import pytest
 import torch
+from safetensors import safe_open
 
+from internvl_trainer.config import MethodConfig
 from internvl_trainer.model.export import export
 from internvl_trainer.model.load import load
-from internvl_trainer.model.lora import adapted_modules, merge, target_pattern
+from internvl_trainer.model.lora import adapted_modules, merge, save_adapter, target_pattern
 from internvl_trainer.model.prepare import prepare_for_training
 from tests.unit.trainer.model.conftest import batch, changed, logits, lora_method, make_model, one_step, snapshot
 
@@ -144,3 +148,25 @@ def test_expert_adapters_train_merge_back_exactly_and_export(tokenizer, processo
 def test_expert_adapters_need_a_moe_model(tokenizer):
     with pytest.raises(ValueError, match="experts, but the language model has no mixture-of-experts layers"):
         prepare_for_training(make_model(tokenizer, "qwen3"), lora_method(targets=["experts"], dropout=0.0))
+
+
+@pytest.mark.parametrize(
+    ("method", "embeddings_saved"),
+    [
+        (lora_method(), False),
+        (MethodConfig(type="lora", lora={"rank": 4, "targets": ["vision"]}, freeze={"llm": False}), True),
+    ],
+    ids=["llm-adapters", "llm-trained-in-full"],
+)
+def test_an_adapter_holds_the_embeddings_only_when_they_train(tokenizer, tmp_path, method, embeddings_saved):
+    base = make_model(tokenizer)
+    base.name_or_path = "s3://models/tiny"  # as load names a base fetched from S3
+    model = prepare_for_training(base, method, gradient_checkpointing=False).model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PEFT would warn that it cannot look the base up
+        save_adapter(model, str(tmp_path))
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == "s3://models/tiny"
+    with safe_open(tmp_path / "adapter_model.safetensors", "pt") as adapter:
+        keys = list(adapter.keys())
+    assert any("lora_A" in key for key in keys)
+    assert any("embed_tokens" in key for key in keys) == embeddings_saved

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from internvl_trainer.cli import main
@@ -15,6 +16,7 @@ from internvl_trainer.config import dump_train_config
 from internvl_trainer.model.load import load
 from internvl_trainer.problems import BadInput
 from internvl_trainer.storage import Manifest, sha256_file
+from internvl_trainer.train import curves
 from internvl_trainer.train.metrics import read_records
 from internvl_trainer.train.run import run
 from tests.unit.trainer.train.runs import ANSWERS, train_config, write_data
@@ -122,6 +124,20 @@ def test_held_out_loss_bad_samples_and_the_data_report(tmp_path, tiny_model_dir)
     assert all("invalid JSON" in example for example in bad["examples"]["json"])
     lines = [json.loads(line) for line in (output / "runs/uid-1/validation.jsonl").read_text().splitlines()]
     assert lines and all(line["heldOut"] for line in lines)
+
+    # The curves, drawn from the final metrics.jsonl into the run folder and published beside it;
+    # internvl-train plot redraws them, titled from the train.yaml the newest checkpoint records.
+    published = output / "runs/uid-1/plots" / curves.CURVES_PNG
+    assert published.read_bytes() == (tmp_path / "scratch/runs/uid-1/plots" / curves.CURVES_PNG).read_bytes()
+    with Image.open(published) as image:
+        assert image.size == (1200, 900)
+        assert image.text == {
+            "Title": "tiny · InternVL3-1B (full)",
+            "Panels": "loss,learning rate,gradient norm",
+            "Metrics": curves.digest(metrics(output)),
+        }
+    assert main(["plot", str(output / "runs/uid-1"), "--output", str(tmp_path / "redrawn")]) == 0
+    assert (tmp_path / "redrawn" / curves.CURVES_PNG).read_bytes() == published.read_bytes()
 
 
 def test_strict_mode_stops_at_the_first_bad_sample(tmp_path, tiny_model_dir):
