@@ -72,7 +72,7 @@ def length_grouped(samples: Sequence[Sample], *, per_device: int, megabatch: int
 def packs(samples: Sequence[Sample], *, max_tokens: int, open_packs: int) -> list[list[Sample]]:
     """``samples`` packed in their given order by the trainer's packer."""
     packer = Packer(
-        PackingBudget(max_tokens=max_tokens), lambda sample: (sample.tokens, sample.tiles), max_open=open_packs
+        PackingBudget(max_tokens=max_tokens), lambda sample: (sample.tokens, sample.tile_count), max_open=open_packs
     )
     done = [pack for sample in samples for pack in packer.add(sample)]
     return [pack.items for pack in done + packer.flush()]

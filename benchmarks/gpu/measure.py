@@ -161,7 +161,7 @@ def boundaries(groups: Sequence[Sequence[Sample]], global_batch: int) -> list[bo
 
 def _shape(group: Sequence[Sample], packed: bool) -> tuple[int, int, int]:
     lengths = [sample.tokens for sample in group]
-    tiles = sum(sample.tiles for sample in group)
+    tiles = sum(sample.tile_count for sample in group)
     return (1, sum(lengths), tiles) if packed else (len(group), max(lengths), tiles)
 
 
@@ -183,7 +183,7 @@ def train(name: str, layout: Layout, env: Environment, mode: Mode) -> Result:
     to what the process held before it (nothing, unless an earlier run left something behind)."""
     shapes = [_shape(group, layout.name != BASELINE) for group in layout.groups]
     samples = [sample for group in layout.groups for sample in group]
-    tiles = sum(sample.tiles for sample in samples)
+    tiles = sum(sample.tile_count for sample in samples)
     largest = max(shapes, key=lambda shape: shape[0] * shape[1])
     estimate_gib = None
     if env.estimate:

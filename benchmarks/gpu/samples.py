@@ -3,7 +3,8 @@
 A sample is a conversation turn laid out as the template lays one out: a prompt, the image tokens
 (the model's tokens per tile times the tiles), then the rest of the text, of which the second
 half is the supervised answer. Token ids are uniform below the image-context id, tiles are
-standard normal like normalised pixels; everything comes from one seed. The values change no
+uniform uint8 pixels, which the collator normalises as it does real ones; everything comes from
+one seed. The values change no
 cost; the lengths, the tiles and the supervised share are what the benchmark measures with.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import InternVLConfig
 
+from internvl_trainer.data.tiling import Normalization
 from internvl_trainer.loss import IGNORE_INDEX
 
 PROMPT_TOKENS = 16
@@ -29,15 +31,17 @@ class Sample:
 
     input_ids: torch.Tensor
     labels: torch.Tensor
-    pixel_values: torch.Tensor
+    tiles: list[torch.Tensor]
+    """(size, size, 3) uint8 tiles."""
+    normalization: Normalization = "imagenet"
 
     @property
     def tokens(self) -> int:
         return int(self.input_ids.shape[0])
 
     @property
-    def tiles(self) -> int:
-        return int(self.pixel_values.shape[0])
+    def tile_count(self) -> int:
+        return len(self.tiles)
 
 
 def tokens_per_tile(config: InternVLConfig) -> int:
@@ -55,7 +59,7 @@ def synthetic(
     size = config.vision_config.image_size
     size = size[0] if isinstance(size, (list, tuple)) else size
     longest = max(tiles for _, tiles in mix)
-    pool = torch.randn((POOL_TILES + longest, 3, size, size), generator=generator)
+    pool = torch.randint(0, 256, (POOL_TILES + longest, size, size, 3), dtype=torch.uint8, generator=generator)
     samples = []
     for other, tiles in mix:
         image = tiles * tokens_per_tile(config)
@@ -68,7 +72,7 @@ def synthetic(
         answer = max(1, (other - prompt) // 2)
         labels[-answer:] = ids[-answer:]
         start = int(torch.randint(0, POOL_TILES, (), generator=generator))
-        samples.append(Sample(ids, labels, pool[start : start + tiles]))
+        samples.append(Sample(ids, labels, list(pool[start : start + tiles])))
         if len(samples) == count:
             return samples
     raise ValueError(f"the mix has {len(samples)} samples of at most {max_tokens} tokens, not {count}")

@@ -248,7 +248,7 @@ def test_optimizer_steps_follow_the_global_batch_and_the_last_micro_batch():
 def test_synthetic_samples_supervise_half_the_text_and_skip_overlong_ones():
     config = native_config(models.MODELS[models.SMOKE])
     (first, second) = synthetic([(40, 2), (5000, 0), (10, 0)], config, count=2, max_tokens=100)
-    assert (first.tokens, first.tiles, second.tokens, second.tiles) == (48, 2, 10, 0)
+    assert (first.tokens, first.tile_count, second.tokens, second.tile_count) == (48, 2, 10, 0)
     assert int((first.input_ids == config.image_token_id).sum()) == 2 * config.image_seq_length
     assert int((first.labels != -100).sum()) == 12  # (40 text - 16 prompt) / 2
     with pytest.raises(ValueError, match="not 3"):

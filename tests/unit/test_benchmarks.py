@@ -19,8 +19,9 @@ def test_seconds_per_call_averages_over_many_calls():
 
 
 def test_machine_description_names_date_hardware_and_versions():
-    date, hardware, capability, load, python, packages = machine().splitlines()
+    date, hardware, capability, allocator, load, python, packages = machine().splitlines()
     assert capability.startswith("- torch's CPU capability: ")
+    assert allocator.startswith("- torch's CPU allocator: transparent huge pages for tensors of 2 MiB and more ")
     assert load.startswith("- Load average when the run started: ")
     assert date.startswith("- Date: 20")
     assert hardware.startswith("- CPU: ") and "cores; memory" in hardware and "GPU: " in hardware
