@@ -191,6 +191,9 @@ class WandbTracker(WandbCallback, Tracker):
     def finish(self, published: Published) -> None:
         self._wandb.run.summary.update({"modelUri": published.model_uri, "manifestUri": published.manifest_uri})
         self._wandb.finish()
+        # W&B's service process writes the run (its offline log, its uploads) behind the client;
+        # teardown waits for it, where its exit hook may not run (processes torchrun started).
+        self._wandb.teardown()
 
 
 def start_wandb(settings: WandbConfig, config: TrainConfig, environ: Mapping[str, str]) -> Tracker | None:
