@@ -159,3 +159,14 @@ def _answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread while a test trains: the same numbers on any machine, and the S3 server keeps a core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,21 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from internvl_trainer.train.run import run
 from tests.unit.trainer.train.runs import train_config, write_data, write_model
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 def tiny_lora_run(folder: Path, tracking: dict, attempt: str = "2"):

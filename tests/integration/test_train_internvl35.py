@@ -20,7 +20,7 @@ from internvl_trainer.train.run import run
 from tests.unit.trainer.model.conftest import batch, logits
 from tests.unit.trainer.train.runs import train_config, write_data, write_model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 MODEL_NAMES = {
     "qwen3": "InternVL3_5-8B",
@@ -28,14 +28,6 @@ MODEL_NAMES = {
     "gpt_oss": "InternVL3_5-GPT-OSS-20B-A4B-Preview",
 }
 STEPS = 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

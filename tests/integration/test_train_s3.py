@@ -22,15 +22,7 @@ from internvl_trainer.train import checkpoints, curves
 from internvl_trainer.train.run import run
 from tests.unit.trainer.train.runs import records, train_config, write_data, write_model
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 def test_lora_run_from_s3_to_s3(s3_server, storage, base, tmp_path, capsys):
