@@ -79,8 +79,8 @@ BENCHMARK_CLIENT = "internvl-benchmark"
 def _verb(request) -> str:
     """The Kubernetes verb of a recorded request (kmock's FETCH is get; its UPDATE, patch or update
     by the HTTP method), with its subresource."""
-    action = request.action.value.lower() if request.action is not None else str(request.method.value).lower()
     method = str(request.method.value).lower()
+    action = request.action.value.lower() if request.action is not None else method
     action = {"fetch": "get", "update": "patch" if method == "patch" else "update"}.get(action, action)
     return f"{action} {request.subresource}" if request.subresource else action
 

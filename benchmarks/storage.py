@@ -14,12 +14,11 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import Table
+from benchmarks import Table, interleaved
 from internvl_trainer.storage import Cache, Storage
 from internvl_trainer.storage.local_server import LocalS3Server
 from internvl_trainer.train.run import scratch_root
@@ -35,15 +34,6 @@ UPLOAD_ROUNDS = 2
 CACHE_OBJECTS = 1000
 CACHE_OBJECT_SIZE = 117 * 1024
 """About the size of a training JPEG."""
-
-
-def _best(function: Callable[[], object], rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _streaming(server: LocalS3Server, storage: Storage) -> Table:
@@ -86,10 +76,7 @@ def _streaming(server: LocalS3Server, storage: Storage) -> Table:
         (chunks, "boto3 `get_object()['Body'].read(1 MiB)` until empty", plain_chunks),
         (chunks, "`Storage.open().read(1 MiB)` until empty (resumable)", ours_chunks),
     ]
-    timings = {label: float("inf") for _, label, _ in alternatives}
-    for _ in range(ROUNDS):  # interleaved, so drift in the machine's load hits every row alike
-        for _, label, function in alternatives:
-            timings[label] = min(timings[label], _best(function, 1))
+    timings = interleaved({label: function for _, label, function in alternatives}, rounds=ROUNDS, min_time=0.0)
     baselines = {how: timings[label] for how, label, _ in alternatives if label.startswith("boto3")}
     return Table(
         title="Streaming reads from S3",
@@ -114,7 +101,7 @@ def _streaming(server: LocalS3Server, storage: Storage) -> Table:
 
 
 def _file_creation(folder: Path, count: int = 200) -> float:
-    """CPU seconds to create one empty file in a new folder under ``folder``'s parent."""
+    """CPU seconds to create one empty file in ``folder``, a new folder."""
     folder.mkdir()
     start = time.process_time()
     for index in range(count):
@@ -258,10 +245,7 @@ def _upload(server: LocalS3Server, storage: Storage, workdir: Path) -> Table:
         ("`Storage.upload()`: parallel, sha256, manifest.json last", ours),
         ("`Storage.upload()` again, everything already there", ours_again),
     ]
-    timings = {label: float("inf") for label, _ in alternatives}
-    for _ in range(UPLOAD_ROUNDS):
-        for label, function in alternatives:
-            timings[label] = min(timings[label], _best(function, 1))
+    timings = interleaved(dict(alternatives), rounds=UPLOAD_ROUNDS, min_time=0.0)
     baseline = timings[alternatives[0][0]]
     return Table(
         title="Uploading a model folder to S3",

@@ -175,7 +175,8 @@ def main() -> int:
         step("Summary")
         output = yaml.safe_load(train_yaml.read_text())["output"]["uri"]
         run_folder = f"{output}/runs/{yaml.safe_load(train_yaml.read_text())['run']['uid']}"
-        metrics = [json.loads(line) for line in storage.read_bytes(f"{run_folder}/metrics.jsonl").decode().splitlines()]
+        curves_png = _download_curves(storage, run_folder)
+        metrics = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
         losses = [record["loss"] for record in metrics if "loss" in record]
         report = json.loads(storage.read_bytes(f"{run_folder}/data-report.json"))
         _print_data_report(report, f"{run_folder}/data-report.json")
@@ -189,7 +190,7 @@ def main() -> int:
             print(f"  a validation sample ({sample['where']}):")
             print(f"    expected:  {sample['reference']!r}")
             print(f"    generated: {sample['prediction']!r}")
-        print(f"  training curves: {_download_curves(storage, run_folder)}")
+        print(f"  training curves: {curves_png}")
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; the S3 server is stopped")
     return 0
 

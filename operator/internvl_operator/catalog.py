@@ -141,16 +141,6 @@ class LanguageModel(_Frozen):
         return self.intermediate_size
 
     @property
-    def routes(self) -> int:
-        """Experts each token is routed to (0: no router)."""
-        return 0
-
-    @property
-    def router_width(self) -> int:
-        """Router logits per token (0: no router)."""
-        return 0
-
-    @property
     def largest_gathered(self) -> int:
         """The most parameters ZeRO-3 gathers as one: the largest tensor, the embedding or the
         gate (up) projection."""
@@ -211,14 +201,6 @@ class MoELanguageModel(LanguageModel):
     @property
     def routed_intermediate_size(self) -> int:
         return self.experts_per_token * self.intermediate_size
-
-    @property
-    def routes(self) -> int:
-        return self.experts_per_token
-
-    @property
-    def router_width(self) -> int:
-        return self.experts
 
     @property
     def largest_gathered(self) -> int:

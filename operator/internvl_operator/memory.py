@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from internvl_operator.catalog import VISION_TOKENS_PER_TILE, ModelSpec
+from internvl_operator.catalog import VISION_TOKENS_PER_TILE, ModelSpec, MoELanguageModel
 from internvl_operator.deepspeed import ZeroSettings
 from internvl_trainer.config import Section
 
@@ -195,13 +195,14 @@ class MemoryEstimate(Section):
 def llm_layer_saved(model: ModelSpec) -> int:
     """Elements per token one decoder layer saves for its backward pass."""
     llm = model.llm
-    return (
+    saved = (
         LLM_LAYER_SAVED_HIDDEN * llm.hidden_size
         + 2 * llm.kv_heads * llm.head_dim
         + LLM_LAYER_SAVED_INTERMEDIATE * llm.routed_intermediate_size
-        + MOE_ROUTE_SAVED_HIDDEN * llm.routes * llm.hidden_size
-        + MOE_ROUTER_SAVED * llm.router_width
     )
+    if isinstance(llm, MoELanguageModel):
+        saved += MOE_ROUTE_SAVED_HIDDEN * llm.experts_per_token * llm.hidden_size + MOE_ROUTER_SAVED * llm.experts
+    return saved
 
 
 def lora_layer_saved_bytes(model: ModelSpec) -> int:
@@ -320,17 +321,17 @@ def expert_placement(model: ModelSpec, trainable: Trainable, *, gpus: int, stage
     of every layer; ZeRO-1 and 2 split one flat buffer of all trained parameters in model order, so
     a GPU holds the optimizer states of whole consecutive layers."""
     llm = model.llm
-    if not model.is_moe:
+    if not isinstance(llm, MoELanguageModel):
         return None
-    experts = llm.router_width
+    experts = llm.experts
     if trainable.llm:
         held = "weights, gradients and optimizer states"
     else:
         held = "frozen weights" + (" (and LoRA pairs)" if trainable.lora_experts else "")
     lead = (
         f"mixture of experts: the {held} of all {experts} experts of each of the {llm.layers} layers are planned "
-        f"for ({model.total_params / 1e9:.1f} B parameters), the activations of the {llm.routes} each token is "
-        f"routed to ({model.active_params / 1e9:.1f} B active)"
+        f"for ({model.total_params / 1e9:.1f} B parameters), the activations of the {llm.experts_per_token} each "
+        f"token is routed to ({model.active_params / 1e9:.1f} B active)"
     )
     if stage == 3 and offload:
         where = "ZeRO-3 + CPU offload keeps them in host memory; a GPU gathers one layer's experts at a time"

@@ -120,7 +120,7 @@ def _v35(script: str, lr: float, drop: float) -> Recipe:
         weight_decay=0.05,
         max_seq_length=RECIPE_LIMITS["InternVL3_5"].max_seq_length,
         max_tiles=RECIPE_LIMITS["InternVL3_5"].max_tiles,
-        deepspeed_variant="zero_stage3_config",
+        deepspeed_variant=Z3,
         drop_path_rate=drop,
         trains_vision=True,
     )

@@ -228,6 +228,7 @@ def _plot(args: argparse.Namespace) -> int:
     from internvl_trainer.storage import Storage, StorageError
     from internvl_trainer.train.curves import redraw
 
+    configure_logging()
     config = read_config(args.config) if args.config else None
     if config is not None:
         storage = Storage(config.storage)

@@ -42,6 +42,9 @@ GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 # Patterns spell character classes out in ASCII: the API server matches them with Go's regexp, whose
 # \s, \d and \w are ASCII only, pydantic with Rust's, whose are Unicode. NOT_SPACE is Go's [^\s].
 NOT_SPACE = r"[^\t\n\f\r ]"
+HTTP_URL = rf"https?://[^/?#@\t\n\f\r ]+([/?#]{NOT_SPACE}*)?"
+"""An http:// or https:// URL without credentials (no ``user:password@`` before the host)."""
+PLAIN_NAME = described_pattern(r"^[A-Za-z0-9._-]+$", "letters, digits, '.', '_' and '-'")
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 Uri = Annotated[
     str,
@@ -538,7 +541,7 @@ class StorageConfig(Section):
             StringConstraints(
                 max_length=512,
                 pattern=described_pattern(
-                    rf"^https?://[^/?#@\t\n\f\r ]+([/?#]{NOT_SPACE}*)?$",
+                    rf"^{HTTP_URL}$",
                     "an http:// or https:// URL without credentials (user:password@): they come from the Secret",
                 ),
             ),
@@ -629,7 +632,7 @@ class MlflowConfig(Section):
         StringConstraints(
             max_length=1024,
             pattern=described_pattern(
-                rf"^(https?://[^/?#@\t\n\f\r ]+([/?#]{NOT_SPACE}*)?|databricks(://[A-Za-z0-9._-]+)?|sqlite:///{NOT_SPACE}+)$",
+                rf"^({HTTP_URL}|databricks(://[A-Za-z0-9._-]+)?|sqlite:///{NOT_SPACE}+)$",
                 "an http:// or https:// URL without credentials (user:password@: they come from the Secret),"
                 " databricks, databricks://PROFILE or sqlite:///path",
             ),
@@ -675,10 +678,7 @@ class WandbConfig(Section):
     entity: (
         Annotated[
             str,
-            StringConstraints(
-                max_length=128,
-                pattern=described_pattern(r"^[A-Za-z0-9._-]+$", "letters, digits, '.', '_' and '-'"),
-            ),
+            StringConstraints(max_length=128, pattern=PLAIN_NAME),
         ]
         | None
     ) = None
@@ -725,7 +725,7 @@ class RunConfig(Section):
         StringConstraints(
             min_length=1,
             max_length=64,
-            pattern=described_pattern(r"^[A-Za-z0-9._-]+$", "letters, digits, '.', '_' and '-'"),
+            pattern=PLAIN_NAME,
         ),
     ] = "local"
     """uid of the InternVLFinetune; names the run's folder under the output root."""

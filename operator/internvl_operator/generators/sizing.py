@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict
 
 from internvl_operator import memory
 from internvl_operator.api import InternVLFinetuneSpec
-from internvl_operator.catalog import CATALOG, LLM_TOKENS_PER_TILE, VISION_TOKENS_PER_TILE, VisionTower
+from internvl_operator.catalog import (
+    CATALOG,
+    LLM_TOKENS_PER_TILE,
+    VISION_TOKENS_PER_TILE,
+    MoELanguageModel,
+    VisionTower,
+)
 from internvl_operator.deepspeed import ZERO_VARIANTS, deepspeed_config
 from internvl_operator.memory import MemoryEstimate, Trainable, estimate
 from internvl_operator.planner import Plan, plan
@@ -239,7 +245,7 @@ def _catalog_section() -> list[str]:
                 _params(llm.params),
                 _params(spec.total_params),
                 spec.card_total,
-                f"{llm.router_width} ({llm.routes})" if spec.is_moe else "dense",
+                f"{llm.experts} ({llm.experts_per_token})" if isinstance(llm, MoELanguageModel) else "dense",
                 _params(spec.active_params),
             ]
         )

@@ -43,7 +43,7 @@ from internvl_trainer.data.template import (
     insert_placeholder,
     tokens_per_tile,
 )
-from internvl_trainer.data.tiling import TILE_SIZE, Normalization, Tiler, TilingConfig, normalize, per_image_budget
+from internvl_trainer.data.tiling import Normalization, Tiler, TilingConfig, normalize, per_image_budget
 from internvl_trainer.data.video import (
     VIDEO_PLACEHOLDER,
     VideoFrames,
@@ -78,8 +78,6 @@ class BuiltSample:
     @property
     def pixel_values(self) -> torch.Tensor:
         """The tiles normalised: (tiles, 3, size, size) float32, as the model takes them."""
-        if not self.tiles:
-            return torch.empty((0, 3, TILE_SIZE, TILE_SIZE), dtype=torch.float32)
         return normalize(self.tiles, self.normalization)
 
 

@@ -97,6 +97,8 @@ HARMONY_SYSTEM_MESSAGE = (
 
 THINK_START = "<think>"
 THINK_END = "</think>"
+FINAL_CHANNEL = "<|channel|>final<|message|>"
+"""What opens a harmony answer's ``final`` channel."""
 
 
 def tokens_per_tile(image_size: int = 448, patch_size: int = 14, downsample_ratio: float = 0.5) -> int:
@@ -154,12 +156,16 @@ class ChatTemplate:
         thinking = split_thinking(text)
         if not self.channels:
             return text
-        final = "<|channel|>final<|message|>"
         if thinking is None:
-            return final + text
+            return FINAL_CHANNEL + text
         reasoning, answer = thinking
         analysis = f"<|channel|>analysis<|message|>{reasoning.strip()}{self.separator}"
-        return f"{analysis}{self.assistant_prefix}{final}{answer.strip()}"
+        return f"{analysis}{self.assistant_prefix}{FINAL_CHANNEL}{answer.strip()}"
+
+    @property
+    def headers(self) -> dict[Role, str]:
+        """Each role's turn header."""
+        return {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}
 
     def end(self, last: bool) -> str:
         """What ends an assistant turn: the last one's end, or the separator."""
@@ -169,11 +175,11 @@ class ChatTemplate:
         """Each turn as text: header, content, end."""
         assistants = [index for index, (role, _) in enumerate(turns) if role == "assistant"]
         last = assistants[-1] if assistants else -1
-        prefixes = {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}
+        headers = self.headers
         return [
-            prefixes[role] + self.answer(text) + self.end(index == last)
+            headers[role] + self.answer(text) + self.end(index == last)
             if role == "assistant"
-            else prefixes[role] + text + self.separator
+            else headers[role] + text + self.separator
             for index, (role, text) in enumerate(turns)
         ]
 

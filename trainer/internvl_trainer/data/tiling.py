@@ -321,9 +321,10 @@ class Tiler:
         """``normalize`` with this tiler's normalisation."""
         return normalize(tiles, self.config.normalization, out)
 
-    def augment(self, tiles: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
-        """Each tile re-encoded as a JPEG of a quality drawn independently from 75..100."""
-        qualities = rng.choice(JPEG_QUALITIES, size=len(tiles))
+    def augment(self, tiles: list[torch.Tensor], rng: np.random.Generator | None = None) -> list[torch.Tensor]:
+        """Each tile re-encoded as a JPEG of a quality drawn independently from 75..100 (from a fresh
+        generator when ``rng`` is None)."""
+        qualities = (rng if rng is not None else np.random.default_rng()).choice(JPEG_QUALITIES, size=len(tiles))
         return [
             _tensor(jpeg_degrade(np.ascontiguousarray(tile.numpy()), int(quality)))
             for tile, quality in zip(tiles, qualities, strict=True)
@@ -341,7 +342,7 @@ class Tiler:
         collation normalises them straight into the batch."""
         views, grid = self.tile_views(image, max_tiles)
         if augment:
-            views = self.augment(views, rng if rng is not None else np.random.default_rng())
+            views = self.augment(views, rng)
         return views, grid
 
     def __call__(
@@ -375,14 +376,8 @@ class Tiler:
                 tiles[index] = resize_rgb(frames[index], size, size, self.resampler)
         views = list(tiles)
         if augment:
-            views = self.augment(views, rng if rng is not None else np.random.default_rng())
+            views = self.augment(views, rng)
         return views
-
-    def frames(
-        self, frames: np.ndarray | torch.Tensor, *, augment: bool = False, rng: np.random.Generator | None = None
-    ) -> torch.Tensor:
-        """Video frames → (frames, 3, size, size) float32, normalised ``frame_views``."""
-        return self.normalize(self.frame_views(frames, augment=augment, rng=rng))
 
 
 def _rgb_source(image: ImageSource | np.ndarray | torch.Tensor) -> RgbSource:

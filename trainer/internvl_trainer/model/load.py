@@ -119,12 +119,13 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise ModelFolderError(f"{folder}: no config.json") from None
     except json.JSONDecodeError as error:
         raise ModelFolderError(f"{path}: invalid JSON ({error})") from None
-    for section in ("", "text_config", "llm_config"):
-        quantization = (config.get(section) if section else config) or {}
-        if isinstance(quantization, dict) and "quantization_config" in quantization:
-            method = (quantization["quantization_config"] or {}).get("quant_method", "unnamed")
-            field = ".".join(filter(None, (section, "quantization_config")))
-            raise ModelFolderError(f"{path}: {field}: {method} quantized weights cannot be trained; use a bf16 release")
+    sections = {"": config, "text_config.": config.get("text_config"), "llm_config.": config.get("llm_config")}
+    for prefix, section in sections.items():
+        if isinstance(section, dict) and "quantization_config" in section:
+            method = (section["quantization_config"] or {}).get("quant_method", "unnamed")
+            raise ModelFolderError(
+                f"{path}: {prefix}quantization_config: {method} quantized weights cannot be trained; use a bf16 release"
+            )
     return config
 
 

@@ -43,7 +43,7 @@ from transformers import (
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from internvl_trainer.config import DEFAULT_MAX_TILES
-from internvl_trainer.data.template import INTERNVL2_5, INTERNVL3_5_GPT_OSS, ChatTemplate
+from internvl_trainer.data.template import FINAL_CHANNEL, INTERNVL2_5, INTERNVL3_5_GPT_OSS, ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,12 @@ def chat_template(template: ChatTemplate = INTERNVL2_5) -> str:
     ``add_generation_prompt`` the assistant header. Harmony templates put answers in the ``final``
     channel."""
     t = template
-    answer = _jinja_string("<|channel|>final<|message|>" if t.channels else "")
-    last_end = t.last_separator if t.last_separator is not None else t.separator
-    headers = {"system": t.system_prefix, "user": t.user_prefix, "assistant": t.assistant_prefix}
+    answer = _jinja_string(FINAL_CHANNEL if t.channels else "")
     return (
         "{%- if not messages or messages[0]['role'] != 'system' -%}"
         f"{{{{- {_jinja_string(t.system_prefix + t.system_message + t.separator)} -}}}}"
         "{%- endif -%}"
-        f"{{%- set headers = {json.dumps(headers, ensure_ascii=False)} -%}}"
+        f"{{%- set headers = {json.dumps(t.headers, ensure_ascii=False)} -%}}"
         "{%- for message in messages -%}"
         "{{- headers[message['role']] -}}"
         f"{{%- if message['role'] == 'assistant' -%}}{{{{- {answer} -}}}}{{%- endif -%}}"
@@ -93,7 +91,7 @@ def chat_template(template: ChatTemplate = INTERNVL2_5) -> str:
         f"{{%- elif item['type'] == 'video' -%}}{{{{- {_jinja_string(VIDEO_TOKEN + chr(10))} -}}}}"
         "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
         "{%- endif -%}{%- endfor -%}{%- endif -%}"
-        f"{{%- if message['role'] == 'assistant' and loop.last -%}}{{{{- {_jinja_string(last_end)} -}}}}"
+        f"{{%- if message['role'] == 'assistant' and loop.last -%}}{{{{- {_jinja_string(t.end(last=True))} -}}}}"
         f"{{%- else -%}}{{{{- {_jinja_string(t.separator)} -}}}}{{%- endif -%}}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{- {_jinja_string(t.assistant_prefix)} -}}}}{{%- endif -%}}"

@@ -224,9 +224,10 @@ def upload_progress(storage: Storage, config: TrainConfig, run_dir: Path, data: 
     layout = config.layout
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        storage.write_bytes(layout.metrics, metrics.read_bytes())
+        logged = metrics.read_bytes()
+        storage.write_bytes(layout.metrics, logged)
         heading = curves.title(config.to_wire(), config.run.name)
-        drawn = curves.write(run_dir / "plots", MetricsLog(metrics).read(), heading)
+        drawn = curves.write(run_dir / "plots", curves.read_records(logged.decode()), heading)
         upload_file(storage, drawn, f"{layout.plots}/{drawn.name}")
     events = run_dir / "tensorboard"
     for path in sorted(events.glob("events.out.tfevents.*")):

@@ -39,6 +39,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import WandbCallback
+from transformers.utils import flatten_dict
 
 from internvl_trainer.config import MlflowConfig, TrainConfig, WandbConfig
 from internvl_trainer.storage import Storage
@@ -68,17 +69,8 @@ def run_name(config: TrainConfig, environ: Mapping[str, str]) -> str:
 def flat_parameters(config: TrainConfig) -> dict[str, str]:
     """train.yaml as dotted keys and text values (``training.learningRate: 0.0002``); lists and
     numbers as JSON writes them."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, item)
-        else:
-            flat[prefix] = value if isinstance(value, str) else json.dumps(value)
-
-    walk("", config.to_wire())
-    return flat
+    flat = flatten_dict(config.to_wire())
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in flat.items()}
 
 
 def open_trackers(config: TrainConfig, environ: Mapping[str, str], storage: Storage) -> list[Tracker]:
@@ -101,7 +93,7 @@ class MlflowTracker(Tracker):
     def __init__(self, settings: MlflowConfig, config: TrainConfig, environ: Mapping[str, str], storage: Storage):
         from mlflow import MlflowClient
         from mlflow.entities import Param
-        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
         self.settings = settings
         self.storage = storage
@@ -114,8 +106,7 @@ class MlflowTracker(Tracker):
         self.run_id = run.info.run_id
         atexit.register(self._failed)
         params = [Param(key, value[:MAX_PARAM_VAL_LENGTH]) for key, value in flat_parameters(config).items()]
-        for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=params[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+        self.client.log_batch(self.run_id, params=params)  # in batches of MLflow's size
         log.info("MLflow run %s in experiment %r at %s", self.run_id, settings.experiment, settings.tracking_uri)
 
     def on_log(

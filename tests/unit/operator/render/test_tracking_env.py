@@ -29,10 +29,7 @@ def trainer_envs(job: dict) -> list[list[dict]]:
         return [job["spec"]["trainer"]["env"]]
     replicas = job["spec"].get("pytorchReplicaSpecs") or job["spec"]["mpiReplicaSpecs"]
     return [
-        container["env"]
-        for replica in replicas.values()
-        for container in replica["template"]["spec"]["containers"]
-        if container.get("env")
+        container["env"] for replica in replicas.values() for container in replica["template"]["spec"]["containers"]
     ]
 
 

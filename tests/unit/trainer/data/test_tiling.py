@@ -277,7 +277,7 @@ def test_video_frames_become_one_tile_each():
     frames = np.stack([photo(320, 240, seed=i) for i in range(3)])
     for resampler in ("pil", "torch"):
         tiler = Tiler(TilingConfig(resampler=resampler))
-        out = tiler.frames(frames)
+        out = tiler.normalize(tiler.frame_views(frames))
         assert out.shape == (3, 3, 448, 448)
         expected = torch.cat([tiler(frame, max_tiles=1).pixel_values for frame in frames])
         assert float(levels_of_255(out, expected).max()) < 1e-3

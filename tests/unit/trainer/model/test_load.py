@@ -225,10 +225,13 @@ def test_internvl35_language_models_convert_exactly_both_ways(tmp_path, tokenize
     assert all(torch.equal(tensor, first[key]) for key, tensor in hf_llm.items())
 
 
-def test_gpt_oss_runs_eager_attention_in_its_llm_only():
-    assert attention_implementation(None, "gpt_oss") == {"text_config": "eager", "vision_config": "sdpa"}
+@pytest.mark.parametrize("flash", [False, True])
+def test_gpt_oss_runs_eager_attention_in_its_llm_only(monkeypatch, flash):
+    monkeypatch.setattr("internvl_trainer.model.load.is_flash_attn_2_available", lambda: flash)
+    default = "flash_attention_2" if flash else "sdpa"
+    assert attention_implementation(None, "gpt_oss") == {"text_config": "eager", "vision_config": default}
     assert attention_implementation("flash_attention_2", "gpt_oss") == "flash_attention_2"
-    assert attention_implementation(None, "qwen3_moe") == "sdpa"
+    assert attention_implementation(None, "qwen3_moe") == default
 
 
 def test_a_quantized_release_is_refused_naming_the_field(folders, tmp_path):

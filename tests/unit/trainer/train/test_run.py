@@ -4,6 +4,7 @@ held-out loss, bad samples, and the command line."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,11 @@ def metrics(output: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("method", "learning_rate", "final_loss"), [("full", 2e-3, 1e-3), ("lora", 5e-3, 3e-2)], ids=["full", "lora"]
 )
-def test_memorising_eight_samples(tmp_path, tiny_model_dir, pictures, method, learning_rate, final_loss):
+def test_memorising_eight_samples(
+    tmp_path, tiny_model_dir, pictures, method, learning_rate, final_loss, monkeypatch, caplog
+):
+    monkeypatch.setenv("INTERNVL_LOG_FORMAT", "json")  # no progress bar, terminal or not
+    caplog.set_level(logging.INFO, logger="internvl_trainer.train.trainer")
     output = tmp_path / "out"
     config = train_config(
         str(tiny_model_dir),
@@ -49,6 +54,9 @@ def test_memorising_eight_samples(tmp_path, tiny_model_dir, pictures, method, le
     # measured: full 11.09 -> 0.00058, LoRA 11.09 -> 0.0129 (the first steps are pinned in test_pinned_losses)
     assert losses[-1] < final_loss, losses
     assert all(record["epoch"] == record["step"] for record in metrics(output))  # 8 samples a step, 8 an epoch
+    # Each logged step is one log line in place of the Trainer's progress bar and printed dicts.
+    logged = [message.split(": loss ")[0] for message in caplog.messages if ": loss " in message]
+    assert logged == [f"step {step} of 40" for step in range(1, 41)]
 
     # The published model answers training questions word for word.
     assert result.validation["samples"] == 4 and result.validation["exactMatch"] == 1.0
