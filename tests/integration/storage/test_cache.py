@@ -36,11 +36,13 @@ READER = textwrap.dedent(
     rng = random.Random(seed)
     uris = sorted(expected)
     wrong = []
-    for step in range(60):
+    for step in range(90):
         uri = rng.choice(uris)
-        if step % 2:
+        if step % 3 == 1:
             with cache.open(storage, uri) as handle:
                 data = handle.read()
+        elif step % 3 == 2:
+            data = cache.read_bytes(storage, uri)  # kept in a pack
         else:
             path = cache.fetch(storage, uri)
             try:
@@ -121,6 +123,7 @@ def test_concurrent_readers_never_see_partial_files_and_the_cap_holds(s3_server,
     assert sum(result["hits"] for result in results) > 0
     assert sum(result["evictions"] for result in results) > 0, "the cap never forced an eviction"
     assert not list((cache_root / "tmp").iterdir())
+    assert list((cache_root / "packs").iterdir()), "no object was packed"
 
 
 FETCHER = textwrap.dedent(
@@ -203,7 +206,7 @@ READ_ONCE = textwrap.dedent(
 
 
 def test_processes_reading_one_object_from_memory_download_it_once(storage, proxy, base, tmp_path):
-    content = os.urandom(1 * MiB)  # small enough to be handed over from memory and stored behind
+    content = os.urandom(1 * MiB)  # small enough to be kept in a pack
     uri = f"{base}/shared.jpg"
     storage.write_bytes(uri, content)
     proxy.faults = Faults(bandwidth=10 * MiB)
@@ -223,5 +226,7 @@ def test_processes_reading_one_object_from_memory_download_it_once(storage, prox
     assert all(reader.returncode == 0 for reader in readers), outputs
     assert {out.strip() for out, _ in outputs} == {hashlib.sha256(content).hexdigest()}
     assert len(proxy.entries(method="GET", since=start)) == 1
-    assert Cache(cache_root, 64 * MiB).entry_path(uri).read_bytes() == content
+    cache = Cache(cache_root, 64 * MiB)
+    assert uri in cache and not cache.entry_path(uri).exists()
+    assert cache.read_bytes(storage, uri) == content and cache.misses == 0
     assert list((cache_root / "tmp").iterdir()) == []

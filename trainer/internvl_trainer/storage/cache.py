@@ -3,23 +3,27 @@ worker and rank on a node.
 
 Layout under the cache folder::
 
-    objects/ab/<sha256 of the URI><extension>   complete objects, the only files ever served
+    objects/ab/<sha256 of the URI><extension>   objects kept as files of their own (``fetch``, ``open``,
+                                                and ``read_bytes`` of objects over 4 MiB)
+    packs/<id>.pack, index.sqlite               smaller objects ``read_bytes`` kept (see packs.py)
     tmp/<digest>.<size>.<random>.part           downloads in progress, each flock-ed by its writer
     keys.lock                                   per-key locks: one byte of it per key stripe (4096)
     locks/<3 hex digits>.lock                   per-key locks where the system has no OFD locks
-    ledger                                      bytes held (objects + reserved downloads), flock-ed
+    ledger                                      bytes held (objects + packs + reserved downloads), flock-ed
     unsynced-boot                               the boot that wrote objects without fsync, if any
 
 Guarantees:
 
-- Atomic: an object is streamed into ``tmp/``, its size checked, then renamed into ``objects/``.
-  A reader can only find complete files; a process that dies leaves a ``.part`` file that no one
-  serves and that the next scan deletes (its writer's flock is gone). Only a machine crash can
-  lose data the kernel had not yet written to disk; with ``fsync`` on, every object is flushed
-  before its rename. With ``fsync`` off (the default: a flush costs as much as a fifth of a small
-  object's download), the cache records the boot it was written in, and the first ``Cache``
-  opened after a reboot empties it. Where the boot cannot be told (no
-  ``/proc/sys/kernel/random/boot_id``), objects are always flushed.
+- Atomic: a file is streamed into ``tmp/``, its size checked, then renamed into ``objects/``; a
+  packed object is written into room reserved at the end of a pack, and its index row comes
+  after its bytes. A reader can only find complete objects; a process that dies leaves a
+  ``.part`` file that no one serves and that the next scan deletes (its writer's flock is gone),
+  or bytes in a pack that no row points at. Only a machine crash can lose data the kernel had not
+  yet written to disk; with ``fsync`` on, every object is flushed before it can be found. With
+  ``fsync`` off (the default: a flush costs as much as a fifth of a small object's download), the
+  cache records the boot it was written in, and the first ``Cache`` opened after a reboot empties
+  it. Where the boot cannot be told (no ``/proc/sys/kernel/random/boot_id``), objects are always
+  flushed.
 - Safe across processes and threads: a lock per key stripe, so several workers asking for one
   object download it once. The key locks are open-file-description byte-range locks on one file
   (Linux's ``F_OFD_SETLKW``: owned by the descriptor like ``flock``, so threads with their own descriptors
@@ -29,18 +33,15 @@ Guarantees:
   (forked workers open their own) and, within a process, under a thread lock.
 - Bounded: before an object is written to disk, its size is reserved in the ledger. When the
   reservation would pass ``max_bytes``, the cache rescans itself (which also corrects the ledger
-  after crashes) and evicts the least recently used objects (by modification time, which every
-  hit refreshes) down to ``low_water`` of the cap. In-flight downloads count, so the files on disk
-  never exceed the cap.
+  after crashes) and evicts the least recently used files and packs (by modification time, which
+  every hit refreshes) down to ``low_water`` of the cap; a pack still being appended to is
+  counted but not evicted. In-flight downloads count, so the files on disk never exceed the cap
+  (the index, about 100 bytes an object, and the lock files are not counted).
 
-A first read costs about what a plain GET does: ``read_bytes`` returns an object of up to 4 MiB
-from memory as soon as it has arrived, and a writer thread per process stores it (at most 16
-objects wait for it; its key stays locked until the file is in place, so other workers wait for
-the file rather than download the object again; ``flush`` waits for the writer, and so does the
-interpreter's exit). The disk work is not avoided, it runs beside the next download. A process
-that ends without exit handlers (``os._exit``) loses the writes still queued: those objects are
-simply downloaded again later. Larger objects, ``fetch`` and ``open`` write the file before they
-return.
+A first read costs about what a plain GET does: ``read_bytes`` keeps an object of up to 4 MiB by
+appending it to its process's pack, one write into an open file instead of creating a file (on
+ext4 that costs as much as downloading a small image). A pack holds a 64th of the cap at most
+(64 MiB at most), so a cache never waits long for packs that are still being written.
 
 An object evicted while a reader has it open stays readable for that reader (POSIX). Use
 ``open`` to get a file that cannot vanish; ``fetch`` returns a path for libraries that need one,
@@ -49,26 +50,25 @@ valid until the object is evicted.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import fcntl
 import hashlib
 import logging
 import os
-import queue
 import re
+import sqlite3
 import struct
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from internvl_trainer.storage.errors import CacheCapacityError, IntegrityError, ObjectNotFound
+from internvl_trainer.storage.packs import Packs, pack_of, remove_index
 from internvl_trainer.storage.uri import Location, parse
 
 if TYPE_CHECKING:
@@ -78,17 +78,19 @@ log = logging.getLogger(__name__)
 
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,10}$")
 _COPY_CHUNK = 4 * 1024 * 1024
-_WRITE_BEHIND_MAX = 4 * 1024 * 1024
-"""Objects up to this size are downloaded in one read; ``read_bytes`` hands them to its reader from
-memory and writes them to disk on the cache's writer thread, behind the reader. Larger ones are
-streamed to disk in chunks."""
-_WRITES_PENDING = 16
-"""Objects waiting for the writer thread at most (so at most 64 MiB held): further misses wait."""
+_PACKED_MAX = 4 * 1024 * 1024
+"""Objects up to this size are downloaded in one read and kept in a pack by ``read_bytes``.
+Larger ones are streamed to a file of their own in chunks."""
+_PACK_MAX = 64 * 1024 * 1024
+_PACKS_PER_CAP = 64
+"""A pack holds at most this share of the cap (and at most ``_PACK_MAX``)."""
 _LEDGER_WIDTH = 20
 """The ledger is one number padded to this many bytes, rewritten in place: truncating and
 rewriting a file makes ext4 flush it at close, which costs more than the rest of a reservation."""
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+_Made = TypeVar("_Made")
 
 
 def boot_id() -> str | None:
@@ -122,7 +124,9 @@ class Cache:
         self.wait_s = wait_s
         self._boot = boot_id()
         self._flush = fsync or self._boot is None
+        self._pack_limit = max(1, min(_PACK_MAX, max_bytes // _PACKS_PER_CAP))
         self._objects = self.root / "objects"
+        self._objects_folder = str(self._objects)
         self._tmp = self.root / "tmp"
         for folder in (self._objects, self._tmp):
             folder.mkdir(parents=True, exist_ok=True)
@@ -139,14 +143,15 @@ class Cache:
         _CACHES.add(self)
         with self._ledger_locked():
             forgotten = self._forget_an_earlier_boot()
+            self._packs = Packs(self.root, durable=self._flush, wait_s=wait_s)  # after a reboot's index is gone
             if forgotten or self._read_ledger() is None:
                 self._scan_and_evict(self.max_bytes)
 
     def _open_ledger(self) -> None:
-        """This process's ledger descriptor, thread locks and writer: set up again in a forked
-        child, whose inherited descriptors share its parent's flocks (a key lock the child kept
-        open would outlive the parent's release) and whose inherited locks may have been held by
-        a thread that does not exist in the child."""
+        """This process's ledger descriptor and thread locks: set up again in a forked child,
+        whose inherited descriptors share its parent's flocks (a key lock the child kept open
+        would outlive the parent's release) and whose inherited locks may have been held by a
+        thread that does not exist in the child."""
         if self._ledger_fd >= 0:
             os.close(self._ledger_fd)  # the parent's copy stays open: its flock is untouched
         for stripe in getattr(self, "_stripes", ()):
@@ -157,13 +162,18 @@ class Cache:
         self._stripes: set[int] = set()
         """Descriptors holding key locks (closed in a forked child), under ``_stripes_lock``."""
         self._stripes_lock = threading.Lock()
-        self._writes: queue.Queue[_Pending] | None = None
-        self._writes_lock = threading.Lock()
+
+    def _after_fork(self) -> None:
+        self._open_ledger()
+        if hasattr(self, "_packs"):  # not when another thread forked during __init__
+            self._packs.after_fork()
 
     def __del__(self) -> None:
         if getattr(self, "_ledger_fd", -1) >= 0:
             os.close(self._ledger_fd)
             self._ledger_fd = -1
+        if hasattr(self, "_packs"):
+            self._packs.close(trim=False)  # its unused room stays counted until a scan
 
     def _forget_an_earlier_boot(self) -> bool:
         """Empty a cache that a process which did not flush wrote to before a reboot (ledger lock
@@ -175,8 +185,9 @@ class Cache:
             written = None
         forgotten = written is not None and written != self._boot
         if forgotten:
-            for path in _files(self._objects):
+            for path in (*_files(self._objects), *_files(self.root / "packs")):
                 path.unlink(missing_ok=True)
+            remove_index(self.root)
             log.warning("cache %s: written without fsync before a reboot; emptied", self.root)
         if not self._flush and written != self._boot:
             _write_durably(marker, str(self._boot))  # on disk before any object it vouches for
@@ -199,14 +210,16 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r}, max_bytes={self.max_bytes})"
 
+    def __contains__(self, uri: str | Location) -> bool:
+        """Whether the object of ``uri`` is in the cache now, as a file or packed."""
+        key, final = self._key(parse(uri))
+        return final.exists() or self._unpack(key) is not None
+
     # -- public -----------------------------------------------------------------------------
 
     def entry_path(self, uri: str | Location) -> Path:
         """Where the object of ``uri`` lives in the cache once fetched."""
-        location = parse(uri)
-        digest = hashlib.sha256(str(location).encode()).hexdigest()
-        suffix = os.path.splitext(location.name)[1].lower()
-        return self._objects / digest[:2] / (digest + (suffix if _SUFFIX.match(suffix) else ""))
+        return self._key(parse(uri))[1]
 
     def fetch(self, storage: Storage, uri: str | os.PathLike[str] | Location) -> Path:
         """A local path holding the whole object: from the cache, or downloaded into it first.
@@ -216,11 +229,11 @@ class Cache:
             if not location.path.is_file():
                 raise ObjectNotFound(f"{location}: no such file")
             return location.path
-        final = self.entry_path(location)
+        key, final = self._key(location)
         if self._touch(final):
             self._count(hits=1)
         else:
-            self._fill(storage, location, final, in_memory=False)
+            self._fill(storage, location, key, final, in_memory=False)
         return final
 
     def open(self, storage: Storage, uri: str | os.PathLike[str] | Location) -> BinaryIO:
@@ -234,33 +247,23 @@ class Cache:
         raise CacheCapacityError(f"{uri}: evicted again and again before it could be opened; the cache is too small")
 
     def read_bytes(self, storage: Storage, uri: str | os.PathLike[str] | Location) -> bytes:
-        """The whole object. On a miss, an object of up to 4 MiB comes from memory as soon as it
-        has arrived, while the writer thread stores it (its key stays locked until it is in place,
-        so other workers wait for it instead of downloading it again)."""
+        """The whole object: from a pack or file of the cache, or downloaded (an object of up to
+        4 MiB is kept in a pack; a larger one in a file of its own)."""
         location = parse(uri)
         if location.is_s3:
-            final = self.entry_path(location)
-            if not final.exists():
-                data = self._fill(storage, location, final, in_memory=True)
-                if data is not None:
-                    return data
-                try:
-                    return final.read_bytes()  # stored meanwhile, by another worker or this call
-                except FileNotFoundError:
-                    pass  # evicted already: read it the usual way
-        with self.open(storage, location) as handle:
+            key, final = self._key(location)
+            data = self._cached(key, final)
+            if data is None:
+                data = self._fill(storage, location, key, final, in_memory=True)
+            if data is not None:
+                return data
+        with self.open(storage, location) as handle:  # a local file, or a large object just stored
             return handle.read()
 
-    def flush(self) -> None:
-        """Wait until every object ``read_bytes`` downloaded in this process is stored."""
-        writes = self._writes
-        if writes is not None:
-            writes.join()
-
     def usage(self) -> int:
-        """Bytes on disk now: complete objects plus partial downloads (a scan, for checks and reports)."""
+        """Bytes on disk now: files, packs and partial downloads (a scan, for checks and reports)."""
         total = 0
-        for folder in (self._tmp, self._objects):
+        for folder in (self._tmp, self._objects, self._packs.folder):
             for path in _files(folder):
                 try:
                     total += path.stat().st_size
@@ -270,6 +273,15 @@ class Cache:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _key(self, location: Location) -> tuple[bytes, Path]:
+        """The object's key (sha256 of its URI) and the path of its file."""
+        digest = hashlib.sha256(str(location).encode()).digest()
+        name = digest.hex()
+        suffix = os.path.splitext(location.name)[1].lower()
+        if not _SUFFIX.match(suffix):
+            suffix = ""
+        return digest, Path(f"{self._objects_folder}/{name[:2]}/{name}{suffix}")  # one Path, not three joins
+
     def _count(self, *, hits: int = 0, misses: int = 0, evictions: int = 0) -> None:
         with self._counter_lock:
             self.hits += hits
@@ -278,42 +290,65 @@ class Cache:
 
     @staticmethod
     def _touch(path: Path) -> bool:
-        """Mark a cached object as just used; False when it is not there."""
+        """Mark a cached file as just used; False when it is not there."""
         try:
             os.utime(path)
         except FileNotFoundError:
             return False
         return True
 
-    def _fill(self, storage: Storage, location: Location, final: Path, *, in_memory: bool) -> bytes | None:
-        """Download a missing object under its key's lock, unless another worker stored it
-        meanwhile. With ``in_memory``, a small object's bytes are returned and the writer thread
-        stores it, the lock going with it; otherwise the file is in place on return (None)."""
+    def _unpack(self, key: bytes) -> bytes | None:
+        """A packed object's bytes (its pack marked as just used), or None."""
+        slot = self._packs.find(key)
+        return None if slot is None else self._packs.read(slot)
+
+    def _cached(self, key: bytes, final: Path) -> bytes | None:
+        """The object's bytes from a pack or its file, counted as a hit; None when not cached."""
+        data = self._unpack(key)
+        if data is None:
+            try:
+                descriptor = os.open(final, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            with open(descriptor, "rb") as handle:
+                os.utime(descriptor)
+                data = handle.read()
+        self._count(hits=1)
+        return data
+
+    def _fill(self, storage: Storage, location: Location, key: bytes, final: Path, *, in_memory: bool) -> bytes | None:
+        """Under the key's lock, the object from the cache if another worker stored it meanwhile,
+        else downloaded. With ``in_memory``, an object of up to 4 MiB is packed and its bytes
+        returned; otherwise the file is in place on return (None)."""
         stripe = self._lock_key(final)
         try:
-            if self._touch(final):
+            if in_memory:
+                data = self._cached(key, final)
+                if data is not None:
+                    return data
+            elif self._touch(final):
+                self._count(hits=1)
+                return None
+            elif (packed := self._unpack(key)) is not None:  # read before: a file from the pack's bytes
+                self._store(location, final, len(packed), iter((packed,)))
                 self._count(hits=1)
                 return None
             with storage.open(location) as stream:
                 size = stream.size
                 if size > self.max_bytes:
                     raise CacheCapacityError(f"{location}: {size} bytes do not fit in a cache of {self.max_bytes}")
-                if size > _WRITE_BEHIND_MAX:
+                if not in_memory or size > _PACKED_MAX:
                     self._store(location, final, size, _copy_stream(stream, size))
                     self._count(misses=1)
                     return None
                 data = b"".join(_read_all(stream))
-            if not in_memory:
-                self._store(location, final, size, iter((data,)))
-                self._count(misses=1)
-                return None
-            self._write_behind(_Pending(location, final, data, stripe))
-            stripe = -1  # the writer thread releases it
+            if len(data) != size:
+                raise IntegrityError(f"{location}: {len(data)} bytes arrived, expected {size}")
             self._count(misses=1)
+            self._pack(location, key, data)
             return data
         finally:
-            if stripe >= 0:
-                self._unlock_key(stripe)
+            self._unlock_key(stripe)
 
     def _lock_key(self, final: Path) -> int:
         """Take the lock of ``final``'s key stripe; returns the descriptor that holds it."""
@@ -338,38 +373,34 @@ class Cache:
             self._stripes.discard(stripe)
             os.close(stripe)  # closing releases the lock
 
-    def _write_behind(self, pending: _Pending) -> None:
-        """Queue ``pending`` for this process's writer thread, started when there is none. Waits
-        while the queue is full (the writer never needs this lock while the queue is not empty)."""
-        with self._writes_lock:
-            if self._writes is None:
-                self._writes = queue.Queue(_WRITES_PENDING)
-                threading.Thread(target=self._writer, args=(self._writes,), daemon=True, name="cache-writer").start()
-            self._writes.put(pending)
+    def _pack(self, location: Location, key: bytes, data: bytes) -> None:
+        """Keep a small object in this process's pack. The reader has its bytes whatever
+        happens: an object that cannot be kept is downloaded again next time."""
+        packs, size, limit = self._packs, len(data), self._pack_limit
+        try:
+            with packs.append_lock:
+                if not packs.fits(size, limit):
+                    self._close_pack()
+                grow = packs.shortfall(size, limit)
+                if grow:
+                    self._reserve(grow, lambda: packs.lengthen(grow))
+                slot = packs.place(size)
+                packs.write(slot, data)
+                packs.insert(key, slot)
+                if packs.full(limit):  # closed now, not at the next object: only a closed pack can be evicted
+                    self._close_pack()
+        except (CacheCapacityError, OSError, sqlite3.Error) as error:
+            log.warning("cache: %s not kept: %s", location, error)
 
-    def _writer(self, writes: queue.Queue[_Pending]) -> None:
-        """Store queued objects; end after a second without any (the next miss starts another)."""
-        while True:
-            try:
-                pending = writes.get(timeout=1.0)
-            except queue.Empty:
-                with self._writes_lock:
-                    if writes.empty():
-                        self._writes = None
-                        return
-                continue
-            try:
-                self._store(pending.location, pending.final, len(pending.data), iter((pending.data,)))
-            except Exception as error:  # noqa: BLE001 - the reader has its bytes; the object is just not kept
-                log.warning("cache: %s not stored: %s", pending.location, error)
-            finally:
-                self._unlock_key(pending.stripe)
-                writes.task_done()
+    def _close_pack(self) -> None:
+        with self._ledger_locked():
+            self._release_locked(self._packs.close())
 
     def _store(self, location: Location, final: Path, size: int, chunks: Iterator[bytes]) -> None:
         """Reserve ``size`` bytes, write ``chunks`` to a partial file, check the size, rename it
         into place; on any failure delete the partial file and release the reservation."""
-        part, descriptor = self._reserve(final.name[:64], size)
+        part = self._tmp / f"{final.name[:64]}.{size}.{uuid.uuid4().hex}.part"
+        descriptor = self._reserve(size, lambda: _create_held(part))
         done = False
         try:
             written = 0
@@ -395,9 +426,9 @@ class Cache:
                 part.unlink(missing_ok=True)
                 self._release(size)
 
-    def _reserve(self, digest: str, size: int) -> tuple[Path, int]:
-        """Reserve ``size`` bytes (evicting as needed) and create the flock-ed partial file, both
-        under the ledger lock, so no scan can take the new file for an orphan."""
+    def _reserve(self, size: int, make: Callable[[], _Made]) -> _Made:
+        """Reserve ``size`` bytes (evicting as needed) and ``make`` the space they go to (a
+        flock-ed partial file, room in a pack), both under the ledger lock, so no scan can miss it."""
         deadline = time.monotonic() + self.wait_s
         while True:
             with self._ledger_locked():
@@ -406,11 +437,9 @@ class Cache:
                     target = max(0, int(self.max_bytes * self.low_water) - size)
                     total = self._scan_and_evict(target)
                 if total + size <= self.max_bytes:
-                    part = self._tmp / f"{digest}.{size}.{uuid.uuid4().hex}.part"
-                    descriptor = os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                    fcntl.flock(descriptor, fcntl.LOCK_EX)
+                    made = make()
                     self._write_ledger(total + size)
-                    return part, descriptor
+                    return made
             if time.monotonic() > deadline:
                 raise CacheCapacityError(
                     f"waited {self.wait_s:.0f} s for {size} bytes in a cache of {self.max_bytes}: "
@@ -420,41 +449,52 @@ class Cache:
 
     def _release(self, size: int) -> None:
         with self._ledger_locked():
-            total = self._read_ledger()
-            if total is not None:
-                self._write_ledger(max(0, total - size))
+            self._release_locked(size)
+
+    def _release_locked(self, size: int) -> None:
+        total = self._read_ledger()
+        if total is not None:
+            self._write_ledger(max(0, total - size))
 
     def _scan_and_evict(self, target: int) -> int:
         """Recount the cache (ledger lock held), delete orphaned partial files, and evict least
-        recently used objects until the total is at most ``target``. Returns the new total."""
+        recently used files and packs until the total is at most ``target``. Returns the new total."""
         in_flight = 0
         # Partial files first, objects second: a file renamed in between is counted twice, never missed.
         for part in _files(self._tmp):
             reserved = _reserved_size(part)
-            if _is_orphan(part):
+            if not _held(part):
                 part.unlink(missing_ok=True)
                 log.info("cache: deleted %s, left by a writer that died", part.name)
                 continue
             in_flight += reserved
-        objects = []
-        for path in _files(self._objects):
+        evictable: list[tuple[int, int, Path]] = []
+        for path in (*_files(self._objects), *_files(self._packs.folder)):
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            objects.append((stat.st_mtime_ns, stat.st_size, path))
-        total = in_flight + sum(size for _, size, _ in objects)
-        objects.sort()
-        evicted = 0
-        for _, size, path in objects:
+            if pack_of(path) is not None and _held(path):  # still being appended to
+                in_flight += stat.st_size
+            else:
+                evictable.append((stat.st_mtime_ns, stat.st_size, path))
+        total = in_flight + sum(size for _, size, _ in evictable)
+        evictable.sort()
+        evicted, packs = 0, []
+        for _, size, path in evictable:
             if total <= target:
                 break
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
+            pack = pack_of(path)
+            if pack is None:
+                evicted += 1
+            else:
+                packs.append(pack)
             total -= size
-            evicted += 1
+        evicted += self._packs.forget(packs)
         if evicted:
             self._count(evictions=evicted)
             log.debug("cache: evicted %d objects, %d bytes held", evicted, total)
@@ -481,15 +521,11 @@ class Cache:
                 fcntl.flock(self._ledger_fd, fcntl.LOCK_UN)
 
 
-@dataclass
-class _Pending:
-    """An object downloaded into memory, waiting for the writer thread; ``stripe`` is the
-    descriptor holding its key's lock."""
-
-    location: Location
-    final: Path
-    data: bytes
-    stripe: int
+def _create_held(part: Path) -> int:
+    """A new partial file, flock-ed so that no scan takes it for an orphan."""
+    descriptor = os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
 
 
 def _write_durably(path: Path, text: str) -> None:
@@ -554,17 +590,11 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     for cache in _FORKING:
-        cache._open_ledger()
+        cache._after_fork()
     _FORKING.clear()
 
 
-def _flush_all() -> None:
-    for cache in list(_CACHES):
-        cache.flush()
-
-
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
-atexit.register(_flush_all)
 
 
 def _files(folder: Path) -> Iterator[Path]:
@@ -586,18 +616,18 @@ def _reserved_size(part: Path) -> int:
         return 0
 
 
-def _is_orphan(part: Path) -> bool:
-    """Whether no live process holds the partial file's flock."""
+def _held(path: Path) -> bool:
+    """Whether a live process holds the file's flock (a partial file's writer, a pack's appender)."""
     try:
-        descriptor = os.open(part, os.O_RDONLY)
+        descriptor = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        return True  # gone meanwhile: nothing to delete or evict
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
+            return True
         raise
     finally:
         os.close(descriptor)
-    return True
+    return False
