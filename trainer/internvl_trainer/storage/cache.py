@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from internvl_trainer.storage.errors import CacheCapacityError, IntegrityError, ObjectNotFound
-from internvl_trainer.storage.packs import Packs, pack_of, remove_index
+from internvl_trainer.storage.packs import IN_FILE, Packs, Slot, pack_of, remove_index
 from internvl_trainer.storage.uri import Location, parse
 
 if TYPE_CHECKING:
@@ -160,8 +160,10 @@ class Cache:
         self._ledger_lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self._stripes: set[int] = set()
-        """Descriptors holding key locks (closed in a forked child), under ``_stripes_lock``."""
+        """Descriptors for key locks, free or holding one (closed in a forked child), under ``_stripes_lock``."""
         self._stripes_lock = threading.Lock()
+        self._key_descriptors: list[int] = []
+        """The free ones (OFD locks): a descriptor per thread holding a key lock at once, at most."""
 
     def _after_fork(self) -> None:
         self._open_ledger()
@@ -213,13 +215,13 @@ class Cache:
     def __contains__(self, uri: str | Location) -> bool:
         """Whether the object of ``uri`` is in the cache now, as a file or packed."""
         key, final = self._key(parse(uri))
-        return final.exists() or self._unpack(key) is not None
+        return os.path.exists(final) or self._unpack(key) is not None
 
     # -- public -----------------------------------------------------------------------------
 
     def entry_path(self, uri: str | Location) -> Path:
         """Where the object of ``uri`` lives in the cache once fetched."""
-        return self._key(parse(uri))[1]
+        return Path(self._key(parse(uri))[1])
 
     def fetch(self, storage: Storage, uri: str | os.PathLike[str] | Location) -> Path:
         """A local path holding the whole object: from the cache, or downloaded into it first.
@@ -234,7 +236,7 @@ class Cache:
             self._count(hits=1)
         else:
             self._fill(storage, location, key, final, in_memory=False)
-        return final
+        return Path(final)
 
     def open(self, storage: Storage, uri: str | os.PathLike[str] | Location) -> BinaryIO:
         """The cached object opened for reading (it stays readable even if evicted meanwhile)."""
@@ -252,9 +254,8 @@ class Cache:
         location = parse(uri)
         if location.is_s3:
             key, final = self._key(location)
-            data = self._cached(key, final)
-            if data is None:
-                data = self._fill(storage, location, key, final, in_memory=True)
+            # Looked up under the key's lock, hit or miss: a miss then costs one lookup, not two.
+            data = self._fill(storage, location, key, final, in_memory=True)
             if data is not None:
                 return data
         with self.open(storage, location) as handle:  # a local file, or a large object just stored
@@ -273,14 +274,15 @@ class Cache:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _key(self, location: Location) -> tuple[bytes, Path]:
-        """The object's key (sha256 of its URI) and the path of its file."""
+    def _key(self, location: Location) -> tuple[bytes, str]:
+        """The object's key (sha256 of its URI) and the path of its file (a string: a miss's
+        bookkeeping is a tenth of a small object's download, and path objects add to it)."""
         digest = hashlib.sha256(str(location).encode()).digest()
         name = digest.hex()
         suffix = os.path.splitext(location.name)[1].lower()
         if not _SUFFIX.match(suffix):
             suffix = ""
-        return digest, Path(f"{self._objects_folder}/{name[:2]}/{name}{suffix}")  # one Path, not three joins
+        return digest, f"{self._objects_folder}/{name[:2]}/{name}{suffix}"
 
     def _count(self, *, hits: int = 0, misses: int = 0, evictions: int = 0) -> None:
         with self._counter_lock:
@@ -289,7 +291,7 @@ class Cache:
             self.evictions += evictions
 
     @staticmethod
-    def _touch(path: Path) -> bool:
+    def _touch(path: str) -> bool:
         """Mark a cached file as just used; False when it is not there."""
         try:
             os.utime(path)
@@ -300,12 +302,17 @@ class Cache:
     def _unpack(self, key: bytes) -> bytes | None:
         """A packed object's bytes (its pack marked as just used), or None."""
         slot = self._packs.find(key)
-        return None if slot is None else self._packs.read(slot)
+        return None if slot is None or slot.pack == IN_FILE else self._packs.read(slot)
 
-    def _cached(self, key: bytes, final: Path) -> bytes | None:
-        """The object's bytes from a pack or its file, counted as a hit; None when not cached."""
-        data = self._unpack(key)
-        if data is None:
+    def _cached(self, key: bytes, final: str) -> bytes | None:
+        """The object's bytes from its pack or file, as the index says, counted as a hit; None
+        when not cached (a file without a row, left by a crash between the two, is not found)."""
+        slot = self._packs.find(key)
+        if slot is None:
+            return None
+        if slot.pack != IN_FILE:
+            data = self._packs.read(slot)
+        else:
             try:
                 descriptor = os.open(final, os.O_RDONLY)
             except FileNotFoundError:
@@ -313,14 +320,15 @@ class Cache:
             with open(descriptor, "rb") as handle:
                 os.utime(descriptor)
                 data = handle.read()
-        self._count(hits=1)
+        if data is not None:
+            self._count(hits=1)
         return data
 
-    def _fill(self, storage: Storage, location: Location, key: bytes, final: Path, *, in_memory: bool) -> bytes | None:
+    def _fill(self, storage: Storage, location: Location, key: bytes, final: str, *, in_memory: bool) -> bytes | None:
         """Under the key's lock, the object from the cache if another worker stored it meanwhile,
         else downloaded. With ``in_memory``, an object of up to 4 MiB is packed and its bytes
         returned; otherwise the file is in place on return (None)."""
-        stripe = self._lock_key(final)
+        held = self._lock_key(key)
         try:
             if in_memory:
                 data = self._cached(key, final)
@@ -330,7 +338,7 @@ class Cache:
                 self._count(hits=1)
                 return None
             elif (packed := self._unpack(key)) is not None:  # read before: a file from the pack's bytes
-                self._store(location, final, len(packed), iter((packed,)))
+                self._store(location, key, final, len(packed), iter((packed,)))
                 self._count(hits=1)
                 return None
             with storage.open(location) as stream:
@@ -338,7 +346,7 @@ class Cache:
                 if size > self.max_bytes:
                     raise CacheCapacityError(f"{location}: {size} bytes do not fit in a cache of {self.max_bytes}")
                 if not in_memory or size > _PACKED_MAX:
-                    self._store(location, final, size, _copy_stream(stream, size))
+                    self._store(location, key, final, size, _copy_stream(stream, size))
                     self._count(misses=1)
                     return None
                 data = b"".join(_read_all(stream))
@@ -348,30 +356,51 @@ class Cache:
             self._pack(location, key, data)
             return data
         finally:
-            self._unlock_key(stripe)
+            self._unlock_key(held)
 
-    def _lock_key(self, final: Path) -> int:
-        """Take the lock of ``final``'s key stripe; returns the descriptor that holds it."""
-        with self._stripes_lock:  # a fork must not copy a descriptor that is not in the set
-            if OFD_LOCKS:
-                stripe = os.open(self._keys, os.O_RDWR)
-            else:
-                stripe = os.open(self.root / "locks" / f"{final.name[:3]}.lock", os.O_CREAT | os.O_RDWR, 0o644)
-            self._stripes.add(stripe)
+    def _lock_key(self, key: bytes) -> tuple[int, int]:
+        """Take the lock of ``key``'s stripe (its first 12 bits: 4096); returns the descriptor that
+        holds it and the stripe. OFD locks are taken on a descriptor of a pool (a thread takes one
+        for itself: OFD locks on one descriptor do not exclude each other); lock files are
+        opened each time, and closed to unlock."""
+        stripe = int.from_bytes(key[:2], "big") >> 4
+        if OFD_LOCKS:
+            try:
+                descriptor = self._key_descriptors.pop()
+            except IndexError:
+                descriptor = self._open_key_descriptor(self._keys, os.O_RDWR)
+            try:
+                fcntl.fcntl(descriptor, fcntl.F_OFD_SETLKW, key_lock(fcntl.F_WRLCK, stripe))
+            except BaseException:
+                self._key_descriptors.append(descriptor)
+                raise
+            return descriptor, stripe
+        descriptor = self._open_key_descriptor(self.root / "locks" / f"{stripe:03x}.lock", os.O_CREAT | os.O_RDWR)
         try:
-            if OFD_LOCKS:
-                fcntl.fcntl(stripe, fcntl.F_OFD_SETLKW, key_lock(fcntl.F_WRLCK, int(final.name[:3], 16)))
-            else:
-                fcntl.flock(stripe, fcntl.LOCK_EX)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         except BaseException:
-            self._unlock_key(stripe)
+            self._close_key_descriptor(descriptor)
             raise
-        return stripe
+        return descriptor, stripe
 
-    def _unlock_key(self, stripe: int) -> None:
+    def _open_key_descriptor(self, path: Path, flags: int) -> int:
+        with self._stripes_lock:  # a fork must not copy a descriptor that is not in the set
+            descriptor = os.open(path, flags, 0o644)
+            self._stripes.add(descriptor)
+        return descriptor
+
+    def _close_key_descriptor(self, descriptor: int) -> None:
         with self._stripes_lock:
-            self._stripes.discard(stripe)
-            os.close(stripe)  # closing releases the lock
+            self._stripes.discard(descriptor)
+            os.close(descriptor)  # closing releases the lock
+
+    def _unlock_key(self, held: tuple[int, int]) -> None:
+        descriptor, stripe = held
+        if OFD_LOCKS:
+            fcntl.fcntl(descriptor, fcntl.F_OFD_SETLK, key_lock(fcntl.F_UNLCK, stripe))
+            self._key_descriptors.append(descriptor)
+        else:
+            self._close_key_descriptor(descriptor)
 
     def _pack(self, location: Location, key: bytes, data: bytes) -> None:
         """Keep a small object in this process's pack. The reader has its bytes whatever
@@ -396,10 +425,10 @@ class Cache:
         with self._ledger_locked():
             self._release_locked(self._packs.close())
 
-    def _store(self, location: Location, final: Path, size: int, chunks: Iterator[bytes]) -> None:
+    def _store(self, location: Location, key: bytes, final: str, size: int, chunks: Iterator[bytes]) -> None:
         """Reserve ``size`` bytes, write ``chunks`` to a partial file, check the size, rename it
-        into place; on any failure delete the partial file and release the reservation."""
-        part = self._tmp / f"{final.name[:64]}.{size}.{uuid.uuid4().hex}.part"
+        into place and index it; on any failure delete the partial file and release the reservation."""
+        part = self._tmp / f"{os.path.basename(final)[:64]}.{size}.{uuid.uuid4().hex}.part"
         descriptor = self._reserve(size, lambda: _create_held(part))
         done = False
         try:
@@ -417,7 +446,7 @@ class Cache:
             try:
                 os.rename(part, final)
             except FileNotFoundError:  # the first object of its folder
-                final.parent.mkdir(exist_ok=True)
+                os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.rename(part, final)
             done = True
         finally:
@@ -425,6 +454,10 @@ class Cache:
             if not done:
                 part.unlink(missing_ok=True)
                 self._release(size)
+        try:
+            self._packs.insert(key, Slot(IN_FILE, 0, size))
+        except sqlite3.Error as error:  # the file serves fetch(); read_bytes will download it again
+            log.warning("cache: %s not indexed: %s", location, error)
 
     def _reserve(self, size: int, make: Callable[[], _Made]) -> _Made:
         """Reserve ``size`` bytes (evicting as needed) and ``make`` the space they go to (a
@@ -480,7 +513,7 @@ class Cache:
                 evictable.append((stat.st_mtime_ns, stat.st_size, path))
         total = in_flight + sum(size for _, size, _ in evictable)
         evictable.sort()
-        evicted, packs = 0, []
+        evicted, packs, files = 0, [], []
         for _, size, path in evictable:
             if total <= target:
                 break
@@ -491,10 +524,11 @@ class Cache:
             pack = pack_of(path)
             if pack is None:
                 evicted += 1
+                files.append(bytes.fromhex(path.name[:64]))
             else:
                 packs.append(pack)
             total -= size
-        evicted += self._packs.forget(packs)
+        evicted += self._packs.forget(packs, files)
         if evicted:
             self._count(evictions=evicted)
             log.debug("cache: evicted %d objects, %d bytes held", evicted, total)

@@ -9,7 +9,8 @@ Layout under the cache folder::
 Creating a file costs ext4 from 20 µs to almost 1 ms depending on where it placed the folder,
 as much as downloading a small image; appending to an open file costs what copying the bytes
 does. Each process appends to a pack of its own (its flock marks the pack as live, so that no
-scan evicts it) and closes it for good when the next object would take it past its limit.
+scan evicts it) and closes it for good when it reaches its limit or the next object would take
+it past (a pack holds at least one object).
 Readers of any process find an object through the index: its row is written after its bytes, so
 a row never points at bytes still to come. A pack is the unit of eviction: whole packs go, least
 recently used first, and their rows with them. A row whose pack is gone is simply a miss.
@@ -27,9 +28,9 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packed (
@@ -45,6 +46,10 @@ SUFFIX = ".pack"
 INDEX = "index.sqlite"
 INDEX_FILES = (INDEX, INDEX + "-wal", INDEX + "-shm")
 """The index and SQLite's files beside it (the write-ahead log and its shared-memory map)."""
+IN_FILE = 0
+"""The pack of an object kept in a file of its own: its row spares ``Cache.read_bytes`` looking
+for a file that is not there on every miss (a failed open of a long path costs as much as the
+row's lookup)."""
 GROWTH = 4 * 1024 * 1024
 """How much a pack's file grows ahead of its objects at a time (at most: never past its limit)."""
 _FORGET_BATCH = 500
@@ -54,8 +59,7 @@ _ABANDONED: list[sqlite3.Connection] = []
 (closing one could touch the parent's locks and journal)."""
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(NamedTuple):
     """Where one object's bytes are: ``size`` bytes at ``offset`` of pack ``pack``."""
 
     pack: int
@@ -103,9 +107,10 @@ class Packs:
     # -- reads ------------------------------------------------------------------------------
 
     def find(self, key: bytes) -> Slot | None:
+        """Where the object of ``key`` is, if it is indexed."""
         with self._index_lock:
             row = self._index.execute("SELECT pack, offset, size FROM packed WHERE key = ?", (key,)).fetchone()
-        return Slot(*row) if row else None
+        return Slot._make(row) if row else None
 
     def read(self, slot: Slot) -> bytes | None:
         """The object's bytes, marking its pack as just used; None when the pack is gone."""
@@ -144,7 +149,7 @@ class Packs:
     def lengthen(self, grow: int) -> None:
         """Grow the pack's file by ``grow`` bytes (a new pack if this process has none); ledger lock held."""
         if self._pack is None:
-            pack = secrets.randbits(63)
+            pack = 1 + secrets.randbelow(2**63 - 1)  # never IN_FILE
             descriptor = os.open(self.path(pack), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             self._pack, self._descriptor = pack, descriptor
@@ -188,16 +193,24 @@ class Packs:
 
     # -- eviction ---------------------------------------------------------------------------
 
-    def forget(self, packs: Iterable[int]) -> int:
-        """Delete the rows of evicted packs; returns how many objects they held."""
-        packs = list(packs)
+    def forget(self, packs: Iterable[int], files: Iterable[bytes] = ()) -> int:
+        """Delete the rows of evicted packs and of the keys of evicted files; returns how many
+        objects the packs held."""
         forgotten = 0
         with self._index_lock:
-            for start in range(0, len(packs), _FORGET_BATCH):
-                batch = packs[start : start + _FORGET_BATCH]
+            for batch in _batches(list(packs)):
                 marks = ", ".join("?" * len(batch))
                 forgotten += self._index.execute(f"DELETE FROM packed WHERE pack IN ({marks})", batch).rowcount
+            for batch in _batches(list(files)):
+                marks = ", ".join("?" * len(batch))
+                self._index.execute(f"DELETE FROM packed WHERE pack = {IN_FILE} AND key IN ({marks})", batch)
         return forgotten
+
+
+def _batches(items: list[Any]) -> Iterator[list[Any]]:
+    """``items`` in lists short enough for one statement's parameters."""
+    for start in range(0, len(items), _FORGET_BATCH):
+        yield items[start : start + _FORGET_BATCH]
 
 
 def _allocate(descriptor: int, offset: int, length: int) -> None:

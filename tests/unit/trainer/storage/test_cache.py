@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from internvl_trainer.storage import Cache, CacheCapacityError, ObjectNotFound
-from internvl_trainer.storage.cache import key_lock
 from internvl_trainer.storage.uri import parse
 
 
@@ -271,12 +270,9 @@ def test_a_miss_costs_no_fsync_and_no_ledger_file_opens(tmp_path, monkeypatch):
     assert len(opened) == 2 and opened[0] == "keys.lock" and opened[1].endswith(".part")
     for index in (1, 2, 3):
         cache.read_bytes(remote, f"s3://bkt/img/{index}.jpg")
-    # The key lock each time, the process's pack once; nothing else (the object's file is
-    # looked for, and not found, before and after the key lock).
-    packs = [name for name in opened[2:] if name.endswith(".pack")]
-    assert len(packs) == 1 and len([name for name in opened[2:] if name == "keys.lock"]) == 3
-    assert len([name for name in opened[2:] if name.endswith(".jpg")]) == 6
-    assert len(opened) == 2 + 3 + 1 + 6
+    # The process's pack once; nothing else: the key lock's descriptor is the one fetch opened,
+    # and the index says the object has no file (looking for one cost as much as the lookup).
+    assert opened[2:] == [name for name in opened[2:] if name.endswith(".pack")] and len(opened) == 3
     assert flushed == []
 
 
@@ -350,30 +346,42 @@ def test_a_forked_worker_has_its_own_ledger_lock_and_drops_its_parents_key_locks
     import fcntl
 
     cache = Cache(tmp_path, 100 * KiB)
-    final = cache.entry_path("s3://bkt/img/0.jpg")
-    stripe = cache._lock_key(final)  # as a download holds it
+    cache._unlock_key(cache._lock_key(b"\x00\x10"))  # a free descriptor in the pool
+    held = cache._lock_key(b"\xab\xc0")  # as a download holds it
+    inherited = [held[0], *cache._key_descriptors]
+    keys = os.stat(tmp_path / "keys.lock").st_ino
     readable, writable = os.pipe()
     with cache._ledger_locked():
         child = os.fork()
         if child == 0:  # the child: the ledger lock is its parent's, not its own
-            answer = b"?"
+            answers = []
             try:
-                fcntl.flock(cache._ledger_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                answer = b"shared"
-            except BlockingIOError:
-                answer = b"own"
+                try:
+                    fcntl.flock(cache._ledger_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    answers.append("shared ledger lock")
+                except BlockingIOError:
+                    answers.append("own ledger lock")
+                # An inherited descriptor shares its parent's OFD locks: a lock taken on it would
+                # not exclude the parent. The child drops them all and opens its own.
+                for descriptor in inherited:
+                    try:
+                        if os.fstat(descriptor).st_ino == keys:  # not a number used again since
+                            answers.append("kept a key descriptor")
+                    except OSError:
+                        pass
+                second = cache._lock_key(b"\xab\xc0")
+                answers.append(repr(time.monotonic()))  # when the parent had let go of it
+                cache._unlock_key(second)
             finally:
-                os.write(writable, answer)
-                time.sleep(1.0)  # alive while the parent checks the key lock
+                os.write(writable, ",".join(answers).encode())
                 os._exit(0)
-        answer = os.read(readable, 16)
-    assert answer == b"own"
-    cache._unlock_key(stripe)
-    other = os.open(tmp_path / "keys.lock", os.O_RDWR)
-    try:  # the child's inherited copy of the descriptor would hold the key's lock still
-        fcntl.fcntl(other, fcntl.F_OFD_SETLK, key_lock(fcntl.F_WRLCK, int(final.name[:3], 16)))
-    finally:
-        os.close(other)
-        os.close(readable)
-        os.close(writable)
+        time.sleep(0.5)
+    released = time.monotonic()
+    cache._unlock_key(held)
+    answer = os.read(readable, 200).decode()
     os.waitpid(child, 0)
+    os.close(readable)
+    os.close(writable)
+    ledger, taken = answer.split(",")
+    assert ledger == "own ledger lock"
+    assert float(taken) >= released
