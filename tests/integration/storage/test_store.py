@@ -22,6 +22,7 @@ from internvl_trainer.storage import (
     StorageError,
     UnsafeKeyError,
 )
+from internvl_trainer.storage.stream import S3Reader
 from tests.integration.conftest import request_path
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,9 @@ def test_queries_and_reads(storage, base):
         assert stream.read() == data[-7:]
         stream.seek(0)
         assert stream.read() == data
+    with storage.reader(uri) as stream:  # no buffer: whole reads and large chunks
+        assert isinstance(stream, S3Reader) and stream.size == len(data)
+        assert stream.read(1000) == data[:1000] and stream.read() == data[1000:]
 
     with pytest.raises(ObjectNotFound, match="no such object"):
         storage.size(f"{base}/data/missing")

@@ -341,7 +341,7 @@ class Cache:
                 self._store(location, key, final, len(packed), iter((packed,)))
                 self._count(hits=1)
                 return None
-            with storage.open(location) as stream:
+            with storage.reader(location) as stream:
                 size = stream.size
                 if size > self.max_bytes:
                     raise CacheCapacityError(f"{location}: {size} bytes do not fit in a cache of {self.max_bytes}")

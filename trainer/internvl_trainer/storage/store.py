@@ -240,6 +240,15 @@ class Storage:
             return ObjectStream(raw, buffer_size)
         return ObjectStream(self._reader(location), buffer_size)
 
+    def reader(self, uri: str | os.PathLike[str] | Location) -> ObjectStream | S3Reader:
+        """A read stream without a buffer of its own, for reading an object whole or in large
+        chunks: ``open`` without the buffer, which costs a small image's read about 2 % (the
+        node cache reads this way); ``stream.size`` is the object's size."""
+        location = parse(uri)
+        if not location.is_s3:
+            return self.open(location)
+        return self._reader(location)
+
     def _reader(self, location: Location, *, start: int = 0, end: int | None = None) -> S3Reader:
         return S3Reader(
             self.client,

@@ -271,10 +271,11 @@ class S3Reader(io.RawIOBase):
 
     def _drop_body(self) -> None:
         if self._body is not None:
-            try:
-                self._body.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
-                pass
+            if self._position < self._limit():  # read to its end, a body has given its connection back already
+                try:
+                    self._body.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
+                    pass
             self._body = None
 
     def _translate(self, error: Exception) -> StorageError:

@@ -39,7 +39,7 @@ class FakeStorage:
         self.delay = 0.0
         self._lock = threading.Lock()
 
-    def open(self, uri):
+    def reader(self, uri):
         uri = str(parse(uri))
         with self._lock:
             self.opens.append(uri)
@@ -135,8 +135,8 @@ def test_a_failed_download_leaves_nothing_and_releases_its_reservation(tmp_path)
 
 def test_a_short_object_is_not_cached(tmp_path):
     class Liar(FakeStorage):
-        def open(self, uri):
-            stream = super().open(uri)
+        def reader(self, uri):
+            stream = super().reader(uri)
             stream.size += 10  # announces more than it sends
             return stream
 

@@ -57,13 +57,15 @@ def test_queries_and_reads(storage, tmp_path):
         assert stream.size == 10_000
         stream.seek(5_000)
         assert stream.read(10) == data[5_000:5_010]
+    with storage.reader(uri) as stream:
+        assert stream.size == 10_000 and stream.read() == data
     listed = list(storage.list(tmp_path / "data"))
     assert [(info.key, info.size) for info in listed] == [("blob.bin", 10_000), ("sub/x.txt", 1)]
     assert list(storage.list(tmp_path / "nothing")) == []
     storage.delete(path)
     storage.delete(path)
     assert not storage.exists(path)
-    for call in (storage.size, storage.read_bytes, storage.open):
+    for call in (storage.size, storage.read_bytes, storage.open, storage.reader):
         with pytest.raises(ObjectNotFound):
             call(path)
     with pytest.raises(ObjectNotFound):
