@@ -5,7 +5,8 @@ Layout under the cache folder::
 
     objects/ab/<sha256 of the URI><extension>   objects kept as files of their own (``fetch``, ``open``,
                                                 and ``read_bytes`` of objects over 4 MiB)
-    packs/<id>.pack, index.sqlite               smaller objects ``read_bytes`` kept (see packs.py)
+    packs/<id>.pack                             smaller objects ``read_bytes`` kept (see packs.py)
+    index.sqlite                                where each object is: a pack and offset, or its file
     tmp/<digest>.<size>.<random>.part           downloads in progress, each flock-ed by its writer
     keys.lock                                   per-key locks: one byte of it per key stripe (4096)
     locks/<3 hex digits>.lock                   per-key locks where the system has no OFD locks
@@ -24,11 +25,13 @@ Guarantees:
   cache records the boot it was written in, and the first ``Cache`` opened after a reboot empties
   it. Where the boot cannot be told (no ``/proc/sys/kernel/random/boot_id``), objects are always
   flushed.
-- Safe across processes and threads: a lock per key stripe, so several workers asking for one
-  object download it once. The key locks are open-file-description byte-range locks on one file
-  (Linux's ``F_OFD_SETLKW``: owned by the descriptor like ``flock``, so threads with their own descriptors
-  exclude each other, and released when it closes), which spares a new cache creating a lock file
-  per stripe; elsewhere (macOS) each stripe is a lock file of its own under ``flock``. The ledger
+- Safe across processes and threads: a lock per key stripe, taken before the object is looked
+  up, so several workers asking for one object download it once. The key locks are
+  open-file-description byte-range locks on one file (Linux's ``F_OFD_SETLKW``: owned by the
+  descriptor like ``flock``, so threads with descriptors of their own exclude each other), taken
+  on descriptors a process keeps in a pool, which spares a new cache creating a lock file per
+  stripe and a lock an open and a close; elsewhere (macOS) each stripe is a lock file of its own
+  under ``flock``. The ledger
   is under its own ``flock``, taken on a descriptor each process opens once
   (forked workers open their own) and, within a process, under a thread lock.
 - Bounded: before an object is written to disk, its size is reserved in the ledger. When the
@@ -38,10 +41,12 @@ Guarantees:
   counted but not evicted. In-flight downloads count, so the files on disk never exceed the cap
   (the index, about 100 bytes an object, and the lock files are not counted).
 
-A first read costs about what a plain GET does: ``read_bytes`` keeps an object of up to 4 MiB by
-appending it to its process's pack, one write into an open file instead of creating a file (on
-ext4 that costs as much as downloading a small image). A pack holds a 64th of the cap at most
-(64 MiB at most), so a cache never waits long for packs that are still being written.
+A first read costs about what a plain GET does (docs/benchmarks.md): ``read_bytes`` keeps an
+object of up to 4 MiB by appending it to its process's pack, one write into an open file instead
+of creating a file (on ext4 that costs as much as downloading a small image), and finds any object
+with one index lookup, files included (a file the index does not know, left by a crash between
+the rename and the row, serves ``fetch`` but not ``read_bytes``). A pack holds a 64th of the cap
+at most (64 MiB at most), so a cache never waits long for packs that are still being written.
 
 An object evicted while a reader has it open stays readable for that reader (POSIX). Use
 ``open`` to get a file that cannot vanish; ``fetch`` returns a path for libraries that need one,

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -184,3 +185,29 @@ def test_a_short_read_from_a_pack_is_a_miss(tmp_path, bad, monkeypatch):
     cache.read_bytes(remote, "s3://bkt/img/0.jpg")
     monkeypatch.setattr(os, "pread", lambda descriptor, size, offset: bad)
     assert "s3://bkt/img/0.jpg" not in cache
+
+
+def test_files_are_indexed_and_an_evicted_files_row_goes_with_it(tmp_path):
+    remote = FakeStorage(objects(6))
+    cache = Cache(tmp_path, 30 * KiB, low_water=1.0)
+    index = cache._packs._index
+    for number in range(3):
+        cache.fetch(remote, f"s3://bkt/img/{number}.jpg")
+        time.sleep(0.01)  # modification times a clock tick apart
+    assert index.execute("SELECT COUNT(*) FROM packed WHERE pack = 0").fetchone() == (3,)
+    cache.fetch(remote, "s3://bkt/img/3.jpg")  # 0, the least recently used, goes
+    assert "s3://bkt/img/0.jpg" not in cache
+    assert index.execute("SELECT COUNT(*) FROM packed WHERE pack = 0").fetchone() == (3,)
+    assert cache.read_bytes(remote, "s3://bkt/img/3.jpg") == bytes([3]) * 10 * KiB  # from its file
+    assert remote.opens.count("s3://bkt/img/3.jpg") == 1
+
+
+def test_a_file_its_row_never_reached_is_fetched_but_downloaded_again_to_be_read(tmp_path, monkeypatch):
+    remote = FakeStorage(objects(1))
+    cache = Cache(tmp_path, 64 * MiB)
+    with monkeypatch.context() as patch:
+        patch.setattr(Packs, "insert", lambda self, key, slot: None)  # the process died in between
+        path = cache.fetch(remote, "s3://bkt/img/0.jpg")
+    assert cache.fetch(remote, "s3://bkt/img/0.jpg") == path and len(remote.opens) == 1
+    assert cache.read_bytes(remote, "s3://bkt/img/0.jpg") == bytes([0]) * 10 * KiB
+    assert len(remote.opens) == 2  # read_bytes goes by the index alone
