@@ -354,7 +354,7 @@ class Cache:
                     self._store(location, key, final, size, _copy_stream(stream, size))
                     self._count(misses=1)
                     return None
-                data = b"".join(_read_all(stream))
+                data = stream.read()  # one buffer, as boto3's read(); a stream resumes a broken body itself
             if len(data) != size:
                 raise IntegrityError(f"{location}: {len(data)} bytes arrived, expected {size}")
             self._count(misses=1)
@@ -579,13 +579,6 @@ def _write_durably(path: Path, text: str) -> None:
         os.fsync(folder)  # the name too
     finally:
         os.close(folder)
-
-
-def _read_all(stream: BinaryIO) -> Iterator[bytes]:
-    """The rest of ``stream``: first in one read, as boto3's ``read()`` (one buffer, no copy
-    through the stream's buffer), then whatever a short first read left."""
-    while chunk := stream.read():
-        yield chunk
 
 
 def _copy_stream(stream: BinaryIO, size: int) -> Iterator[bytes]:

@@ -4,7 +4,8 @@ SQLite index, so that keeping an image costs one write instead of a file of its 
 Layout under the cache folder::
 
     packs/<16 hex digits>.pack   objects one after another; flock-ed by the one process appending to it
-    index.sqlite                 key (sha256 of the URI) -> pack, offset, size (WAL journal beside it)
+    index.sqlite                 key (sha256 of the URI) -> pack, offset, size, or IN_FILE for an
+                                 object kept in a file of its own (WAL journal beside it)
 
 Creating a file costs ext4 from 20 µs to almost 1 ms depending on where it placed the folder,
 as much as downloading a small image; appending to an open file costs what copying the bytes
@@ -68,7 +69,7 @@ class Slot(NamedTuple):
 
 
 class Packs:
-    """The pack files and index of one cache folder, as one process sees them."""
+    """The pack files and the index of one cache folder, as one process sees them."""
 
     def __init__(self, root: Path, *, durable: bool, wait_s: float):
         self.folder = root / "packs"
