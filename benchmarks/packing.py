@@ -37,7 +37,7 @@ from internvl_trainer.data.packing import Packer, PackingBudget, fill
 from internvl_trainer.data.sample import SampleBuilder
 from internvl_trainer.data.sampling import DatasetSpec, MixtureSampler, SampleRef
 from internvl_trainer.data.template import ConversationEncoder
-from internvl_trainer.data.tiling import Tiler, TilingConfig, per_image_budget
+from internvl_trainer.data.tiling import TILE_SIZE, Tiler, TilingConfig, per_image_budget
 
 MAX_TOKENS = 16384
 MAX_TILES_PER_PACK = 48
@@ -198,6 +198,10 @@ class Build:
         return self.builder.build(conversation, images=images, rng=rng)
 
 
+NO_PIXELS = torch.empty((0, 0, 3), dtype=torch.uint8)
+"""What ``PublishedTiler`` hands the builder in place of each tile."""
+
+
 class PublishedTiler:
     """InternVL's published preprocessing behind the interface ``SampleBuilder`` calls: what a
     naive loader does to each image (the grid is the same, so the tile counts and tokens are too).
@@ -209,13 +213,10 @@ class PublishedTiler:
         self.count = tiler.count
         self.made: list[torch.Tensor] = []
 
-    def views(self, image, *, max_tiles=None, augment=False, rng=None):
+    def tile_views(self, image, max_tiles=None, *, augment=False, rng=None):
         pixels, grid = published_tiles(image, max_tiles or self.config.max_tiles)
         self.made.append(pixels)
         return [NO_PIXELS] * len(pixels), grid
-
-
-NO_PIXELS = torch.empty((0, 0, 3), dtype=torch.uint8)
 
 
 class NaiveDataset(torch.utils.data.Dataset):
@@ -234,7 +235,7 @@ class NaiveDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         self.tiler.made.clear()
         sample = self.build(SampleRef(0, index, 0, index))
-        pixels = torch.cat(self.tiler.made) if self.tiler.made else torch.empty((0, 3, 448, 448))
+        pixels = torch.cat(self.tiler.made) if self.tiler.made else torch.empty((0, 3, TILE_SIZE, TILE_SIZE))
         return {"input_ids": sample.input_ids, "labels": sample.labels, "pixel_values": pixels}
 
 

@@ -4,8 +4,8 @@ A sample is a conversation turn laid out as the template lays one out: a prompt,
 (the model's tokens per tile times the tiles), then the rest of the text, of which the second
 half is the supervised answer. Token ids are uniform below the image-context id, tiles are
 uniform uint8 pixels, which the collator normalises as it does real ones; everything comes from
-one seed. The values change no
-cost; the lengths, the tiles and the supervised share are what the benchmark measures with.
+one seed. The values change no cost; the lengths, the tiles and the supervised share are what the
+benchmark measures with.
 """
 
 from __future__ import annotations

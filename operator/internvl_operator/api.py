@@ -134,6 +134,14 @@ class ResourcesSpec(Section):
         return self
 
 
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+"""The keys of tracking.mlflow.credentialsSecret the trainer gets as variables: the credentials
+MLflow's client reads from its environment."""
+
+WANDB_SECRET_KEY = "WANDB_API_KEY"
+"""The key of tracking.wandb.apiKeySecret the trainer gets as a variable of the same name."""
+
+
 # Variables the operator sets in the trainer container (render/pod.py, the job renderers) or the
 # Kubeflow controllers inject into it (PyTorchJob: MASTER_*, WORLD_SIZE, RANK, PYTHONUNBUFFERED,
 # PET_*; MPIJob: K_MPI_JOB_ROLE, OMPI_MCA_*, NVIDIA_* on the launcher). A user variable of the same
@@ -150,10 +158,8 @@ RESERVED_ENV_NAMES = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "WANDB_API_KEY",
+    *MLFLOW_SECRET_KEYS,
+    WANDB_SECRET_KEY,
     "LAUNCHER",
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -246,14 +252,6 @@ class StorageSpec(StorageConfig):
     AWS_SESSION_TOKEN, passed to the trainer by reference. Unset: the pod's own identity (IRSA,
     workload identity) or the operator's default Secret. Privileged: the trainer pods read this
     Secret of the namespace."""
-
-
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-"""The keys of tracking.mlflow.credentialsSecret the trainer gets as variables: the credentials
-MLflow's client reads from its environment."""
-
-WANDB_SECRET_KEY = "WANDB_API_KEY"
-"""The key of tracking.wandb.apiKeySecret the trainer gets as a variable of the same name."""
 
 
 class MlflowSpec(MlflowConfig):

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 100
+WIDTH, HEIGHT = 12.0, 9.0
+"""A full chart's size in inches, at ``DPI``: 1200 × 900 pixels."""
 CONFIG_ENV = "MPLCONFIGDIR"
 SCRATCH_ENV = "INTERNVL_SCRATCH"  # the pod's scratch folder (docs/contract.md §2)
 

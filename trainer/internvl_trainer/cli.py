@@ -28,7 +28,7 @@ import sys
 
 from pydantic import ValidationError
 
-from internvl_trainer.config import MODEL_NAMES, TrainConfig, load_train_config
+from internvl_trainer.config import MODEL_NAMES, StorageConfig, TrainConfig, load_train_config
 from internvl_trainer.logs import configure as configure_logging
 from internvl_trainer.problems import (
     EXIT_FAILED,
@@ -224,7 +224,6 @@ def _plot(args: argparse.Namespace) -> int:
     """plot: a run's curves, from its metrics.jsonl (local or S3)."""
     from pathlib import Path
 
-    from internvl_trainer.config import StorageConfig
     from internvl_trainer.storage import Storage, StorageError
     from internvl_trainer.train.curves import redraw
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from internvl_trainer.config import VideoConfig
+from internvl_trainer.data import plots
 from internvl_trainer.data.sample import SampleBuilder
 from internvl_trainer.data.template import ConversationEncoder
 from internvl_trainer.data.video import FrameList
@@ -229,7 +230,15 @@ def test_convert_keeps_every_object_and_reports_problems(dataset, run, tmp_path)
     assert run("convert", "--strict", str(dataset / "mixed.jsonl"), str(output))[0] == 1
 
 
-def test_stats_draws_its_png(dataset, run, tmp_path):
+def test_stats_draws_its_png(dataset, run, tmp_path, monkeypatch):
+    drawn: list[dict] = []
+    draw = plots.stats_png
+
+    def recorded_stats_png(path, **inputs):
+        drawn.append(inputs)
+        return draw(path, **inputs)
+
+    monkeypatch.setattr(plots, "stats_png", recorded_stats_png)
     png = tmp_path / "stats.png"
     code, out, _ = run(
         "stats", str(dataset / "meta.json"), "--png", str(png), "--tokenizer", str(dataset / "tokenizer"),
@@ -242,6 +251,10 @@ def test_stats_draws_its_png(dataset, run, tmp_path):
         assert image.text["Title"] == f"{dataset}/meta.json: 15 samples in 2 dataset(s)"
         assert len(image.convert("RGB").getcolors(1 << 16)) > 10  # something is drawn
     assert result["datasets"]["mixed"]["tokens"] == 19151
+    # every bad sample is drawn by its problem, and each dataset's samples by kind, bad ones included
+    (inputs,) = drawn
+    assert inputs["bad"] == {"conversation": 2, "image": 1, "json": 1, "missing": 1, "path": 1, "placeholder": 1}
+    assert inputs["datasets"]["mixed"]["bad"] == 7 and inputs["max_length"] is not None
     code, out, _ = run("stats", str(dataset / "meta.json"), "--png", str(png))
     assert code == 0
     assert out.splitlines() == [

@@ -12,8 +12,6 @@ import numpy as np
 
 from internvl_trainer import charts
 
-WIDTH, HEIGHT = 12.0, 9.0
-"""Inches, at ``charts.DPI``: 1200 × 900 pixels."""
 KIND_COLOURS = {
     "text": "tab:gray",
     "image": "tab:blue",
@@ -62,8 +60,11 @@ def _histogram(axes: Any, values: Sequence[int] | None, unit: str, note: str, li
     axes.grid(True, axis="y", alpha=0.3)
 
 
-def _count_axis(axes: Any) -> None:
-    """A horizontal axis of whole samples."""
+def _count_axis(axes: Any, totals: Sequence[float]) -> None:
+    """Horizontal bars of whole samples: each row's total at its bar's end, the first row on top."""
+    for row, total in enumerate(totals):
+        axes.text(total, row, f" {int(total):,}", va="center", fontsize=9)
+    axes.invert_yaxis()
     axes.set_xlabel("samples")
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(True, axis="x", alpha=0.3)
@@ -80,10 +81,7 @@ def _datasets(axes: Any, datasets: Mapping[str, Mapping[str, int]]) -> None:
         if counts.any():
             axes.barh(names, counts, left=left, color=colour, label=kind)
             left += counts
-    for row, total in enumerate(left):
-        axes.text(total, row, f" {int(total):,}", va="center", fontsize=9)
-    axes.invert_yaxis()  # the first dataset on top, as in the meta file
-    _count_axis(axes)
+    _count_axis(axes, left)  # the datasets in the meta file's order
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
 
 
@@ -94,10 +92,7 @@ def _bad(axes: Any, bad: Mapping[str, int]) -> None:
         return
     kinds, counts = zip(*ranked, strict=True)
     axes.barh(kinds, counts, color="tab:red")
-    for row, count in enumerate(counts):
-        axes.text(count, row, f" {count:,}", va="center", fontsize=9)
-    axes.invert_yaxis()
-    _count_axis(axes)
+    _count_axis(axes, counts)
 
 
 def stats_png(
@@ -113,7 +108,7 @@ def stats_png(
     """Draw the statistics and write them to ``path`` (PNG). ``datasets`` maps each dataset to its
     sample counts by kind (``bad`` for bad samples); ``bad`` counts the problems by kind over all
     datasets; ``tokens`` None: no tokenizer was given."""
-    chart = charts.figure(WIDTH, HEIGHT)
+    chart = charts.figure(charts.WIDTH, charts.HEIGHT)
     chart.suptitle(title, fontsize=12)
     (lengths, tile_counts), (per_dataset, problems) = chart.subplots(2, 2)
     lengths.set_title("Token length per sample (image tokens included)")

@@ -163,7 +163,7 @@ class SampleBuilder:
         encoded, budget = self._fit(tokenized, budget, tiles_at)
         tiles: list[torch.Tensor] = []
         for image, expected in zip(opened, tiles_at(budget), strict=True):
-            views, _ = self.tiler.views(to_rgb(image), max_tiles=budget, augment=augment, rng=rng)
+            views, _ = self.tiler.tile_views(to_rgb(image), budget, augment=augment, rng=rng)
             if len(views) != expected:
                 raise ImageDecodeError(f"the decoded image has another size than its header ({len(views)} tiles)")
             tiles += views

@@ -289,11 +289,17 @@ class Tiler:
         return tiles + 1 if self.config.use_thumbnail and tiles > 1 else tiles
 
     def tile_views(
-        self, image: ImageSource | np.ndarray | torch.Tensor, max_tiles: int | None = None
+        self,
+        image: ImageSource | np.ndarray | torch.Tensor,
+        max_tiles: int | None = None,
+        *,
+        augment: bool = False,
+        rng: np.random.Generator | None = None,
     ) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """The tiles of ``image`` as (size, size, 3) uint8 views into the resized image, row by row,
-        the thumbnail last, and the grid. ``image`` is anything ``decode_image`` reads, or
-        (height, width, 3) uint8 RGB pixels."""
+        the thumbnail last, and the grid: what a sample keeps until collation normalises the tiles
+        straight into the batch. ``image`` is anything ``decode_image`` reads, or (height, width, 3)
+        uint8 RGB pixels. With ``augment`` the tiles are JPEG-degraded copies instead."""
         source = _rgb_source(image)
         if self.resampler == "torch" and isinstance(source, Image.Image):
             source = _tensor(np.asarray(source))  # convert once for both resizes
@@ -308,6 +314,8 @@ class Tiler:
         ]
         if self.config.use_thumbnail and len(views) > 1:
             views.append(resize_rgb(source, size, size, self.resampler))
+        if augment:
+            views = self.augment(views, rng)
         return views, (columns, rows)
 
     def tiles_uint8(
@@ -317,9 +325,9 @@ class Tiler:
         views, grid = self.tile_views(image, max_tiles)
         return torch.stack(views), grid
 
-    def normalize(self, tiles: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    def normalize(self, tiles: Sequence[torch.Tensor]) -> torch.Tensor:
         """``normalize`` with this tiler's normalisation."""
-        return normalize(tiles, self.config.normalization, out)
+        return normalize(tiles, self.config.normalization)
 
     def augment(self, tiles: list[torch.Tensor], rng: np.random.Generator | None = None) -> list[torch.Tensor]:
         """Each tile re-encoded as a JPEG of a quality drawn independently from 75..100 (from a fresh
@@ -330,21 +338,6 @@ class Tiler:
             for tile, quality in zip(tiles, qualities, strict=True)
         ]
 
-    def views(
-        self,
-        image: ImageSource | np.ndarray | torch.Tensor,
-        *,
-        max_tiles: int | None = None,
-        augment: bool = False,
-        rng: np.random.Generator | None = None,
-    ) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """``tile_views``, JPEG-augmented if ``augment``: the tiles a sample keeps as uint8 until
-        collation normalises them straight into the batch."""
-        views, grid = self.tile_views(image, max_tiles)
-        if augment:
-            views = self.augment(views, rng)
-        return views, grid
-
     def __call__(
         self,
         image: ImageSource | np.ndarray | torch.Tensor,
@@ -354,7 +347,7 @@ class Tiler:
         rng: np.random.Generator | None = None,
     ) -> Tiles:
         """The normalised tiles of ``image`` under a tile budget, JPEG-augmented if ``augment``."""
-        views, grid = self.views(image, max_tiles=max_tiles, augment=augment, rng=rng)
+        views, grid = self.tile_views(image, max_tiles, augment=augment, rng=rng)
         return Tiles(self.normalize(views), grid, len(views) > grid[0] * grid[1])
 
     def frame_views(

@@ -506,30 +506,32 @@ class Cache:
                 log.info("cache: deleted %s, left by a writer that died", part.name)
                 continue
             in_flight += reserved
-        evictable: list[tuple[int, int, Path]] = []
-        for path in (*_files(self._objects), *_files(self._packs.folder)):
+        # Files, then packs with the pack each is (None: a file, a stray one in the packs folder too).
+        found: list[tuple[Path, int | None]] = [(path, None) for path in _files(self._objects)]
+        found += [(path, pack_of(path)) for path in _files(self._packs.folder)]
+        evictable: list[tuple[int, int, Path, int | None]] = []
+        for path, pack in found:
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            if pack_of(path) is not None and _held(path):  # still being appended to
+            if pack is not None and _held(path):  # still being appended to: counted, not evicted
                 in_flight += stat.st_size
             else:
-                evictable.append((stat.st_mtime_ns, stat.st_size, path))
-        total = in_flight + sum(size for _, size, _ in evictable)
+                evictable.append((stat.st_mtime_ns, stat.st_size, path, pack))
+        total = in_flight + sum(size for _, size, _, _ in evictable)
         evictable.sort()
         evicted, packs, files = 0, [], []
-        for _, size, path in evictable:
+        for _, size, path, pack in evictable:
             if total <= target:
                 break
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
-            pack = pack_of(path)
             if pack is None:
                 evicted += 1
-                files.append(bytes.fromhex(path.name[:64]))
+                files.append(_key_of(path))
             else:
                 packs.append(pack)
             total -= size
@@ -639,6 +641,14 @@ def _files(folder: Path) -> Iterator[Path]:
             yield from _files(Path(entry.path))
         elif entry.is_file(follow_symlinks=False):
             yield Path(entry.path)
+
+
+def _key_of(path: Path) -> bytes:
+    """The key an object file is named after (a stray name gives a key no row has)."""
+    try:
+        return bytes.fromhex(path.name[:64])
+    except ValueError:
+        return b""
 
 
 def _reserved_size(part: Path) -> int:

@@ -14,7 +14,7 @@ import itertools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from internvl_trainer import charts
 from internvl_trainer.config import OutputLayout
@@ -22,9 +22,10 @@ from internvl_trainer.problems import BadInput, Problem
 from internvl_trainer.storage import MANIFEST_NAME, ObjectNotFound, Storage, parse
 from internvl_trainer.storage.manifest import read_manifest
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 CURVES_PNG = "training-curves.png"
-WIDTH, HEIGHT = 12.0, 9.0
-"""Inches, at ``charts.DPI``: 1200 × 900 pixels whatever the panels."""
 
 PLOTTED = ("loss", "evalLoss", "auxLoss", "learningRate", "gradNorm")
 """The keys of a metrics.jsonl record the chart draws."""
@@ -121,10 +122,11 @@ def _subtitle(records: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(parts)
 
 
-def draw(records: Sequence[Mapping[str, Any]], heading: str) -> bytes:
-    """The curves of ``records`` under ``heading``, as PNG bytes (the same for the same input)."""
+def _chart(records: Sequence[Mapping[str, Any]], heading: str) -> tuple[Figure, dict[str, str]]:
+    """The figure of the curves (``charts.WIDTH`` × ``charts.HEIGHT`` whatever the panels) and
+    the PNG text chunks that say what it shows."""
     names = panels(records)
-    chart = charts.figure(WIDTH, HEIGHT)
+    chart = charts.figure(charts.WIDTH, charts.HEIGHT)
     chart.suptitle(f"{heading}\n{_subtitle(records)}", fontsize=12)
     ratios = [2, *([1] * (len(names) - 1))]
     grid = chart.subplots(len(names), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": ratios})
@@ -143,7 +145,12 @@ def draw(records: Sequence[Mapping[str, Any]], heading: str) -> bytes:
     if steps and max(steps) - min(steps) < 2:  # else matplotlib spans a tenth of a step around one point
         grid[-1, 0].set_xlim(min(steps) - 1, max(steps) + 1)
     chart.align_ylabels()
-    return charts.png_bytes(chart, {"Title": heading, "Panels": ",".join(names), "Metrics": digest(records)})
+    return chart, {"Title": heading, "Panels": ",".join(names), "Metrics": digest(records)}
+
+
+def draw(records: Sequence[Mapping[str, Any]], heading: str) -> bytes:
+    """The curves of ``records`` under ``heading``, as PNG bytes (the same for the same input)."""
+    return charts.png_bytes(*_chart(records, heading))
 
 
 def read_records(text: str) -> list[dict[str, Any]]:
@@ -165,10 +172,8 @@ def read_records(text: str) -> list[dict[str, Any]]:
 
 def write(folder: Path, records: Sequence[Mapping[str, Any]], heading: str) -> Path:
     """Draw the curves into ``folder/training-curves.png``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CURVES_PNG
-    path.write_bytes(draw(records, heading))
-    return path
+    chart, text = _chart(records, heading)
+    return charts.write_png(chart, folder / CURVES_PNG, text)
 
 
 def _recorded_config(storage: Storage, run_uri: str) -> Mapping[str, Any] | None:

@@ -33,7 +33,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ class MlflowTracker(Tracker):
         """At exit, a run not finished: the attempt failed."""
         self._warn_on_failure("the failed run", lambda: self.client.set_terminated(self.run_id, "FAILED"))
 
-    def _warn_on_failure(self, what: str, action: Any) -> None:
+    def _warn_on_failure(self, what: str, action: Callable[[], object]) -> None:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -180,11 +180,14 @@ class WandbTracker(WandbCallback, Tracker):
     published model."""
 
     def finish(self, published: Published) -> None:
-        self._wandb.run.summary.update({"modelUri": published.model_uri, "manifestUri": published.manifest_uri})
-        self._wandb.finish()
-        # W&B's service process writes the run (its offline log, its uploads) behind the client;
-        # teardown waits for it, where its exit hook may not run (processes torchrun started).
-        self._wandb.teardown()
+        try:
+            self._wandb.run.summary.update({"modelUri": published.model_uri, "manifestUri": published.manifest_uri})
+            self._wandb.finish()
+            # W&B's service process writes the run (its offline log, its uploads) behind the client;
+            # teardown waits for it, where its exit hook may not run (processes torchrun started).
+            self._wandb.teardown()
+        except (self._wandb.Error, OSError) as error:  # the model is published: W&B costs its own records only
+            log.warning("W&B did not record the end of the run: %s", error)
 
 
 def start_wandb(settings: WandbConfig, config: TrainConfig, environ: Mapping[str, str]) -> Tracker | None:

@@ -253,7 +253,7 @@ def test_auto_resampler_is_torch_wherever_its_vectorised_uint8_kernel_runs(monke
 
 def test_tiles_stay_uint8_views_until_normalised_into_their_place():
     tiler = Tiler(TilingConfig(resampler="pil"))
-    views, grid = tiler.views(photo(900, 500))
+    views, grid = tiler.tile_views(photo(900, 500))
     assert grid == (2, 1) and len(views) == 3 and views[0].dtype == torch.uint8
     # the grid's tiles are cut from one resized image, not copied
     assert views[0].untyped_storage().data_ptr() == views[1].untyped_storage().data_ptr()

@@ -211,3 +211,13 @@ def test_a_file_its_row_never_reached_is_fetched_but_downloaded_again_to_be_read
     assert cache.fetch(remote, "s3://bkt/img/0.jpg") == path and len(remote.opens) == 1
     assert cache.read_bytes(remote, "s3://bkt/img/0.jpg") == bytes([0]) * 10 * KiB
     assert len(remote.opens) == 2  # read_bytes goes by the index alone
+
+
+def test_stray_files_are_evicted_like_objects_without_breaking_the_scan(tmp_path):
+    cache = Cache(tmp_path, 64 * MiB)
+    (tmp_path / "packs" / "notes.txt").write_bytes(b"x" * 100)
+    (tmp_path / "objects" / "zz").mkdir()
+    (tmp_path / "objects" / "zz" / "stray").write_bytes(b"y" * 100)
+    with cache._ledger_locked():
+        assert cache._scan_and_evict(0) == 0
+    assert cache.evictions == 2 and cache.usage() == 0

@@ -266,3 +266,25 @@ def test_a_run_without_tracking_imports_no_tracker(tmp_path, tiny_model_dir, pic
     # else may, W&B not at all.
     assert set(importers) <= {"mlflow"}, importers
     assert all("/deepspeed/" in importer for importer in importers.values()), importers
+
+
+def test_a_wandb_run_that_fails_to_finish_costs_only_its_records(monkeypatch, caplog):
+    import wandb
+
+    from internvl_trainer.train.tracking import WandbTracker
+
+    tracker = WandbTracker.__new__(WandbTracker)  # the callback's own set-up needs a live run
+    tracker._wandb = wandb
+
+    class Run:
+        summary: dict = {}
+
+    def unreachable():
+        raise wandb.Error("the W&B service is gone")
+
+    monkeypatch.setattr(wandb, "run", Run())
+    monkeypatch.setattr(wandb, "finish", unreachable)
+    with caplog.at_level(logging.WARNING, "internvl_trainer.train.tracking"):
+        tracker.finish(Published("s3://b/model", "s3://b/model/manifest.json", {}, {}))
+    assert "W&B did not record the end of the run: the W&B service is gone" in caplog.text
+    assert Run.summary == {"modelUri": "s3://b/model", "manifestUri": "s3://b/model/manifest.json"}
