@@ -168,7 +168,7 @@ def _cache(server: LocalS3Server, storage: Storage, workdir: Path) -> Table:
 
     baseline_label = "boto3 `get_object()['Body'].read()` (no cache)"
     files_label = "boto3, then the object written to a new file and renamed into place (no locks, no ledger)"
-    appended_label = "boto3, then the object appended to one open file (no locks, no index)"
+    appended_label = "boto3, then the object appended to one open file (no locks, no catalog)"
     first_label = "`Cache.read_bytes()`, first read: the node's first download (the default data path)"
     again_label = "`Cache.read_bytes()` again: from the node's disk"
     alternatives = {
@@ -205,8 +205,8 @@ def _cache(server: LocalS3Server, storage: Storage, workdir: Path) -> Table:
     again_met = "met" if again * 20 <= baseline else "not met"
     goals = (
         f"first read {first / baseline:.2f}x boto3's time (goal ≤ 1.1x: {first_met}),"
-        f" {first / wall[appended_label]:.2f}x boto3 appending each object to one file,"
-        f" {first / wall[files_label]:.2f}x boto3 writing each object to a file of its own;"
+        f" {first / wall[appended_label]:.2f}x the time of boto3 then appending each object to one file,"
+        f" {first / wall[files_label]:.2f}x that of boto3 then writing each object to a file of its own;"
         f" read again {baseline / again:.0f}x faster than boto3 (goal ≥ 20x: {again_met})"
     )
     return Table(

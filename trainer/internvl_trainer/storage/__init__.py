@@ -11,7 +11,8 @@ Modules, one concept each:
 - ``atomic``: file writes a reader sees whole or not at all (temporary sibling, then rename).
 - ``upload`` / ``download``: folder transfers that resume, publish atomically and verify.
 - ``cache``: a size-capped LRU disk cache shared by the workers and ranks of a node.
-- ``packs``: the cache's small objects, appended to pack files found through an SQLite index.
+- ``packs``: the cache's small objects, appended to pack files instead of a file each.
+- ``catalog``: where the cache keeps each object, a table in shared memory under the key locks.
 - ``prefetch``: fetching the next N keys on a bounded thread pool.
 - ``local_server``: a local SeaweedFS S3 server for tests, benchmarks and the demo.
 

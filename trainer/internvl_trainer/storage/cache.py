@@ -6,7 +6,7 @@ Layout under the cache folder::
     objects/ab/<sha256 of the URI><extension>   objects kept as files of their own (``fetch``, ``open``,
                                                 and ``read_bytes`` of objects over 4 MiB)
     packs/<id>.pack                             smaller objects ``read_bytes`` kept (see packs.py)
-    index.sqlite                                where each object is: a pack and offset, or its file
+    catalog                                     where each object is: a pack and offset, or its file
     tmp/<digest>.<size>.<random>.part           downloads in progress, each flock-ed by its writer
     keys.lock                                   per-key locks: one byte of it per key stripe (4096)
     locks/<3 hex digits>.lock                   per-key locks where the system has no OFD locks
@@ -16,10 +16,10 @@ Layout under the cache folder::
 Guarantees:
 
 - Atomic: a file is streamed into ``tmp/``, its size checked, then renamed into ``objects/``; a
-  packed object is written into room reserved at the end of a pack, and its index row comes
+  packed object is written into room reserved at the end of a pack, and its catalog entry comes
   after its bytes. A reader can only find complete objects; a process that dies leaves a
   ``.part`` file that no one serves and that the next scan deletes (its writer's flock is gone),
-  or bytes in a pack that no row points at. Only a machine crash can lose data the kernel had not
+  or bytes in a pack that no entry points at. Only a machine crash can lose data the kernel had not
   yet written to disk; with ``fsync`` on, every object is flushed before it can be found. With
   ``fsync`` off (the default: a flush costs as much as a fifth of a small object's download), the
   cache records the boot it was written in, and the first ``Cache`` opened after a reboot empties
@@ -39,13 +39,14 @@ Guarantees:
   after crashes) and evicts the least recently used files and packs (by modification time, which
   every hit refreshes) down to ``low_water`` of the cap; a pack still being appended to is
   counted but not evicted. In-flight downloads count, so the files on disk never exceed the cap
-  (the index, about 100 bytes an object, and the lock files are not counted).
+  (the catalog, 0.1 % of the cap, and the lock files are not counted).
 
 A first read costs about what a plain GET does (docs/benchmarks.md): ``read_bytes`` keeps an
 object of up to 4 MiB by appending it to its process's pack, one write into an open file instead
 of creating a file (on ext4 that costs as much as downloading a small image), and finds any object
-with one index lookup, files included (a file the index does not know, left by a crash between
-the rename and the row, serves ``fetch`` but not ``read_bytes``). A pack holds a 64th of the cap
+with one lookup in the catalog, a table in shared memory guarded by the key locks (catalog.py),
+files included (a file the catalog does not know, left by a crash between the rename and the
+entry, serves ``fetch`` but not ``read_bytes``). A pack holds a 64th of the cap
 at most (64 MiB at most), so a cache never waits long for packs that are still being written.
 
 An object evicted while a reader has it open stays readable for that reader (POSIX). Use
@@ -61,7 +62,6 @@ import hashlib
 import logging
 import os
 import re
-import sqlite3
 import struct
 import threading
 import time
@@ -72,8 +72,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from internvl_trainer.storage import catalog
+from internvl_trainer.storage.catalog import IN_FILE, Catalog, Slot
 from internvl_trainer.storage.errors import CacheCapacityError, IntegrityError, ObjectNotFound
-from internvl_trainer.storage.packs import IN_FILE, Packs, Slot, pack_of, remove_index
+from internvl_trainer.storage.packs import Packs
 from internvl_trainer.storage.uri import Location, parse
 
 if TYPE_CHECKING:
@@ -145,10 +147,12 @@ class Cache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        """Files and packs this process evicted (a pack goes with all of its objects)."""
         _CACHES.add(self)
         with self._ledger_locked():
             forgotten = self._forget_an_earlier_boot()
-            self._packs = Packs(self.root, durable=self._flush, wait_s=wait_s)  # after a reboot's index is gone
+            self._packs = Packs(self.root, durable=self._flush)
+            self._catalog = Catalog(self.root, max_bytes, pack_exists=self._packs.exists)  # after a reboot's is gone
             if forgotten or self._read_ledger() is None:
                 self._scan_and_evict(self.max_bytes)
 
@@ -181,6 +185,8 @@ class Cache:
             self._ledger_fd = -1
         if hasattr(self, "_packs"):
             self._packs.close(trim=False)  # its unused room stays counted until a scan
+        if hasattr(self, "_catalog"):
+            self._catalog.close()
 
     def _forget_an_earlier_boot(self) -> bool:
         """Empty a cache that a process which did not flush wrote to before a reboot (ledger lock
@@ -194,7 +200,7 @@ class Cache:
         if forgotten:
             for path in (*_files(self._objects), *_files(self.root / "packs")):
                 path.unlink(missing_ok=True)
-            remove_index(self.root)
+            catalog.remove(self.root)
             log.warning("cache %s: written without fsync before a reboot; emptied", self.root)
         if not self._flush and written != self._boot:
             _write_durably(marker, str(self._boot))  # on disk before any object it vouches for
@@ -220,7 +226,11 @@ class Cache:
     def __contains__(self, uri: str | Location) -> bool:
         """Whether the object of ``uri`` is in the cache now, as a file or packed."""
         key, final = self._key(parse(uri))
-        return os.path.exists(final) or self._unpack(key) is not None
+        held = self._lock_key(key)  # the catalog is read under the key's lock only
+        try:
+            return os.path.exists(final) or self._unpack(key) is not None
+        finally:
+            self._unlock_key(held)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -306,13 +316,13 @@ class Cache:
 
     def _unpack(self, key: bytes) -> bytes | None:
         """A packed object's bytes (its pack marked as just used), or None."""
-        slot = self._packs.find(key)
+        slot = self._catalog.find(key)
         return None if slot is None or slot.pack == IN_FILE else self._packs.read(slot)
 
     def _cached(self, key: bytes, final: str) -> bytes | None:
-        """The object's bytes from its pack or file, as the index says, counted as a hit; None
-        when not cached (a file without a row, left by a crash between the two, is not found)."""
-        slot = self._packs.find(key)
+        """The object's bytes from its pack or file, as the catalog says, counted as a hit; None
+        when not cached (a file without an entry, left by a crash between the two, is not found)."""
+        slot = self._catalog.find(key)
         if slot is None:
             return None
         if slot.pack != IN_FILE:
@@ -420,10 +430,10 @@ class Cache:
                     self._reserve(grow, lambda: packs.lengthen(grow))
                 slot = packs.place(size)
                 packs.write(slot, data)
-                packs.insert(key, slot)
+                self._catalog.insert(key, slot)
                 if packs.full(limit):  # closed now, not at the next object: only a closed pack can be evicted
                     self._close_pack()
-        except (CacheCapacityError, OSError, sqlite3.Error) as error:
+        except (CacheCapacityError, OSError) as error:
             log.warning("cache: %s not kept: %s", location, error)
 
     def _close_pack(self) -> None:
@@ -432,7 +442,7 @@ class Cache:
 
     def _store(self, location: Location, key: bytes, final: str, size: int, chunks: Iterator[bytes]) -> None:
         """Reserve ``size`` bytes, write ``chunks`` to a partial file, check the size, rename it
-        into place and index it; on any failure delete the partial file and release the reservation."""
+        into place and catalogue it; on any failure delete the partial file and release the reservation."""
         part = self._tmp / f"{os.path.basename(final)[:64]}.{size}.{uuid.uuid4().hex}.part"
         descriptor = self._reserve(size, lambda: _create_held(part))
         done = False
@@ -460,9 +470,9 @@ class Cache:
                 part.unlink(missing_ok=True)
                 self._release(size)
         try:
-            self._packs.insert(key, Slot(IN_FILE, 0, size))
-        except sqlite3.Error as error:  # the file serves fetch(); read_bytes will download it again
-            log.warning("cache: %s not indexed: %s", location, error)
+            self._catalog.insert(key, Slot(IN_FILE, 0, size))
+        except OSError as error:  # the file serves fetch(); read_bytes will download it again
+            log.warning("cache: %s not catalogued: %s", location, error)
 
     def _reserve(self, size: int, make: Callable[[], _Made]) -> _Made:
         """Reserve ``size`` bytes (evicting as needed) and ``make`` the space they go to (a
@@ -506,39 +516,31 @@ class Cache:
                 log.info("cache: deleted %s, left by a writer that died", part.name)
                 continue
             in_flight += reserved
-        # Files, then packs with the pack each is (None: a file, a stray one in the packs folder too).
-        found: list[tuple[Path, int | None]] = [(path, None) for path in _files(self._objects)]
-        found += [(path, pack_of(path)) for path in _files(self._packs.folder)]
-        evictable: list[tuple[int, int, Path, int | None]] = []
-        for path, pack in found:
+        # Files, then whatever is in the packs folder (a pack still being appended to is held).
+        found = [(path, False) for path in _files(self._objects)]
+        found += [(path, True) for path in _files(self._packs.folder)]
+        evictable: list[tuple[int, int, Path]] = []
+        for path, in_packs in found:
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            if pack is not None and _held(path):  # still being appended to: counted, not evicted
+            if in_packs and _held(path):  # still being appended to: counted, not evicted
                 in_flight += stat.st_size
             else:
-                evictable.append((stat.st_mtime_ns, stat.st_size, path, pack))
-        total = in_flight + sum(size for _, size, _, _ in evictable)
+                evictable.append((stat.st_mtime_ns, stat.st_size, path))
+        total = in_flight + sum(size for _, size, _ in evictable)
         evictable.sort()
-        evicted, packs, files = 0, [], []
-        for _, size, path, pack in evictable:
+        evicted = 0
+        for _, size, path in evictable:
             if total <= target:
                 break
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            if pack is None:
-                evicted += 1
-                files.append(_key_of(path))
-            else:
-                packs.append(pack)
+            path.unlink(missing_ok=True)  # its catalog entry now reads as a miss
+            evicted += 1
             total -= size
-        evicted += self._packs.forget(packs, files)
         if evicted:
             self._count(evictions=evicted)
-            log.debug("cache: evicted %d objects, %d bytes held", evicted, total)
+            log.debug("cache: evicted %d files and packs, %d bytes held", evicted, total)
         self._write_ledger(total)
         os.ftruncate(self._ledger_fd, _LEDGER_WIDTH)  # whatever else was there is gone
         return total
@@ -641,14 +643,6 @@ def _files(folder: Path) -> Iterator[Path]:
             yield from _files(Path(entry.path))
         elif entry.is_file(follow_symlinks=False):
             yield Path(entry.path)
-
-
-def _key_of(path: Path) -> bytes:
-    """The key an object file is named after (a stray name gives a key no row has)."""
-    try:
-        return bytes.fromhex(path.name[:64])
-    except ValueError:
-        return b""
 
 
 def _reserved_size(part: Path) -> int:

@@ -1,5 +1,5 @@
 """Packs: small objects appended to pack files that grow ahead, close when full, are evicted
-whole (rows too), stay their process's own across forks, and fall back cleanly."""
+whole (their catalog entries then read as misses), stay their process's own across forks, and fall back cleanly."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 
 from internvl_trainer.storage import Cache
 from internvl_trainer.storage import cache as cache_module
+from internvl_trainer.storage.catalog import IN_FILE, Catalog, Slot
 from internvl_trainer.storage.packs import GROWTH, Packs
+from internvl_trainer.storage.uri import parse
 from tests.unit.trainer.storage.test_cache import FakeStorage, objects
 
 KiB = 1024
@@ -71,7 +73,7 @@ def test_an_object_larger_than_a_pack_gets_a_pack_of_its_own_closed_at_once(tmp_
     assert not any(held(path) for path in packs(tmp_path))  # both evictable already
 
 
-def test_a_live_pack_is_counted_but_not_evicted_and_a_dead_ones_rows_go_with_it(tmp_path):
+def test_a_live_pack_is_counted_but_not_evicted_and_a_dead_ones_objects_go_with_it(tmp_path):
     remote = FakeStorage(objects(2))
     writer = Cache(tmp_path, 64 * MiB)
     writer.read_bytes(remote, "s3://bkt/img/0.jpg")
@@ -85,10 +87,11 @@ def test_a_live_pack_is_counted_but_not_evicted_and_a_dead_ones_rows_go_with_it(
         assert other._scan_and_evict(0) == 1 * MiB
     assert other.evictions == 1
     assert "s3://bkt/img/0.jpg" not in other and "s3://bkt/img/1.jpg" in other
-    assert other._packs._index.execute("SELECT COUNT(*) FROM packed").fetchone() == (1,)
+    assert other.read_bytes(remote, "s3://bkt/img/0.jpg") == bytes([0]) * 10 * KiB
+    assert remote.opens == ["s3://bkt/img/0.jpg", "s3://bkt/img/1.jpg", "s3://bkt/img/0.jpg"]
 
 
-def test_a_row_whose_pack_is_gone_is_a_miss(tmp_path):
+def test_an_entry_whose_pack_is_gone_is_a_miss(tmp_path):
     remote = FakeStorage(objects(1))
     cache = Cache(tmp_path, 64 * MiB)
     cache.read_bytes(remote, "s3://bkt/img/0.jpg")
@@ -119,11 +122,12 @@ def test_files_and_packs_serve_each_other_without_a_download(tmp_path):
     assert (cache.hits, cache.misses) == (2, 2)
 
 
-def test_an_object_that_cannot_be_kept_is_still_read(tmp_path, monkeypatch, caplog):
-    def disk_full(self, slot, data):
+@pytest.mark.parametrize("refused", [(Packs, "write"), (Catalog, "insert")])
+def test_an_object_that_cannot_be_kept_is_still_read(tmp_path, monkeypatch, caplog, refused):
+    def disk_full(self, *arguments):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Packs, "write", disk_full)
+    monkeypatch.setattr(*refused, disk_full)
     remote = FakeStorage(objects(1))
     cache = Cache(tmp_path, 64 * MiB)
     with caplog.at_level(logging.WARNING, "internvl_trainer.storage.cache"):
@@ -187,30 +191,32 @@ def test_a_short_read_from_a_pack_is_a_miss(tmp_path, bad, monkeypatch):
     assert "s3://bkt/img/0.jpg" not in cache
 
 
-def test_files_are_indexed_and_an_evicted_files_row_goes_with_it(tmp_path):
+def test_files_are_catalogued_and_an_evicted_files_entry_reads_as_a_miss(tmp_path):
     remote = FakeStorage(objects(6))
     cache = Cache(tmp_path, 30 * KiB, low_water=1.0)
-    index = cache._packs._index
     for number in range(3):
         cache.fetch(remote, f"s3://bkt/img/{number}.jpg")
         time.sleep(0.01)  # modification times a clock tick apart
-    assert index.execute("SELECT COUNT(*) FROM packed WHERE pack = 0").fetchone() == (3,)
+    for number in range(3):
+        key = cache._key(parse(f"s3://bkt/img/{number}.jpg"))[0]
+        assert cache._catalog.find(key) == Slot(IN_FILE, 0, 10 * KiB)
     cache.fetch(remote, "s3://bkt/img/3.jpg")  # 0, the least recently used, goes
     assert "s3://bkt/img/0.jpg" not in cache
-    assert index.execute("SELECT COUNT(*) FROM packed WHERE pack = 0").fetchone() == (3,)
     assert cache.read_bytes(remote, "s3://bkt/img/3.jpg") == bytes([3]) * 10 * KiB  # from its file
     assert remote.opens.count("s3://bkt/img/3.jpg") == 1
+    assert cache.read_bytes(remote, "s3://bkt/img/0.jpg") == bytes([0]) * 10 * KiB  # downloaded again
+    assert remote.opens.count("s3://bkt/img/0.jpg") == 2
 
 
-def test_a_file_its_row_never_reached_is_fetched_but_downloaded_again_to_be_read(tmp_path, monkeypatch):
+def test_a_file_its_entry_never_reached_is_fetched_but_downloaded_again_to_be_read(tmp_path, monkeypatch):
     remote = FakeStorage(objects(1))
     cache = Cache(tmp_path, 64 * MiB)
     with monkeypatch.context() as patch:
-        patch.setattr(Packs, "insert", lambda self, key, slot: None)  # the process died in between
+        patch.setattr(Catalog, "insert", lambda self, key, slot: None)  # the process died in between
         path = cache.fetch(remote, "s3://bkt/img/0.jpg")
     assert cache.fetch(remote, "s3://bkt/img/0.jpg") == path and len(remote.opens) == 1
     assert cache.read_bytes(remote, "s3://bkt/img/0.jpg") == bytes([0]) * 10 * KiB
-    assert len(remote.opens) == 2  # read_bytes goes by the index alone
+    assert len(remote.opens) == 2  # read_bytes goes by the catalog alone
 
 
 def test_stray_files_are_evicted_like_objects_without_breaking_the_scan(tmp_path):
