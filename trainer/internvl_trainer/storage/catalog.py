@@ -121,7 +121,7 @@ class Catalog:
         short = key[:_KEY_BYTES]
         region, count = self._region(key)
         at = self._entry_at(short, region, count)
-        _, dropped_next = _REGION.unpack_from(self._map, region)
+        dropped_next = _REGION.unpack_from(self._map, region)[1] % self.capacity  # never past the region
         if at < 0 and count == self.capacity:
             count = self._sweep(region, count)
         if at < 0 and count == self.capacity:
