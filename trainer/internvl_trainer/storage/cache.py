@@ -72,8 +72,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from internvl_trainer.storage import catalog
-from internvl_trainer.storage.catalog import IN_FILE, Catalog, Slot
+from internvl_trainer.storage.catalog import IN_FILE, Catalog, Slot, remove_catalog
 from internvl_trainer.storage.errors import CacheCapacityError, IntegrityError, ObjectNotFound
 from internvl_trainer.storage.packs import Packs
 from internvl_trainer.storage.uri import Location, parse
@@ -200,7 +199,7 @@ class Cache:
         if forgotten:
             for path in (*_files(self._objects), *_files(self.root / "packs")):
                 path.unlink(missing_ok=True)
-            catalog.remove(self.root)
+            remove_catalog(self.root)
             log.warning("cache %s: written without fsync before a reboot; emptied", self.root)
         if not self._flush and written != self._boot:
             _write_durably(marker, str(self._boot))  # on disk before any object it vouches for

@@ -169,6 +169,6 @@ def _file_size(bits: int, capacity: int) -> int:
     return _HEADER_BYTES + (1 << bits) * (_REGION.size + capacity * _ENTRY.size)
 
 
-def remove(root: Path) -> None:
+def remove_catalog(root: Path) -> None:
     """Delete the catalog (used when a reboot empties the cache, before any process maps it)."""
     (root / NAME).unlink(missing_ok=True)
