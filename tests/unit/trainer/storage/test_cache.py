@@ -283,7 +283,7 @@ def test_with_fsync_every_object_is_flushed_before_it_can_be_found(tmp_path, mon
     cache = Cache(tmp_path, 100 * KiB, fsync=True)
     cache.fetch(remote, "s3://bkt/img/0.jpg")
     cache.read_bytes(remote, "s3://bkt/img/1.jpg")
-    assert len(flushed) == 2  # the file before its rename, the pack before the index row
+    assert len(flushed) == 2  # the file before its rename, the pack before its catalog entry
     assert not (tmp_path / "unsynced-boot").exists()
 
 
