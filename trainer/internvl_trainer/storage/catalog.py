@@ -8,7 +8,7 @@ URI's sha256). An object's region is given by its key's first ``bits`` bits, whi
 12 bits of its key lock's stripe: a region is read and written only under that one lock, which
 the cache takes before it looks an object up anyway, so the catalog needs no lock of its own.
 A lookup is one search of a few KiB of shared memory; a new entry is one ``pwrite`` of its 32
-bytes and one of its region's count. (The SQLite index this replaces cost a first read 4 %: a
+bytes and one of its region's count. (An SQLite table in its place cost a first read 4 %: a
 transaction per lookup and per row, 8 ``fcntl`` calls each and a 4 KiB log frame per row.)
 
 Entries and headers are 32-byte aligned, so none straddles a page, and a process that dies in a
@@ -20,8 +20,8 @@ Nothing is deleted when packs and files are evicted: an entry whose pack or file
 as a miss, and the object's next download replaces it. When a region is full, the entries of
 packs that are gone are dropped; if it is still full, its oldest entry makes room (that object is
 downloaded again when next read, and the cache stays correct). The catalog is sized for twice
-the objects that fill the cap at 64 KiB each (64 bytes of catalog per 64 KiB of cap, 0.1 %),
-in a file whose pages are allocated as entries reach them.
+the objects that fill the cap at 64 KiB each (64 bytes of catalog per 64 KiB of cap, 0.1 %; at
+least 16 entries a region, 2.2 MB), in a file whose pages are allocated as entries reach them.
 """
 
 from __future__ import annotations

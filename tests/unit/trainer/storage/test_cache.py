@@ -271,7 +271,7 @@ def test_a_miss_costs_no_fsync_and_no_ledger_file_opens(tmp_path, monkeypatch):
     for index in (1, 2, 3):
         cache.read_bytes(remote, f"s3://bkt/img/{index}.jpg")
     # The process's pack once; nothing else: the key lock's descriptor is the one fetch opened,
-    # and the index says the object has no file (looking for one cost as much as the lookup).
+    # and the catalog says the object has no file (looking for one cost as much as the lookup).
     assert opened[2:] == [name for name in opened[2:] if name.endswith(".pack")] and len(opened) == 3
     assert flushed == []
 
