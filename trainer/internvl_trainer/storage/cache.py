@@ -151,7 +151,8 @@ class Cache:
         with self._ledger_locked():
             forgotten = self._forget_an_earlier_boot()
             self._packs = Packs(self.root, durable=self._flush)
-            self._catalog = Catalog(self.root, max_bytes, pack_exists=self._packs.exists)  # after a reboot's is gone
+            # Opened once a reboot's emptying has deleted the old catalog, if it did.
+            self._catalog = Catalog(self.root, max_bytes, pack_exists=self._packs.exists)
             if forgotten or self._read_ledger() is None:
                 self._scan_and_evict(self.max_bytes)
 
