@@ -145,11 +145,11 @@ def _cache(server: LocalS3Server, storage: Storage, workdir: Path) -> Table:
         return read
 
     def plain_to_one_file() -> Callable[[int], bytes]:
-        descriptor = os.open(workdir / f"appended-{next(folders)}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        appended = open(workdir / f"appended-{next(folders)}", "xb", buffering=0)  # closed with the reader
 
         def read(index: int) -> bytes:
             data = get(keys[index])
-            os.write(descriptor, data)
+            appended.write(data)
             return data
 
         return read

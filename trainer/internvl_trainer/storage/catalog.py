@@ -100,7 +100,7 @@ class Catalog:
             raise
         self._shift = 32 - bits
         self.capacity = capacity
-        self._region_bytes = _REGION.size + capacity * _ENTRY.size
+        self._region_bytes = _region_bytes(capacity)
 
     def close(self) -> None:
         self._map.close()
@@ -108,8 +108,8 @@ class Catalog:
 
     def find(self, key: bytes) -> Slot | None:
         """Where the object of ``key`` (a sha256 digest) is, if it is catalogued."""
-        region, count = self._region(key)
-        at = self._entry_at(key[:_KEY_BYTES], region, count)
+        region = self._region(key)
+        at = self._entry_at(key[:_KEY_BYTES], region, self._header(region)[0])
         if at < 0:
             return None
         pack, offset, size, _ = _ENTRY.unpack_from(self._map, at)
@@ -119,24 +119,32 @@ class Catalog:
         """Record where the object of ``key`` is (after its bytes are in place); raises OSError
         when the disk refuses the write."""
         short = key[:_KEY_BYTES]
-        region, count = self._region(key)
+        region = self._region(key)
+        count, dropped_next = self._header(region)
         at = self._entry_at(short, region, count)
-        dropped_next = _REGION.unpack_from(self._map, region)[1] % self.capacity  # never past the region
-        if at < 0 and count == self.capacity:
-            count = self._sweep(region, count)
-        if at < 0 and count == self.capacity:
-            at = region + _REGION.size + dropped_next * _ENTRY.size
-            dropped_next = (dropped_next + 1) % self.capacity
-        elif at < 0:
+        entry = _ENTRY.pack(slot.pack, slot.offset, min(slot.size, _SIZE_MAX), short)
+        if at >= 0:  # stored again: its entry replaced in place
+            os.pwrite(self._descriptor, entry, at)
+            return
+        if count == self.capacity and (kept := self._sweep(region, count)) < count:
+            count, dropped_next = kept, 0
+        if count < self.capacity:
             at = region + _REGION.size + count * _ENTRY.size
             count += 1
-        os.pwrite(self._descriptor, _ENTRY.pack(slot.pack, slot.offset, min(slot.size, _SIZE_MAX), short), at)
+        else:
+            at = region + _REGION.size + dropped_next * _ENTRY.size
+            dropped_next = (dropped_next + 1) % self.capacity
+        os.pwrite(self._descriptor, entry, at)
         os.pwrite(self._descriptor, _REGION.pack(count, dropped_next), region)  # the entry counts from here
 
-    def _region(self, key: bytes) -> tuple[int, int]:
-        """Where the key's region starts, and how many entries it holds."""
-        region = _HEADER_BYTES + (int.from_bytes(key[:4], "big") >> self._shift) * self._region_bytes
-        return region, min(_REGION.unpack_from(self._map, region)[0], self.capacity)
+    def _region(self, key: bytes) -> int:
+        """Where the key's region starts."""
+        return _HEADER_BYTES + (int.from_bytes(key[:4], "big") >> self._shift) * self._region_bytes
+
+    def _header(self, region: int) -> tuple[int, int]:
+        """How many entries the region holds and the one it drops next, never past its room."""
+        count, dropped_next = _REGION.unpack_from(self._map, region)
+        return min(count, self.capacity), dropped_next % self.capacity
 
     def _entry_at(self, short: bytes, region: int, count: int) -> int:
         """Where the entry of ``short`` starts in the region, or -1."""
@@ -148,25 +156,29 @@ class Catalog:
         return found - _KEY_AT if found >= 0 else -1
 
     def _sweep(self, region: int, count: int) -> int:
-        """Drop the region's entries whose pack is gone, keeping the others in order; returns the new count."""
+        """Move the region's entries whose pack is still there to its front, in order; returns
+        how many there are (the caller writes the count: until then the old count covers
+        whole entries, some twice)."""
         start = region + _REGION.size
-        entries = [self._map[at : at + _ENTRY.size] for at in range(start, start + count * _ENTRY.size, _ENTRY.size)]
         alive: dict[int, bool] = {IN_FILE: True}
         kept = []
-        for entry in entries:
-            pack = _ENTRY.unpack(entry)[0]
+        for at in range(start, start + count * _ENTRY.size, _ENTRY.size):
+            pack = _ENTRY.unpack_from(self._map, at)[0]
             if pack not in alive:
                 alive[pack] = self._pack_exists(pack)
             if alive[pack]:
-                kept.append(entry)
+                kept.append(self._map[at : at + _ENTRY.size])
         if len(kept) < count:
             os.pwrite(self._descriptor, b"".join(kept), start)
-            os.pwrite(self._descriptor, _REGION.pack(len(kept), 0), region)
         return len(kept)
 
 
+def _region_bytes(capacity: int) -> int:
+    return _REGION.size + capacity * _ENTRY.size
+
+
 def _file_size(bits: int, capacity: int) -> int:
-    return _HEADER_BYTES + (1 << bits) * (_REGION.size + capacity * _ENTRY.size)
+    return _HEADER_BYTES + (1 << bits) * _region_bytes(capacity)
 
 
 def remove_catalog(root: Path) -> None:

@@ -303,6 +303,7 @@ def test_a_cache_written_without_fsync_is_emptied_after_a_reboot(tmp_path, monke
     del cache, again  # their processes ended with the boot
     after = Cache(tmp_path, 100 * KiB)
     assert "s3://bkt/img/0.jpg" not in after and "s3://bkt/img/1.jpg" not in after
+    assert all(after._catalog.find(after._key(parse(uri))[0]) is None for uri in remote.objects)  # made anew
     assert after.usage() == 0 and int((tmp_path / "ledger").read_text()) == 0
     assert list((tmp_path / "packs").iterdir()) == []
     assert (tmp_path / "unsynced-boot").read_text() == "boot-2"

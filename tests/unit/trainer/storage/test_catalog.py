@@ -95,6 +95,20 @@ def test_a_damaged_catalog_is_made_anew(tmp_path):
     assert open_catalog(tmp_path).find(key(1, 1)) == Slot(3, 0, 1)
 
 
+def test_a_damaged_region_header_never_sends_a_write_past_its_region(tmp_path):
+    index = open_catalog(tmp_path)
+    for number in range(16):
+        index.insert(key(6, number), Slot(2, number, 1))
+    index.insert(key(7, 0), Slot(2, 99, 1))
+    with open(tmp_path / catalog.NAME, "r+b") as handle:
+        handle.seek(4096 + 6 * (32 + 16 * 32))
+        handle.write(struct.pack("<II", 1000, 1000))  # more entries than room, a drop beyond it
+    index.insert(key(6, 16), Slot(2, 16, 1))
+    assert index.find(key(6, 16)) == Slot(2, 16, 1)
+    assert [index.find(key(6, number)) is not None for number in range(16)] == [True] * 8 + [False] + [True] * 7
+    assert index.find(key(7, 0)) == Slot(2, 99, 1)
+
+
 @pytest.mark.parametrize("failing_write", [1, 2])
 def test_an_entry_whose_writes_did_not_all_land_is_not_found(tmp_path, monkeypatch, failing_write):
     index = open_catalog(tmp_path)
